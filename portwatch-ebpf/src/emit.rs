@@ -1,0 +1,141 @@
+//! The one place that filters, fills identity, reserves ring-buffer space and submits.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+    bpf_get_current_uid_gid, bpf_ktime_get_ns,
+};
+use portwatch_ebpf::{FAMILY_INET, FAMILY_INET6, PROTO_TCP, PROTO_UDP, RawEvent};
+
+use crate::{
+    globals::global,
+    maps::{Claim, ClaimState, EVENTS, LOST, WATCHED_PORTS},
+    sock,
+};
+
+/// Whether events on this port reach userspace. Port 0 stands for "the kernel could not choose
+/// one", which only matters to a user watching every port or an ephemeral range.
+#[inline(always)]
+pub fn port_watched(port: u16) -> bool {
+    if global!(SETTINGS.all_ports) != 0 {
+        return true;
+    }
+    if port == 0 {
+        return global!(SETTINGS.portless_failures) != 0;
+    }
+    match WATCHED_PORTS.get(port as u32 >> 6) {
+        Some(word) => word & (1u64 << (port & 63)) != 0,
+        None => false,
+    }
+}
+
+/// Whether the protocol and address family are traced at all.
+#[inline(always)]
+pub fn socket_watched(proto: u16, family: u16) -> bool {
+    let proto_ok = if proto == PROTO_TCP as u16 {
+        global!(SETTINGS.tcp) != 0
+    } else if proto == PROTO_UDP as u16 {
+        global!(SETTINGS.udp) != 0
+    } else {
+        false
+    };
+    let family_ok = match family {
+        FAMILY_INET => global!(SETTINGS.ipv4) != 0,
+        FAMILY_INET6 => global!(SETTINGS.ipv6) != 0,
+        _ => false,
+    };
+    proto_ok && family_ok
+}
+
+/// A claim record describing the current task, for a socket claiming `port` now.
+#[inline(always)]
+pub fn current_claim(port: u16, how: u8, flags: u8) -> Claim {
+    // SAFETY: these helpers have no preconditions.
+    let (pid_tgid, uid_gid, cgroup_id, now) = unsafe {
+        (
+            bpf_get_current_pid_tgid(),
+            bpf_get_current_uid_gid(),
+            bpf_get_current_cgroup_id(),
+            bpf_ktime_get_ns(),
+        )
+    };
+    Claim {
+        ts_ns: now,
+        cgroup_id,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        port,
+        how,
+        state: ClaimState::Held,
+        flags,
+        _pad: [0; 7],
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    }
+}
+
+/// What an event says beyond the identity it carries.
+pub struct Outcome {
+    pub kind: u8,
+    pub how: u8,
+    pub flags: u8,
+    pub errno: i32,
+    pub port: u16,
+    pub proto: u16,
+    pub family: u16,
+    /// The socket to read addresses from, or 0 when there is none to read.
+    pub sk: u64,
+    /// Set on frees of a seen claim: when the claim happened.
+    pub claimed_at: u64,
+}
+
+/// Reserves and submits one event; counts it as lost when the ring buffer is full.
+#[inline(always)]
+pub fn submit(outcome: &Outcome, who: &Claim) {
+    let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
+        if let Some(lost) = LOST.get_ptr_mut(0) {
+            // SAFETY: the pointer comes from a per-CPU array slot of this CPU, valid and aligned.
+            unsafe { *lost += 1 };
+        }
+        return;
+    };
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let event = entry.write(RawEvent {
+        ts_ns: now,
+        held_ns: if outcome.claimed_at != 0 {
+            now.saturating_sub(outcome.claimed_at)
+        } else {
+            0
+        },
+        cgroup_id: who.cgroup_id,
+        netns: 0,
+        pid: who.pid,
+        tid: who.tid,
+        uid: who.uid,
+        errno: outcome.errno,
+        local_port: outcome.port,
+        remote_port: 0,
+        family: outcome.family,
+        kind: outcome.kind,
+        how: outcome.how,
+        proto: outcome.proto as u8,
+        flags: outcome.flags | who.flags,
+        _pad: [0; 2],
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+        comm: who.comm,
+    });
+    if outcome.sk != 0 {
+        sock::read_endpoints(
+            outcome.sk,
+            outcome.family,
+            sock::Endpoints {
+                local_addr: &mut event.local_addr,
+                remote_addr: &mut event.remote_addr,
+                remote_port: &mut event.remote_port,
+                netns: &mut event.netns,
+            },
+        );
+    }
+    entry.submit(0);
+}

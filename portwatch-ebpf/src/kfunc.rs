@@ -1,0 +1,131 @@
+//! What the return of each traced kernel function means. Shared by the fentry/fexit and the
+//! kprobe/kretprobe backends, which differ only in how they get at arguments and return values.
+
+use portwatch_ebpf::How;
+
+use crate::{
+    lifecycle::{self, Repeat},
+    maps::{IN_FLIGHT, InFlight, InFlightKey},
+    sock,
+};
+
+/// Identifies a hook in [`IN_FLIGHT`] so that nested hooks on one thread never mix their state.
+#[repr(u32)]
+#[derive(Clone, Copy)]
+pub enum Hook {
+    Bind = 1,
+    Bind6 = 2,
+    HashConnect = 3,
+    Autobind = 4,
+    /// Whether the socket entering `inet_csk_listen_start` was unbound.
+    ListenStart = 5,
+    /// The socket itself, for the kretprobe of `inet_csk_listen_start`.
+    ListenSocket = 6,
+    Syscall = 7,
+}
+
+#[inline(always)]
+pub fn in_flight_key(hook: Hook) -> InFlightKey {
+    InFlightKey {
+        tid: aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32,
+        hook: hook as u32,
+    }
+}
+
+#[inline(always)]
+pub fn remember(hook: Hook, state: InFlight) {
+    let _ = IN_FLIGHT.insert(in_flight_key(hook), state, 0);
+}
+
+#[inline(always)]
+pub fn take(hook: Hook) -> Option<InFlight> {
+    let key = in_flight_key(hook);
+    // SAFETY: map value pointers stay valid for the duration of the program.
+    let state = IN_FLIGHT.get_ptr(key).map(|state| unsafe { *state });
+    if state.is_some() {
+        let _ = IN_FLIGHT.remove(key);
+    }
+    state
+}
+
+/// `__inet_bind` / `__inet6_bind` returned. `uaddr` is the kernel's copy of the caller's address.
+#[inline(always)]
+pub fn after_bind(sk: u64, uaddr: u64, ret: i32) {
+    let requested = u16::from_be(sock::read(uaddr, 2));
+    let how = if requested == 0 { How::BindAny } else { How::Bind };
+    if ret == 0 {
+        lifecycle::claimed(sk, how);
+    } else {
+        lifecycle::failed(sk, how, -ret, requested);
+    }
+}
+
+/// `__inet_hash_connect` returned: a TCP connect got (or could not get) its local port.
+#[inline(always)]
+pub fn after_hash_connect(sk: u64, ret: i32) {
+    if ret == 0 {
+        lifecycle::claimed(sk, How::Connect);
+    } else {
+        lifecycle::failed(sk, How::Connect, -ret, 0);
+    }
+}
+
+/// `inet_autobind` returned: a send or connect on an unbound socket got (or did not get) a port.
+#[inline(always)]
+pub fn after_autobind(sk: u64, ret: i32) {
+    if ret == 0 {
+        lifecycle::claimed(sk, How::Autobind);
+    } else {
+        lifecycle::failed(sk, How::Autobind, -ret, 0);
+    }
+}
+
+/// `inet_csk_listen_start` is entered: remember whether the socket is unbound, because listen
+/// then picks a port itself.
+#[inline(always)]
+pub fn before_listen_start(sk: u64) {
+    if sock::local_port(sk) == 0 {
+        remember(
+            Hook::ListenStart,
+            InFlight {
+                sk,
+                arg: 0,
+                port_before: 0,
+                requested_port: 0,
+                _pad: 0,
+            },
+        );
+    }
+}
+
+#[inline(always)]
+pub fn after_listen_start(sk: u64, ret: i32) {
+    let was_unbound = take(Hook::ListenStart).is_some();
+    if ret != 0 {
+        return;
+    }
+    if was_unbound {
+        lifecycle::claimed(sk, How::Autobind);
+    }
+    lifecycle::listening(sk);
+}
+
+/// `inet_csk_accept` returned the accepted socket (or NULL).
+#[inline(always)]
+pub fn after_accept(child: u64) {
+    if child != 0 {
+        lifecycle::claimed(child, How::Accept);
+    }
+}
+
+/// `inet_put_port` (TCP) or `udp_lib_unhash` (UDP) is entered: the socket leaves the port table.
+#[inline(always)]
+pub fn port_table_left(sk: u64) {
+    lifecycle::released(sk, sock::local_port(sk), Repeat::Final);
+}
+
+/// The TIME_WAIT socket `tw` takes over `sk`'s port.
+#[inline(always)]
+pub fn time_wait_began(tw: u64, sk: u64) {
+    lifecycle::entered_time_wait(sk, tw, sock::local_port(sk));
+}

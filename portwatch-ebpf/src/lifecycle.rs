@@ -1,0 +1,248 @@
+//! The socket/port state machine every backend feeds: claim, listen, fail, free, TIME_WAIT.
+//!
+//! Hooks differ per backend and kernel, and several of them can fire for one transition (a
+//! socket's TCP state going to CLOSE and then its destruction, say). The per-socket record in
+//! [`CLAIMS`] makes each transition report exactly once and lets frees name the claimer.
+
+use portwatch_ebpf::{
+    EventKind, FLAG_CLAIMER_UNSEEN, FLAG_TIME_WAIT, FLAG_TIME_WAIT_END, How, PROTO_TCP,
+};
+
+use crate::{
+    emit::{self, Outcome},
+    maps::{CLAIMS, Claim, ClaimState},
+    sock,
+};
+
+/// The socket now holds a port the kernel (or the caller) chose. Reported once per socket.
+#[inline(always)]
+pub fn claimed(sk: u64, how: How) {
+    let port = sock::local_port(sk);
+    if port == 0 || !emit::port_watched(port) {
+        return;
+    }
+    if let Some(claim) = CLAIMS.get_ptr(sk) {
+        // SAFETY: map value pointers stay valid for the duration of the program.
+        if unsafe { (*claim).state } == ClaimState::Held {
+            return;
+        }
+    }
+    let (proto, family) = (sock::protocol(sk), sock::family(sk));
+    if !emit::socket_watched(proto, family) {
+        return;
+    }
+    let claim = emit::current_claim(port, how as u8, 0);
+    let _ = CLAIMS.insert(sk, claim, 0);
+    emit::submit(
+        &Outcome {
+            kind: EventKind::Claim as u8,
+            how: how as u8,
+            flags: 0,
+            errno: 0,
+            port,
+            proto,
+            family,
+            sk,
+            claimed_at: 0,
+        },
+        &claim,
+    );
+}
+
+/// A TCP socket started listening.
+#[inline(always)]
+pub fn listening(sk: u64) {
+    let port = sock::local_port(sk);
+    let (proto, family) = (sock::protocol(sk), sock::family(sk));
+    if port == 0 || !emit::port_watched(port) || !emit::socket_watched(proto, family) {
+        return;
+    }
+    emit::submit(
+        &Outcome {
+            kind: EventKind::Listen as u8,
+            how: 0,
+            flags: 0,
+            errno: 0,
+            port,
+            proto,
+            family,
+            sk,
+            claimed_at: 0,
+        },
+        &emit::current_claim(port, 0, 0),
+    );
+}
+
+/// A bind, connect or autobind could not get a port. `port` is the one asked for, 0 when the
+/// kernel was to choose.
+#[inline(always)]
+pub fn failed(sk: u64, how: How, errno: i32, port: u16) {
+    let (proto, family) = (sock::protocol(sk), sock::family(sk));
+    if !emit::port_watched(port) || !emit::socket_watched(proto, family) {
+        return;
+    }
+    emit::submit(
+        &Outcome {
+            kind: EventKind::Fail as u8,
+            how: how as u8,
+            flags: 0,
+            errno,
+            port,
+            proto,
+            family,
+            sk: 0,
+            claimed_at: 0,
+        },
+        &emit::current_claim(port, how as u8, 0),
+    );
+}
+
+/// Whether a later hook will see the same socket release its port again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Repeat {
+    /// This is the last hook for the socket: forget it.
+    Final,
+    /// A later hook (destruction after a CLOSE transition) will fire: remember it was reported.
+    Expected,
+}
+
+/// The socket gave its port back. `port_now` is what the hook can still read from the socket,
+/// used only when the claim was not seen.
+#[inline(always)]
+pub fn released(sk: u64, port_now: u16, repeat: Repeat) {
+    released_with(sk, port_now, repeat, 0);
+}
+
+/// A TCP socket handed its port to a TIME_WAIT socket: the port stays held. `tw` is that socket
+/// when the hook can see it (0 otherwise), so that the end of TIME_WAIT can be reported.
+#[inline(always)]
+pub fn entered_time_wait(sk: u64, tw: u64, port_now: u16) {
+    let Some(claim) = released_with(sk, port_now, Repeat::Expected, FLAG_TIME_WAIT) else {
+        return;
+    };
+    if tw != 0 {
+        let _ = CLAIMS.insert(
+            tw,
+            Claim {
+                state: ClaimState::TimeWait,
+                ..claim
+            },
+            0,
+        );
+    }
+}
+
+/// A TIME_WAIT socket ended: the port is really free now.
+#[inline(always)]
+pub fn left_time_wait(tw: u64) {
+    let family = sock::family(tw);
+    let (claim, claimed_at) = match CLAIMS.get_ptr(tw) {
+        // SAFETY: map value pointers stay valid for the duration of the program.
+        Some(claim) if unsafe { (*claim).state } == ClaimState::TimeWait => {
+            // SAFETY: as above.
+            let claim = unsafe { *claim };
+            (claim, claim.ts_ns)
+        }
+        _ => {
+            let port = sock::local_port(tw);
+            if port == 0
+                || !emit::port_watched(port)
+                || !emit::socket_watched(PROTO_TCP as u16, family)
+            {
+                return;
+            }
+            (emit::current_claim(port, 0, FLAG_CLAIMER_UNSEEN), 0)
+        }
+    };
+    let _ = CLAIMS.remove(tw);
+    emit::submit(
+        &Outcome {
+            kind: EventKind::Free as u8,
+            how: claim.how,
+            flags: FLAG_TIME_WAIT_END,
+            errno: 0,
+            port: claim.port,
+            proto: PROTO_TCP as u16,
+            family,
+            sk: tw,
+            claimed_at,
+        },
+        &claim,
+    );
+}
+
+/// Reports a free once per socket and returns the claim it reported, with `flags` added.
+#[inline(always)]
+fn released_with(sk: u64, port_now: u16, repeat: Repeat, flags: u8) -> Option<Claim> {
+    let (claim, claimed_at) = match CLAIMS.get_ptr(sk) {
+        // SAFETY: map value pointers stay valid for the duration of the program.
+        Some(claim) => match unsafe { (*claim).state } {
+            // SAFETY: as above.
+            ClaimState::Held => (unsafe { *claim }, unsafe { (*claim).ts_ns }),
+            _ => {
+                if repeat == Repeat::Final {
+                    let _ = CLAIMS.remove(sk);
+                }
+                return None;
+            }
+        },
+        None => {
+            if port_now == 0 || !emit::port_watched(port_now) {
+                return None;
+            }
+            (
+                emit::current_claim(port_now, How::Unknown as u8, FLAG_CLAIMER_UNSEEN),
+                0,
+            )
+        }
+    };
+    let (proto, family) = (sock::protocol(sk), sock::family(sk));
+    if !emit::socket_watched(proto, family) {
+        return None;
+    }
+    match repeat {
+        Repeat::Final => {
+            let _ = CLAIMS.remove(sk);
+        }
+        Repeat::Expected => {
+            let _ = CLAIMS.insert(
+                sk,
+                Claim {
+                    state: ClaimState::Reported,
+                    ..claim
+                },
+                0,
+            );
+        }
+    }
+    emit::submit(
+        &Outcome {
+            kind: EventKind::Free as u8,
+            how: claim.how,
+            flags,
+            errno: 0,
+            port: claim.port,
+            proto,
+            family,
+            sk,
+            claimed_at,
+        },
+        &claim,
+    );
+    Some(claim)
+}
+
+/// Whether the socket's seen claim keeps its port until the socket is destroyed: an explicit
+/// bind (and accepted children, which inherit the listener's bind lock) hold the port through a
+/// CLOSE transition, other claims give it back there.
+#[inline(always)]
+pub fn keeps_port_until_destroyed(sk: u64) -> bool {
+    match CLAIMS.get_ptr(sk) {
+        Some(claim) => {
+            // SAFETY: map value pointers stay valid for the duration of the program.
+            let how = unsafe { (*claim).how };
+            how == How::Bind as u8 || how == How::Accept as u8
+        }
+        None => true,
+    }
+}

@@ -1,0 +1,77 @@
+//! The maps shared by every backend.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use portwatch_ebpf::{DEFAULT_RING_BYTES, PORT_BITMAP_WORDS};
+
+/// Events on their way to userspace; userspace sizes it at load time.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Events that found the ring buffer full. Per CPU so counting never contends.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// One bit per port: set when the port is watched. Consulted unless every port is watched.
+#[map]
+pub static WATCHED_PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
+
+/// What the kernel told us about a socket that holds a watched port, keyed by the socket's
+/// address. It is how a free names the claimer even when a timer or softirq releases the port,
+/// and how repeated hooks on one socket report its claim once.
+#[map]
+pub static CLAIMS: LruHashMap<u64, Claim> = LruHashMap::with_max_entries(65536, 0);
+
+/// Per-thread state carried from a hook's entry to its exit (syscall enter/exit, kprobe/kretprobe,
+/// fentry/fexit), keyed by thread id and hook.
+#[map]
+pub static IN_FLIGHT: HashMap<InFlightKey, InFlight> = HashMap::with_max_entries(16384, 0);
+
+/// The claim a socket made, or a marker that its port moved on.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Claim {
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub port: u16,
+    pub how: u8,
+    pub state: ClaimState,
+    /// `FLAG_CLAIMER_UNSEEN` when the claim predates tracing and the identity is a stand-in.
+    pub flags: u8,
+    pub _pad: [u8; 7],
+    pub comm: [u8; 16],
+}
+
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ClaimState {
+    /// The socket holds the port.
+    Held = 0,
+    /// The port was already reported free (or handed to a TIME_WAIT socket); a later release hook
+    /// on the same socket must stay quiet.
+    Reported = 1,
+    /// A TIME_WAIT socket holds the port; its end is the real release.
+    TimeWait = 2,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InFlightKey {
+    pub tid: u32,
+    pub hook: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InFlight {
+    pub sk: u64,
+    pub arg: u64,
+    pub port_before: u16,
+    pub requested_port: u16,
+    pub _pad: u32,
+}

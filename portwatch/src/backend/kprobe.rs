@@ -1,0 +1,40 @@
+//! kprobes and kretprobes on the same socket functions as fentry (any kernel with
+//! CONFIG_KPROBES; the offsets still come from BTF).
+
+use aya::{Ebpf, programs::Program};
+
+use super::{BackendError, Kernel, kernel_function};
+
+/// Program name in the object, and the hook it serves.
+const PROGRAMS: [(&str, &str); 15] = [
+    ("kp_inet_bind", "bind"),
+    ("kp_inet_bind_ret", "bind"),
+    ("kp_inet6_bind", "bind6"),
+    ("kp_inet6_bind_ret", "bind6"),
+    ("kp_hash_connect", "hash_connect"),
+    ("kp_hash_connect_ret", "hash_connect"),
+    ("kp_autobind", "autobind"),
+    ("kp_autobind_ret", "autobind"),
+    ("kp_listen_start", "listen_start"),
+    ("kp_listen_start_ret", "listen_start"),
+    ("kp_accept_ret", "accept"),
+    ("kp_put_port", "put_port"),
+    ("kp_udp_unhash", "udp_unhash"),
+    ("kp_time_wait_start", "time_wait_start"),
+    ("kp_time_wait_end", "time_wait_end"),
+];
+
+pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
+    for (program, hook) in PROGRAMS {
+        let function = kernel_function(kernel, hook)?;
+        let label = format!("{program} on {function}");
+        let Some(Program::KProbe(probe)) = ebpf.program_mut(program) else {
+            return Err(BackendError::Unsupported(format!("the object lacks {program}")));
+        };
+        probe
+            .load()
+            .and_then(|()| probe.attach(function, 0).map(drop))
+            .map_err(|err| BackendError::hook(label, err))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! Backend choice, loading and attaching. One object file holds every backend's programs; a
+//! backend is the set of hooks it attaches. `auto` tries them best first and says why it passed
+//! over the others.
+
+mod fentry;
+mod kprobe;
+mod tracepoint;
+
+use aya::{Ebpf, EbpfLoader, maps::Array, programs::ProgramError};
+use portwatch_ebpf::{Settings, Syscalls};
+
+use crate::{
+    btf::{self, Btf, BtfError},
+    cli::{BackendArg, Config},
+    event::Proto,
+};
+
+/// The kernel programs, compiled by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl Backend {
+    /// Best first: fentry is the cheapest per call and sees everything, kprobes see the same
+    /// functions at a higher cost, tracepoints work where neither does but see less.
+    pub const PREFERENCE: [Backend; 3] = [Backend::Fentry, Backend::Kprobe, Backend::Tracepoint];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Fentry => "fentry",
+            Backend::Kprobe => "kprobe",
+            Backend::Tracepoint => "tracepoint",
+        }
+    }
+
+    pub fn candidates(choice: BackendArg) -> Vec<Backend> {
+        match choice {
+            BackendArg::Auto => Self::PREFERENCE.to_vec(),
+            BackendArg::Fentry => vec![Backend::Fentry],
+            BackendArg::Kprobe => vec![Backend::Kprobe],
+            BackendArg::Tracepoint => vec![Backend::Tracepoint],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("loading the eBPF object failed: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("setting up map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    #[error("{hook}: {reason}")]
+    Hook { hook: String, reason: String },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl BackendError {
+    /// Turns a program error into one readable line; the verifier log, when there is one, is
+    /// printed whole only if PORTWATCH_VERIFIER_LOG is set.
+    fn hook(hook: impl Into<String>, error: ProgramError) -> Self {
+        let reason = match &error {
+            ProgramError::LoadError { io_error, verifier_log } => {
+                if std::env::var_os("PORTWATCH_VERIFIER_LOG").is_some() {
+                    eprintln!("{verifier_log}");
+                }
+                format!("the kernel refused to load it ({io_error})")
+            }
+            ProgramError::SyscallError(syscall) => {
+                format!("{} failed ({})", syscall.call, syscall.io_error)
+            }
+            other => other.to_string(),
+        };
+        Self::Hook { hook: hook.into(), reason }
+    }
+}
+
+/// What every backend needs from the running kernel, read once.
+pub struct Kernel {
+    pub btf: Btf,
+    pub aya_btf: aya::Btf,
+}
+
+impl Kernel {
+    pub fn read() -> Result<Self, BackendError> {
+        let btf = Btf::from_sys_fs()?;
+        let aya_btf = aya::Btf::from_sys_fs()
+            .map_err(|err| BackendError::Unsupported(format!("reading kernel BTF: {err}")))?;
+        Ok(Self { btf, aya_btf })
+    }
+}
+
+/// A backend with every hook attached. Dropping it detaches everything.
+pub struct Attached {
+    pub backend: Backend,
+    pub ebpf: Ebpf,
+}
+
+/// Loads the object with this kernel's offsets and the config's filters, then attaches the
+/// backend's hooks.
+pub fn attach(backend: Backend, kernel: &Kernel, config: &Config) -> Result<Attached, BackendError> {
+    let offsets = btf::offsets(&kernel.btf)?;
+    if backend == Backend::Tracepoint {
+        tracepoint::check_supported(&offsets)?;
+    }
+    let settings = settings(config);
+    let syscalls = syscalls();
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&kernel.aya_btf))
+        .override_global("OFFSETS", &offsets, true)
+        .override_global("SETTINGS", &settings, true)
+        .override_global("SYSCALLS", &syscalls, true)
+        .map_max_entries("EVENTS", config.ring_bytes)
+        .load(OBJECT)?;
+    if let Some(ports) = &config.ports {
+        let map = ebpf.map_mut("WATCHED_PORTS").ok_or(BackendError::Unsupported(
+            "the eBPF object has no WATCHED_PORTS map".into(),
+        ))?;
+        let mut watched: Array<_, u64> =
+            Array::try_from(map).map_err(|err| BackendError::Map("WATCHED_PORTS", err))?;
+        for (index, word) in ports.bitmap().into_iter().enumerate() {
+            if word != 0 {
+                watched
+                    .set(index as u32, word, 0)
+                    .map_err(|err| BackendError::Map("WATCHED_PORTS", err))?;
+            }
+        }
+    }
+    match backend {
+        Backend::Fentry => fentry::attach(&mut ebpf, kernel)?,
+        Backend::Kprobe => kprobe::attach(&mut ebpf, kernel)?,
+        Backend::Tracepoint => tracepoint::attach(&mut ebpf, kernel)?,
+    }
+    Ok(Attached { backend, ebpf })
+}
+
+/// Tries the candidates best first; returns the first that attaches and why each earlier one
+/// did not.
+pub fn attach_best(
+    kernel: &Kernel,
+    config: &Config,
+) -> (Option<Attached>, Vec<(Backend, BackendError)>) {
+    let mut passed_over = Vec::new();
+    for backend in Backend::candidates(config.backend) {
+        match attach(backend, kernel, config) {
+            Ok(attached) => return (Some(attached), passed_over),
+            Err(err) => passed_over.push((backend, err)),
+        }
+    }
+    (None, passed_over)
+}
+
+fn settings(config: &Config) -> Settings {
+    Settings {
+        all_ports: config.ports.is_none() as u8,
+        portless_failures: config.portless_failures as u8,
+        tcp: config.protos.contains(&Proto::Tcp) as u8,
+        udp: config.protos.contains(&Proto::Udp) as u8,
+        ipv4: config.ipv4 as u8,
+        ipv6: config.ipv6 as u8,
+        _pad: [0; 2],
+    }
+}
+
+fn syscalls() -> Syscalls {
+    Syscalls {
+        bind: libc::SYS_bind as u32,
+        connect: libc::SYS_connect as u32,
+        listen: libc::SYS_listen as u32,
+        accept: libc::SYS_accept as u32,
+        accept4: libc::SYS_accept4 as u32,
+        sendto: libc::SYS_sendto as u32,
+        sendmsg: libc::SYS_sendmsg as u32,
+        sendmmsg: libc::SYS_sendmmsg as u32,
+    }
+}
+
+/// The kernel function behind a hook: the first of its candidates this kernel has, because
+/// names change between versions (`inet_twsk_hashdance` became `inet_twsk_hashdance_schedule`).
+fn kernel_function(kernel: &Kernel, hook: &str) -> Result<&'static str, BackendError> {
+    let candidates = KERNEL_FUNCTIONS
+        .iter()
+        .find(|(name, _)| *name == hook)
+        .map_or(&[][..], |(_, candidates)| *candidates);
+    candidates
+        .iter()
+        .copied()
+        .find(|name| kernel.btf.has_function(name))
+        .ok_or_else(|| BackendError::Hook {
+            hook: hook.into(),
+            reason: format!("the kernel has none of the functions {}", candidates.join(", ")),
+        })
+}
+
+/// The kernel functions the fentry and kprobe backends hook, by program name, with the function
+/// names to try in order.
+const KERNEL_FUNCTIONS: [(&str, &[&str]); 10] = [
+    ("bind", &["__inet_bind"]),
+    ("bind6", &["__inet6_bind"]),
+    ("hash_connect", &["__inet_hash_connect"]),
+    ("autobind", &["inet_autobind"]),
+    ("listen_start", &["inet_csk_listen_start"]),
+    ("accept", &["inet_csk_accept"]),
+    ("put_port", &["inet_put_port"]),
+    ("udp_unhash", &["udp_lib_unhash"]),
+    ("time_wait_start", &["inet_twsk_hashdance_schedule", "inet_twsk_hashdance"]),
+    ("time_wait_end", &["inet_twsk_bind_unhash", "inet_twsk_kill"]),
+];

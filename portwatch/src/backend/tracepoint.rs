@@ -1,0 +1,97 @@
+//! Raw syscall tracepoints, tp_btf TCP tracepoints and a cgroup sock_release hook: for kernels
+//! without kprobes or BTF trampolines (Linux 5.9+ with BTF, x86-64).
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf,
+    programs::{CgroupAttachMode, Program},
+};
+use portwatch_ebpf::Offsets;
+
+use super::{BackendError, Kernel};
+
+/// Register offsets come from `struct pt_regs` in BTF by their x86-64 names; elsewhere they
+/// are missing and the syscall hooks cannot read their arguments.
+pub fn check_supported(offsets: &Offsets) -> Result<(), BackendError> {
+    if offsets.regs_arg0 == 0 && offsets.regs_arg1 == 0 {
+        return Err(BackendError::Unsupported(
+            "the syscall hooks know only x86-64's register layout (pt_regs.di/si/orig_ax)".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
+    for (program, tracepoint) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
+        let Some(Program::RawTracePoint(raw)) = ebpf.program_mut(program) else {
+            return Err(BackendError::Unsupported(format!("the object lacks {program}")));
+        };
+        raw.load()
+            .and_then(|()| raw.attach(tracepoint).map(drop))
+            .map_err(|err| BackendError::hook(format!("raw tracepoint {tracepoint}"), err))?;
+    }
+    for (program, tracepoint) in
+        [("tcp_set_state", "inet_sock_set_state"), ("tcp_destroy", "tcp_destroy_sock")]
+    {
+        let Some(Program::BtfTracePoint(btf_tp)) = ebpf.program_mut(program) else {
+            return Err(BackendError::Unsupported(format!("the object lacks {program}")));
+        };
+        btf_tp
+            .load(tracepoint, &kernel.aya_btf)
+            .and_then(|()| btf_tp.attach().map(drop))
+            .map_err(|err| BackendError::hook(format!("tp_btf {tracepoint}"), err))?;
+    }
+    let cgroup = cgroup2_root()?;
+    let Some(Program::CgroupSock(release)) = ebpf.program_mut("sock_release") else {
+        return Err(BackendError::Unsupported("the object lacks sock_release".into()));
+    };
+    release
+        .load()
+        .and_then(|()| release.attach(&cgroup, CgroupAttachMode::Single).map(drop))
+        .map_err(|err| BackendError::hook("cgroup sock_release", err))?;
+    Ok(())
+}
+
+/// The root of the cgroup v2 hierarchy, where a hook sees every socket on the host. When no
+/// cgroup2 filesystem is mounted, mount one privately, open its root, and detach the mount again:
+/// the open directory is all the attachment needs.
+fn cgroup2_root() -> Result<File, BackendError> {
+    if let Some(path) = mounted_cgroup2() {
+        return File::open(&path).map_err(|err| {
+            BackendError::Unsupported(format!("opening cgroup2 root {}: {err}", path.display()))
+        });
+    }
+    let dir = Path::new("/run/portwatch-cgroup2");
+    std::fs::create_dir_all(dir)
+        .map_err(|err| BackendError::Unsupported(format!("creating {}: {err}", dir.display())))?;
+    let target = CString::new(dir.as_os_str().as_encoded_bytes()).expect("no NUL in path");
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+    let mounted = unsafe {
+        libc::mount(c"none".as_ptr(), target.as_ptr(), c"cgroup2".as_ptr(), 0, std::ptr::null())
+    };
+    if mounted != 0 {
+        return Err(BackendError::Unsupported(format!(
+            "no cgroup2 filesystem is mounted and mounting one failed: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let root = File::open(dir);
+    // SAFETY: `target` is a valid NUL-terminated path.
+    unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    root.map_err(|err| BackendError::Unsupported(format!("opening cgroup2 root: {err}")))
+}
+
+fn mounted_cgroup2() -> Option<PathBuf> {
+    let mounts = BufReader::new(File::open("/proc/self/mounts").ok()?);
+    mounts.lines().map_while(Result::ok).find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (path, fstype) = (fields.nth(1)?, fields.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(path))
+    })
+}

@@ -1,0 +1,158 @@
+//! Port sets: single ports, ranges `A-B`, comma lists, IANA's dynamic range and this host's
+//! ephemeral range.
+
+use std::ops::RangeInclusive;
+
+use portwatch_ebpf::PORT_BITMAP_WORDS;
+
+/// IANA's dynamic/private range (RFC 6335).
+pub const DYNAMIC: RangeInclusive<u16> = 49152..=65535;
+
+const EPHEMERAL_RANGE_FILE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// A set of ports, as the kernel-side bitmap wants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSet {
+    ranges: Vec<RangeInclusive<u16>>,
+}
+
+impl PortSet {
+    pub fn new(mut ranges: Vec<RangeInclusive<u16>>) -> Self {
+        ranges.sort_by_key(|range| *range.start());
+        let mut merged: Vec<RangeInclusive<u16>> = Vec::new();
+        for range in ranges {
+            match merged.last_mut() {
+                Some(last) if *range.start() as u32 <= *last.end() as u32 + 1 => {
+                    *last = *last.start()..=(*last.end()).max(*range.end());
+                }
+                _ => merged.push(range),
+            }
+        }
+        Self { ranges: merged }
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.ranges.iter().any(|range| range.contains(&port))
+    }
+
+    pub fn intersects(&self, other: &RangeInclusive<u16>) -> bool {
+        self.ranges
+            .iter()
+            .any(|range| range.start() <= other.end() && other.start() <= range.end())
+    }
+
+    /// One bit per port, 64 ports per word, as `WATCHED_PORTS` holds them.
+    pub fn bitmap(&self) -> Vec<u64> {
+        let mut words = vec![0u64; PORT_BITMAP_WORDS as usize];
+        for range in &self.ranges {
+            for port in range.clone() {
+                words[port as usize >> 6] |= 1 << (port & 63);
+            }
+        }
+        words
+    }
+
+    /// `80,443,8000-8100`: the set as a user would write it.
+    pub fn describe(&self) -> String {
+        self.ranges
+            .iter()
+            .map(|range| match (range.start(), range.end()) {
+                (start, end) if start == end => start.to_string(),
+                (start, end) => format!("{start}-{end}"),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Parses one `--port` value: `60312`, `1000-2000` or `80,443,8000-8100`. Used as clap's value
+/// parser, so the message is what the user sees.
+pub fn parse_spec(spec: &str) -> Result<Vec<RangeInclusive<u16>>, String> {
+    spec.split(',').map(|item| parse_item(item.trim())).collect()
+}
+
+fn parse_item(item: &str) -> Result<RangeInclusive<u16>, String> {
+    match item.split_once('-') {
+        Some((start, end)) => {
+            let (start, end) = (parse_port(start)?, parse_port(end)?);
+            if start > end {
+                return Err(format!("range {item} is reversed; write {end}-{start}"));
+            }
+            Ok(start..=end)
+        }
+        None => parse_port(item).map(|port| port..=port),
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    match text.trim().parse::<u32>() {
+        Ok(0) => Err("port 0 is not a port (the kernel picks one for bind(0)); use 1-65535".into()),
+        Ok(port) if port <= 65535 => Ok(port as u16),
+        Ok(port) => Err(format!("port {port} is out of range 1-65535")),
+        Err(_) => Err(format!("{text:?} is not a port number (expected 1-65535, A-B or a list)")),
+    }
+}
+
+/// This host's ephemeral range, which the kernel picks from for bind(0), connect and autobind.
+pub fn ephemeral() -> std::io::Result<RangeInclusive<u16>> {
+    parse_ephemeral(&std::fs::read_to_string(EPHEMERAL_RANGE_FILE)?).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{EPHEMERAL_RANGE_FILE} does not hold two ports"),
+        )
+    })
+}
+
+fn parse_ephemeral(text: &str) -> Option<RangeInclusive<u16>> {
+    let mut fields = text.split_whitespace().map(|field| field.parse::<u16>().ok());
+    let (low, high) = (fields.next()??, fields.next()??);
+    Some(low.min(high)..=low.max(high))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_single_ranges_and_lists() {
+        assert_eq!(parse_spec("60312").unwrap(), vec![60312..=60312]);
+        assert_eq!(parse_spec("1000-2000").unwrap(), vec![1000..=2000]);
+        assert_eq!(parse_spec("80, 443,8000-8100").unwrap(), vec![80..=80, 443..=443, 8000..=8100]);
+        assert_eq!(parse_spec("65535").unwrap(), vec![65535..=65535]);
+    }
+
+    #[test]
+    fn rejects_bad_ports_with_a_reason() {
+        assert!(parse_spec("0").unwrap_err().contains("port 0"));
+        assert!(parse_spec("65536").unwrap_err().contains("out of range"));
+        assert!(parse_spec("abc").unwrap_err().contains("not a port number"));
+        assert!(parse_spec("2000-1000").unwrap_err().contains("reversed"));
+        assert!(parse_spec("80,").is_err());
+        assert!(parse_spec("-5").is_err());
+    }
+
+    #[test]
+    fn merges_and_describes() {
+        let set = PortSet::new(vec![8000..=8100, 80..=80, 8050..=8200, 81..=81]);
+        assert_eq!(set.describe(), "80-81,8000-8200");
+        assert!(set.contains(8150) && !set.contains(79) && !set.contains(8201));
+        assert!(set.intersects(&(8200..=9000)) && !set.intersects(&(82..=7999)));
+    }
+
+    #[test]
+    fn bitmap_sets_exactly_the_watched_bits() {
+        let words = PortSet::new(vec![0..=0, 63..=64, 65535..=65535]).bitmap();
+        assert_eq!(words.len(), 1024);
+        assert_eq!(words[0], 1 | 1 << 63);
+        assert_eq!(words[1], 1);
+        assert_eq!(words[1023], 1 << 63);
+        assert_eq!(words.iter().map(|word| word.count_ones()).sum::<u32>(), 4);
+    }
+
+    #[test]
+    fn reads_the_ephemeral_range_file_format() {
+        assert_eq!(parse_ephemeral("32768\t60999\n"), Some(32768..=60999));
+        assert_eq!(parse_ephemeral("garbage"), None);
+        assert!(ephemeral().is_ok());
+    }
+}

@@ -1,0 +1,68 @@
+//! Reading the ring buffer (woken by epoll through tokio's AsyncFd) and the lost counter.
+
+use std::mem::size_of;
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use portwatch_ebpf::RawEvent;
+use tokio::io::{Interest, unix::AsyncFd};
+
+/// The kernel's event stream and its drop counter.
+pub struct Stream {
+    ring: AsyncFd<RingBuf<MapData>>,
+    lost: PerCpuArray<MapData, u64>,
+    lost_reported: u64,
+}
+
+impl Stream {
+    pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("no EVENTS map")?)?;
+        let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("no LOST map")?)?;
+        Ok(Self {
+            // SAFETY: the RingBuf owns its map fd; it stays open and unchanged until the
+            // AsyncFd, which owns the RingBuf, is dropped.
+            ring: unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                .map_err(|err| err.into_parts().1)
+                .context("registering the ring buffer with epoll")?,
+            lost,
+            lost_reported: 0,
+        })
+    }
+
+    /// Waits until the kernel has submitted events.
+    pub async fn readable(&mut self) -> anyhow::Result<()> {
+        let mut guard = self.ring.readable_mut().await.context("waiting on the ring buffer")?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Hands every event now in the ring buffer to `handle`, oldest first, until it returns
+    /// false (the consumer wants no more).
+    pub fn drain(&mut self, mut handle: impl FnMut(&RawEvent) -> bool) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<RawEvent>() {
+                continue;
+            }
+            // SAFETY: the item holds at least size_of::<RawEvent>() bytes written by the kernel
+            // program from the same repr(C) definition; every bit pattern is a valid RawEvent,
+            // and read_unaligned needs no alignment.
+            let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<RawEvent>()) };
+            if !handle(&event) {
+                return;
+            }
+        }
+    }
+
+    /// Events dropped since the last call because the ring buffer was full.
+    pub fn newly_lost(&mut self) -> anyhow::Result<u64> {
+        let per_cpu = self.lost.get(&0, 0).context("reading the lost-event counter")?;
+        let total: u64 = per_cpu.iter().sum();
+        let new = total.saturating_sub(self.lost_reported);
+        self.lost_reported = total;
+        Ok(new)
+    }
+}
