@@ -28,25 +28,39 @@ fn returned(ctx: &FExitContext, index: u32) -> i32 {
 
 #[fexit(function = "__inet_bind")]
 pub fn inet_bind_exit(ctx: FExitContext) -> i32 {
-    kfunc::after_bind(ctx.arg(0), ctx.arg(1), returned(&ctx, global!(OFFSETS.fexit_ret_bind)));
+    kfunc::after_bind(
+        ctx.arg(0),
+        ctx.arg(1),
+        returned(&ctx, global!(OFFSETS.fexit_ret_bind)),
+    );
     0
 }
 
 #[fexit(function = "__inet6_bind")]
 pub fn inet6_bind_exit(ctx: FExitContext) -> i32 {
-    kfunc::after_bind(ctx.arg(0), ctx.arg(1), returned(&ctx, global!(OFFSETS.fexit_ret_bind6)));
+    kfunc::after_bind(
+        ctx.arg(0),
+        ctx.arg(1),
+        returned(&ctx, global!(OFFSETS.fexit_ret_bind6)),
+    );
     0
 }
 
 #[fexit(function = "__inet_hash_connect")]
 pub fn hash_connect_exit(ctx: FExitContext) -> i32 {
-    kfunc::after_hash_connect(ctx.arg(1), returned(&ctx, global!(OFFSETS.fexit_ret_hash_connect)));
+    kfunc::after_hash_connect(
+        ctx.arg(1),
+        returned(&ctx, global!(OFFSETS.fexit_ret_hash_connect)),
+    );
     0
 }
 
 #[fexit(function = "inet_autobind")]
 pub fn autobind_exit(ctx: FExitContext) -> i32 {
-    kfunc::after_autobind(ctx.arg(0), returned(&ctx, global!(OFFSETS.fexit_ret_autobind)));
+    kfunc::after_autobind(
+        ctx.arg(0),
+        returned(&ctx, global!(OFFSETS.fexit_ret_autobind)),
+    );
     0
 }
 
@@ -58,7 +72,10 @@ pub fn listen_start_entry(ctx: FEntryContext) -> i32 {
 
 #[fexit(function = "inet_csk_listen_start")]
 pub fn listen_start_exit(ctx: FExitContext) -> i32 {
-    kfunc::after_listen_start(ctx.arg(0), returned(&ctx, global!(OFFSETS.fexit_ret_listen)));
+    kfunc::after_listen_start(
+        ctx.arg(0),
+        returned(&ctx, global!(OFFSETS.fexit_ret_listen)),
+    );
     0
 }
 

@@ -52,7 +52,11 @@ pub fn take(hook: Hook) -> Option<InFlight> {
 #[inline(always)]
 pub fn after_bind(sk: u64, uaddr: u64, ret: i32) {
     let requested = u16::from_be(sock::read(uaddr, 2));
-    let how = if requested == 0 { How::BindAny } else { How::Bind };
+    let how = if requested == 0 {
+        How::BindAny
+    } else {
+        How::Bind
+    };
     if ret == 0 {
         lifecycle::claimed(sk, how);
     } else {

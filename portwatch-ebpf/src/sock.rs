@@ -67,13 +67,20 @@ pub fn read_endpoints(sk: u64, family: u16, out: Endpoints<'_>) {
     // SAFETY: bpf_probe_read_kernel_buf validates the source address; the destinations are
     // 16-byte arrays and len is at most 16.
     unsafe {
-        let _ = bpf_probe_read_kernel_buf((sk + local as u64) as *const u8, &mut out.local_addr[..len]);
         let _ =
-            bpf_probe_read_kernel_buf((sk + remote as u64) as *const u8, &mut out.remote_addr[..len]);
+            bpf_probe_read_kernel_buf((sk + local as u64) as *const u8, &mut out.local_addr[..len]);
+        let _ = bpf_probe_read_kernel_buf(
+            (sk + remote as u64) as *const u8,
+            &mut out.remote_addr[..len],
+        );
     }
     *out.remote_port = u16::from_be(read(sk, global!(OFFSETS.skc_dport)));
     let net: u64 = read(sk, global!(OFFSETS.skc_net));
-    *out.netns = if net == 0 { 0 } else { read(net, global!(OFFSETS.net_ns_inum)) };
+    *out.netns = if net == 0 {
+        0
+    } else {
+        read(net, global!(OFFSETS.net_ns_inum))
+    };
 }
 
 /// Resolves a file descriptor of the current task to its `struct sock`, or 0 when the descriptor

@@ -71,7 +71,16 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn on_enter(call: Call, regs: u64) {
     if call == Call::Accept {
-        kfunc::remember(Hook::Syscall, InFlight { sk: 0, arg: 0, port_before: 0, requested_port: 0, _pad: 0 });
+        kfunc::remember(
+            Hook::Syscall,
+            InFlight {
+                sk: 0,
+                arg: 0,
+                port_before: 0,
+                requested_port: 0,
+                _pad: 0,
+            },
+        );
         return;
     }
     let fd: u64 = sock::read(regs, global!(OFFSETS.regs_arg0));
@@ -98,7 +107,13 @@ fn on_enter(call: Call, regs: u64) {
     };
     kfunc::remember(
         Hook::Syscall,
-        InFlight { sk, arg: call as u64, port_before, requested_port, _pad: 0 },
+        InFlight {
+            sk,
+            arg: call as u64,
+            port_before,
+            requested_port,
+            _pad: 0,
+        },
     );
 }
 
@@ -121,7 +136,11 @@ fn on_exit(call: Call, entered: InFlight, ret: i64) {
     let sk = entered.sk;
     match call {
         Call::Bind => {
-            let how = if entered.requested_port == 0 { How::BindAny } else { How::Bind };
+            let how = if entered.requested_port == 0 {
+                How::BindAny
+            } else {
+                How::Bind
+            };
             if ret == 0 {
                 lifecycle::claimed(sk, how);
             } else {

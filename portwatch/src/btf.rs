@@ -82,7 +82,9 @@ impl Btf {
 
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
         if data.get(0..2) != Some(&[0x9f, 0xeb]) {
-            return Err(BtfError::Malformed("bad magic (only little-endian BTF is supported)"));
+            return Err(BtfError::Malformed(
+                "bad magic (only little-endian BTF is supported)",
+            ));
         }
         let header_len = u32_at(data, 4)? as usize;
         let type_start = header_len + u32_at(data, 8)? as usize;
@@ -99,7 +101,11 @@ impl Btf {
         let mut btf = Btf {
             strings,
             // Type id 0 is `void`.
-            types: vec![Type { kind: 0, members: Vec::new(), link: 0 }],
+            types: vec![Type {
+                kind: 0,
+                members: Vec::new(),
+                link: 0,
+            }],
             structs: HashMap::new(),
             functions: HashMap::new(),
         };
@@ -131,7 +137,11 @@ impl Btf {
                     members.push(Member {
                         name: u32_at(section, member)?,
                         type_id: u32_at(section, member + 4)?,
-                        bit_offset: if kind_flag { offset & 0xff_ffff } else { offset },
+                        bit_offset: if kind_flag {
+                            offset & 0xff_ffff
+                        } else {
+                            offset
+                        },
                         bitfield_size: if kind_flag { offset >> 24 } else { 0 },
                     });
                 }
@@ -153,22 +163,36 @@ impl Btf {
         let id = self.types.len() as u32;
         if name != 0 && (kind == KIND_STRUCT || kind == KIND_FUNC) {
             let text = self.string(name).to_string();
-            let index = if kind == KIND_STRUCT { &mut self.structs } else { &mut self.functions };
+            let index = if kind == KIND_STRUCT {
+                &mut self.structs
+            } else {
+                &mut self.functions
+            };
             index.entry(text).or_insert(id);
         }
-        self.types.push(Type { kind, members, link });
+        self.types.push(Type {
+            kind,
+            members,
+            link,
+        });
         Ok(next)
     }
 
     fn string(&self, offset: u32) -> &str {
         let tail = self.strings.get(offset as usize..).unwrap_or_default();
-        let end = tail.iter().position(|&byte| byte == 0).unwrap_or(tail.len());
+        let end = tail
+            .iter()
+            .position(|&byte| byte == 0)
+            .unwrap_or(tail.len());
         std::str::from_utf8(&tail[..end]).unwrap_or("")
     }
 
     /// Byte offset of `field` in `struct name`, looking through anonymous struct/union members.
     pub fn field_offset(&self, name: &str, field: &str) -> Result<u32, BtfError> {
-        let id = *self.structs.get(name).ok_or_else(|| BtfError::NoStruct(name.into()))?;
+        let id = *self
+            .structs
+            .get(name)
+            .ok_or_else(|| BtfError::NoStruct(name.into()))?;
         match self.find_member(id, field) {
             Some((bit_offset, 0)) if bit_offset % 8 == 0 => Ok(bit_offset / 8),
             Some(_) => Err(BtfError::Bitfield(name.into(), field.into())),
@@ -195,8 +219,13 @@ impl Btf {
 
     /// Skips typedefs and qualifiers (volatile, const, restrict, type tags) to the real type.
     fn strip_modifiers(&self, mut id: u32) -> u32 {
-        const MODIFIERS: [u32; 5] =
-            [KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG];
+        const MODIFIERS: [u32; 5] = [
+            KIND_TYPEDEF,
+            KIND_VOLATILE,
+            KIND_CONST,
+            KIND_RESTRICT,
+            KIND_TYPE_TAG,
+        ];
         // Bounded: a malformed BTF with a modifier cycle must not hang us.
         for _ in 0..32 {
             match self.types.get(id as usize) {

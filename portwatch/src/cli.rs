@@ -136,7 +136,12 @@ impl Config {
         }
         let ephemeral = ports::ephemeral();
         if args.ephemeral {
-            ranges.push(ephemeral.as_ref().map_err(|err| anyhow::anyhow!("--ephemeral: {err}"))?.clone());
+            ranges.push(
+                ephemeral
+                    .as_ref()
+                    .map_err(|err| anyhow::anyhow!("--ephemeral: {err}"))?
+                    .clone(),
+            );
         }
         let ports = (!ranges.is_empty()).then(|| PortSet::new(ranges));
         let portless_failures = match (&ports, &ephemeral) {
@@ -174,7 +179,11 @@ impl Config {
             kinds,
             duration: args.duration,
             count: args.count,
-            format: if args.json { Format::Json } else { Format::Table },
+            format: if args.json {
+                Format::Json
+            } else {
+                Format::Table
+            },
             backend: args.backend,
             check: args.check,
             ring_bytes: args.ring_kib * 1024,
@@ -199,15 +208,23 @@ impl Config {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30s"))?;
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s"))?;
     let duration = match unit {
         "ms" => Duration::from_millis(value),
         "s" | "" => Duration::from_secs(value),
         "m" => Duration::from_secs(value * 60),
         "h" => Duration::from_secs(value * 3600),
-        _ => return Err(format!("unknown unit {unit:?} in {text:?}; use ms, s, m or h")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}; use ms, s, m or h"
+            ));
+        }
     };
     if duration.is_zero() {
         return Err("the duration must be longer than zero".into());
@@ -216,9 +233,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn parse_ring_kib(text: &str) -> Result<u32, String> {
-    let kib: u32 = text.parse().map_err(|_| format!("{text:?} is not a size in KiB"))?;
+    let kib: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size in KiB"))?;
     if kib < 4 || !kib.is_power_of_two() || kib > 1 << 20 {
-        return Err(format!("{kib} KiB: the ring buffer must be a power of two from 4 to 1048576 KiB"));
+        return Err(format!(
+            "{kib} KiB: the ring buffer must be a power of two from 4 to 1048576 KiB"
+        ));
     }
     Ok(kib)
 }
@@ -259,14 +280,31 @@ mod tests {
 
     #[test]
     fn dynamic_is_ianas_range() {
-        assert_eq!(config(&["--dynamic"]).ports.unwrap().describe(), "49152-65535");
+        assert_eq!(
+            config(&["--dynamic"]).ports.unwrap().describe(),
+            "49152-65535"
+        );
     }
 
     #[test]
     fn filters_parse() {
         let config = config(&[
-            "--pid", "1,2", "--comm", "nginx", "--proto", "udp", "-6", "--events", "claim,fail",
-            "--duration", "500ms", "--count", "3", "--json", "--backend", "tracepoint",
+            "--pid",
+            "1,2",
+            "--comm",
+            "nginx",
+            "--proto",
+            "udp",
+            "-6",
+            "--events",
+            "claim,fail",
+            "--duration",
+            "500ms",
+            "--count",
+            "3",
+            "--json",
+            "--backend",
+            "tracepoint",
         ]);
         assert_eq!(config.pids, HashSet::from([1, 2]));
         assert_eq!(config.comms, HashSet::from(["nginx".to_string()]));

@@ -13,7 +13,11 @@ impl Timestamp {
     }
 
     pub fn now() -> Self {
-        Self(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_nanos()))
+        Self(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_nanos()),
+        )
     }
 
     /// `2026-11-26T04:59:01.123456789Z`.
@@ -56,7 +60,11 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -70,7 +78,9 @@ pub struct MonotonicClock {
 impl MonotonicClock {
     pub fn new() -> Self {
         let wall = Timestamp::now().0 as i128;
-        Self { offset: wall - monotonic_now() as i128 }
+        Self {
+            offset: wall - monotonic_now() as i128,
+        }
     }
 
     pub fn to_wall(&self, monotonic_ns: u64) -> Timestamp {
@@ -79,7 +89,10 @@ impl MonotonicClock {
 }
 
 fn monotonic_now() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `now` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
@@ -97,7 +110,10 @@ mod tests {
         assert_eq!(ts.rfc3339(), "2026-11-26T04:59:01.123456789Z");
         assert_eq!(ts.time_of_day(), "04:59:01.123456");
         // A leap day.
-        assert_eq!(Timestamp(951_782_400 * 1_000_000_000).rfc3339(), "2000-02-29T00:00:00.000000000Z");
+        assert_eq!(
+            Timestamp(951_782_400 * 1_000_000_000).rfc3339(),
+            "2000-02-29T00:00:00.000000000Z"
+        );
     }
 
     #[test]

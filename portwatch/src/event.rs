@@ -19,7 +19,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Claim, Kind::Listen, Kind::Free, Kind::Fail, Kind::Held];
+    pub const ALL: [Kind; 5] = [
+        Kind::Claim,
+        Kind::Listen,
+        Kind::Free,
+        Kind::Fail,
+        Kind::Held,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -152,7 +158,10 @@ fn address(bytes: &[u8; 16], v6: bool) -> IpAddr {
 
 /// A kernel `comm`: up to 16 bytes, NUL-terminated unless full, not necessarily UTF-8.
 pub fn comm(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&byte| byte == 0).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .position(|&byte| byte == 0)
+        .unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 

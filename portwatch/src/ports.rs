@@ -68,7 +68,9 @@ impl PortSet {
 /// Parses one `--port` value: `60312`, `1000-2000` or `80,443,8000-8100`. Used as clap's value
 /// parser, so the message is what the user sees.
 pub fn parse_spec(spec: &str) -> Result<Vec<RangeInclusive<u16>>, String> {
-    spec.split(',').map(|item| parse_item(item.trim())).collect()
+    spec.split(',')
+        .map(|item| parse_item(item.trim()))
+        .collect()
 }
 
 fn parse_item(item: &str) -> Result<RangeInclusive<u16>, String> {
@@ -89,7 +91,9 @@ fn parse_port(text: &str) -> Result<u16, String> {
         Ok(0) => Err("port 0 is not a port (the kernel picks one for bind(0)); use 1-65535".into()),
         Ok(port) if port <= 65535 => Ok(port as u16),
         Ok(port) => Err(format!("port {port} is out of range 1-65535")),
-        Err(_) => Err(format!("{text:?} is not a port number (expected 1-65535, A-B or a list)")),
+        Err(_) => Err(format!(
+            "{text:?} is not a port number (expected 1-65535, A-B or a list)"
+        )),
     }
 }
 
@@ -104,7 +108,9 @@ pub fn ephemeral() -> std::io::Result<RangeInclusive<u16>> {
 }
 
 fn parse_ephemeral(text: &str) -> Option<RangeInclusive<u16>> {
-    let mut fields = text.split_whitespace().map(|field| field.parse::<u16>().ok());
+    let mut fields = text
+        .split_whitespace()
+        .map(|field| field.parse::<u16>().ok());
     let (low, high) = (fields.next()??, fields.next()??);
     Some(low.min(high)..=low.max(high))
 }
@@ -117,7 +123,10 @@ mod tests {
     fn parses_single_ranges_and_lists() {
         assert_eq!(parse_spec("60312").unwrap(), vec![60312..=60312]);
         assert_eq!(parse_spec("1000-2000").unwrap(), vec![1000..=2000]);
-        assert_eq!(parse_spec("80, 443,8000-8100").unwrap(), vec![80..=80, 443..=443, 8000..=8100]);
+        assert_eq!(
+            parse_spec("80, 443,8000-8100").unwrap(),
+            vec![80..=80, 443..=443, 8000..=8100]
+        );
         assert_eq!(parse_spec("65535").unwrap(), vec![65535..=65535]);
     }
 

@@ -79,7 +79,10 @@ pub fn held(wanted: impl Fn(Proto, &IpAddr, u16) -> bool) -> Vec<Event> {
 }
 
 fn parse_table(text: &str, proto: Proto) -> Vec<Listed> {
-    text.lines().skip(1).filter_map(|line| parse_line(line, proto)).collect()
+    text.lines()
+        .skip(1)
+        .filter_map(|line| parse_line(line, proto))
+        .collect()
 }
 
 fn parse_line(line: &str, proto: Proto) -> Option<Listed> {
@@ -146,7 +149,10 @@ fn socket_owners() -> HashMap<u64, Owner> {
         return owners;
     };
     for process in processes.flatten() {
-        let Some(pid) = process.file_name().to_str().and_then(|name| name.parse::<u32>().ok())
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
         else {
             continue;
         };
@@ -171,7 +177,10 @@ fn socket_owners() -> HashMap<u64, Owner> {
                     .map(|text| text.trim_end().to_string())
                     .unwrap_or_default()
             });
-            owners.entry(inode).or_insert_with(|| Owner { pid, comm: comm.clone() });
+            owners.entry(inode).or_insert_with(|| Owner {
+                pid,
+                comm: comm.clone(),
+            });
         }
     }
     owners
@@ -179,7 +188,9 @@ fn socket_owners() -> HashMap<u64, Owner> {
 
 fn own_netns() -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
-    fs::metadata("/proc/self/ns/net").ok().map(|meta| meta.ino() as u32)
+    fs::metadata("/proc/self/ns/net")
+        .ok()
+        .map(|meta| meta.ino() as u32)
 }
 
 #[cfg(test)]

@@ -34,7 +34,11 @@ impl Stream {
 
     /// Waits until the kernel has submitted events.
     pub async fn readable(&mut self) -> anyhow::Result<()> {
-        let mut guard = self.ring.readable_mut().await.context("waiting on the ring buffer")?;
+        let mut guard = self
+            .ring
+            .readable_mut()
+            .await
+            .context("waiting on the ring buffer")?;
         guard.clear_ready();
         Ok(())
     }
@@ -59,7 +63,10 @@ impl Stream {
 
     /// Events dropped since the last call because the ring buffer was full.
     pub fn newly_lost(&mut self) -> anyhow::Result<u64> {
-        let per_cpu = self.lost.get(&0, 0).context("reading the lost-event counter")?;
+        let per_cpu = self
+            .lost
+            .get(&0, 0)
+            .context("reading the lost-event counter")?;
         let total: u64 = per_cpu.iter().sum();
         let new = total.saturating_sub(self.lost_reported);
         self.lost_reported = total;

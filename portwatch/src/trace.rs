@@ -15,8 +15,9 @@ use crate::{
     cli::{BackendArg, Config, Format},
     clock::{MonotonicClock, Timestamp},
     event::{Event, Kind, Proto},
-    privileges, snapshot,
+    privileges,
     sink::{JsonSink, Sink, TableSink},
+    snapshot,
     stream::Stream,
 };
 
@@ -36,7 +37,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .iter()
             .map(|(backend, err)| format!("{}: {err}", backend.name()))
             .collect();
-        bail!("no backend could attach on this kernel ({})", reasons.join("; "));
+        bail!(
+            "no backend could attach on this kernel ({})",
+            reasons.join("; ")
+        );
     };
     if config.backend == BackendArg::Auto {
         for (skipped, err) in &passed_over {
@@ -44,14 +48,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let mut stream = Stream::new(&mut ebpf)?;
-    eprintln!("portwatch: attached backend={}, watching {}", backend.name(), config.describe());
     let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let sink: Box<dyn Sink> = match config.format {
         Format::Json => Box::new(JsonSink::new(stdout)),
         Format::Table => Box::new(TableSink::new(stdout, colour_wanted())),
     };
-    let mut pipeline = Pipeline::new(&config, sink);
-    let outcome = pipeline.run(&mut stream, &config, backend).await;
+    let mut pipeline = Pipeline::new(sink);
+    // Holders are read after the hooks attach, so no change falls between snapshot and trace,
+    // and before the status line, so "attached" means the current holders are already out.
+    let outcome = match pipeline.report_holders(&config) {
+        Ok(()) => {
+            eprintln!(
+                "portwatch: attached backend={}, watching {}",
+                backend.name(),
+                config.describe()
+            );
+            pipeline.run(&mut stream, &config).await
+        }
+        Err(err) => Err(err),
+    };
     drop(ebpf);
     eprintln!("portwatch: summary {}", pipeline.summary());
     match outcome {
@@ -86,7 +101,8 @@ fn colour_wanted() -> bool {
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.downcast_ref::<io::Error>().is_some_and(|err| err.kind() == io::ErrorKind::BrokenPipe)
+    err.downcast_ref::<io::Error>()
+        .is_some_and(|err| err.kind() == io::ErrorKind::BrokenPipe)
 }
 
 /// Filters, enrichment, counting and the sink: everything between decoding and output.
@@ -101,8 +117,7 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(config: &Config, sink: Box<dyn Sink>) -> Self {
-        let _ = config;
+    fn new(sink: Box<dyn Sink>) -> Self {
         Self {
             sink,
             clock: MonotonicClock::new(),
@@ -113,14 +128,14 @@ impl Pipeline {
         }
     }
 
-    async fn run(&mut self, stream: &mut Stream, config: &Config, backend: Backend) -> anyhow::Result<()> {
-        let _ = backend;
+    async fn run(&mut self, stream: &mut Stream, config: &Config) -> anyhow::Result<()> {
         let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        let deadline = tokio::time::sleep(config.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let deadline =
+            tokio::time::sleep(config.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
         tokio::pin!(deadline);
         let mut lost_poll = tokio::time::interval(LOST_POLL);
-        self.report_holders(config)?;
         while !self.reached_count(config) {
             tokio::select! {
                 readable = stream.readable() => {
@@ -149,11 +164,20 @@ impl Pipeline {
     fn report_holders(&mut self, config: &Config) -> anyhow::Result<()> {
         let held = snapshot::held(|proto, addr, port| {
             config.protos.contains(&proto)
-                && (if addr.is_ipv4() { config.ipv4 } else { config.ipv6 })
-                && config.ports.as_ref().is_none_or(|ports| ports.contains(port))
+                && (if addr.is_ipv4() {
+                    config.ipv4
+                } else {
+                    config.ipv6
+                })
+                && config
+                    .ports
+                    .as_ref()
+                    .is_none_or(|ports| ports.contains(port))
         });
         for event in held {
-            self.holders.entry((event.proto, event.local_port)).or_insert_with(|| event.clone());
+            self.holders
+                .entry((event.proto, event.local_port))
+                .or_insert_with(|| event.clone());
             self.deliver(&event, config)?;
         }
         self.sink.flush()?;
@@ -220,7 +244,13 @@ impl Pipeline {
     fn summary(&self) -> String {
         let mut parts: Vec<String> = Kind::ALL
             .iter()
-            .map(|kind| format!("{}={}", kind.name(), self.counts.get(kind).copied().unwrap_or(0)))
+            .map(|kind| {
+                format!(
+                    "{}={}",
+                    kind.name(),
+                    self.counts.get(kind).copied().unwrap_or(0)
+                )
+            })
             .collect();
         parts.push(format!("lost={}", self.lost));
         parts.join(" ")

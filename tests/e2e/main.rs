@@ -1,1 +1,94 @@
-fn main(){}
+//! portwatch's end-to-end suite: the real binary, as root, against real sockets with known
+//! outcomes. A plain binary (harness = false) so the same executable runs on the host and, in
+//! `cargo xtask vm-test`, inside each kernel's VM.
+//!
+//! Environment: PORTWATCH_BIN (default: the binary cargo built), PORTWATCH_BACKEND (default auto).
+
+mod bind;
+mod cli;
+mod connect;
+mod expect;
+mod failures;
+mod lifetimes;
+mod tracer;
+mod udp;
+mod workload;
+
+type Scenario = (&'static str, fn() -> Result<(), String>);
+
+const SCENARIOS: &[Scenario] = &[
+    ("bad arguments exit 2", cli::bad_arguments_exit_2),
+    ("unprivileged exits 1", cli::unprivileged_exit_1),
+    (
+        "tcp listener and accepted connection",
+        bind::tcp_listener_and_accepted_connection,
+    ),
+    ("tcp bind-any ipv6", bind::tcp_bind_any_ipv6),
+    (
+        "holder at start is reported",
+        bind::holder_at_start_is_reported,
+    ),
+    ("tcp connect ipv4", connect::tcp_connect_ipv4),
+    ("tcp connect ipv6", connect::tcp_connect_ipv6),
+    ("udp bind ipv6", udp::udp_bind_ipv6),
+    ("udp send autobind ipv4", udp::udp_send_autobind_ipv4),
+    ("udp connect autobind ipv6", udp::udp_connect_autobind_ipv6),
+    ("bind EADDRINUSE tcp and udp", failures::bind_eaddrinuse),
+    (
+        "SIGKILL releases held ports",
+        lifetimes::sigkill_releases_held_ports,
+    ),
+    (
+        "single watched port sees nothing else",
+        lifetimes::single_watched_port_sees_nothing_else,
+    ),
+    ("TIME_WAIT and its end", lifetimes::time_wait_and_its_end),
+    ("--count stops the trace", cli::count_stops_the_trace),
+    (
+        "closed pipe is a clean exit",
+        cli::closed_pipe_is_a_clean_exit,
+    ),
+];
+
+fn main() {
+    if let Ok(spec) = std::env::var(lifetimes::HOLDER_ENV) {
+        lifetimes::hold(&spec);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("e2e: these tests load eBPF programs and must run as root");
+        std::process::exit(1);
+    }
+    let filter = std::env::args().nth(1).filter(|arg| !arg.starts_with('-'));
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for (name, scenario) in SCENARIOS {
+        if filter
+            .as_ref()
+            .is_some_and(|filter| !name.contains(filter.as_str()))
+        {
+            continue;
+        }
+        ran += 1;
+        let started = std::time::Instant::now();
+        match scenario() {
+            Ok(()) => println!("e2e: ok   {name} ({:.1}s)", started.elapsed().as_secs_f64()),
+            Err(reason) => {
+                println!("e2e: FAIL {name}: {reason}");
+                failed.push(*name);
+            }
+        }
+    }
+    println!(
+        "e2e: backend {}: {} passed, {} failed{}",
+        tracer::backend(),
+        ran - failed.len(),
+        failed.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", failed.join(", "))
+        }
+    );
+    std::process::exit(if failed.is_empty() && ran > 0 { 0 } else { 1 });
+}

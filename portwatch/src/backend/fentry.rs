@@ -30,7 +30,11 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
             Some(Program::FExit(exit)) => exit
                 .load(function, &kernel.aya_btf)
                 .and_then(|()| exit.attach().map(drop)),
-            _ => return Err(BackendError::Unsupported(format!("the object lacks {program}"))),
+            _ => {
+                return Err(BackendError::Unsupported(format!(
+                    "the object lacks {program}"
+                )));
+            }
         };
         result.map_err(|err| BackendError::hook(label, err))?;
     }

@@ -29,7 +29,9 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
         let function = kernel_function(kernel, hook)?;
         let label = format!("{program} on {function}");
         let Some(Program::KProbe(probe)) = ebpf.program_mut(program) else {
-            return Err(BackendError::Unsupported(format!("the object lacks {program}")));
+            return Err(BackendError::Unsupported(format!(
+                "the object lacks {program}"
+            )));
         };
         probe
             .load()

@@ -67,7 +67,10 @@ impl BackendError {
     /// printed whole only if PORTWATCH_VERIFIER_LOG is set.
     fn hook(hook: impl Into<String>, error: ProgramError) -> Self {
         let reason = match &error {
-            ProgramError::LoadError { io_error, verifier_log } => {
+            ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => {
                 if std::env::var_os("PORTWATCH_VERIFIER_LOG").is_some() {
                     eprintln!("{verifier_log}");
                 }
@@ -78,7 +81,10 @@ impl BackendError {
             }
             other => other.to_string(),
         };
-        Self::Hook { hook: hook.into(), reason }
+        Self::Hook {
+            hook: hook.into(),
+            reason,
+        }
     }
 }
 
@@ -105,7 +111,11 @@ pub struct Attached {
 
 /// Loads the object with this kernel's offsets and the config's filters, then attaches the
 /// backend's hooks.
-pub fn attach(backend: Backend, kernel: &Kernel, config: &Config) -> Result<Attached, BackendError> {
+pub fn attach(
+    backend: Backend,
+    kernel: &Kernel,
+    config: &Config,
+) -> Result<Attached, BackendError> {
     let offsets = btf::offsets(&kernel.btf)?;
     if backend == Backend::Tracepoint {
         tracepoint::check_supported(&offsets)?;
@@ -120,9 +130,11 @@ pub fn attach(backend: Backend, kernel: &Kernel, config: &Config) -> Result<Atta
         .map_max_entries("EVENTS", config.ring_bytes)
         .load(OBJECT)?;
     if let Some(ports) = &config.ports {
-        let map = ebpf.map_mut("WATCHED_PORTS").ok_or(BackendError::Unsupported(
-            "the eBPF object has no WATCHED_PORTS map".into(),
-        ))?;
+        let map = ebpf
+            .map_mut("WATCHED_PORTS")
+            .ok_or(BackendError::Unsupported(
+                "the eBPF object has no WATCHED_PORTS map".into(),
+            ))?;
         let mut watched: Array<_, u64> =
             Array::try_from(map).map_err(|err| BackendError::Map("WATCHED_PORTS", err))?;
         for (index, word) in ports.bitmap().into_iter().enumerate() {
@@ -195,7 +207,10 @@ fn kernel_function(kernel: &Kernel, hook: &str) -> Result<&'static str, BackendE
         .find(|name| kernel.btf.has_function(name))
         .ok_or_else(|| BackendError::Hook {
             hook: hook.into(),
-            reason: format!("the kernel has none of the functions {}", candidates.join(", ")),
+            reason: format!(
+                "the kernel has none of the functions {}",
+                candidates.join(", ")
+            ),
         })
 }
 
@@ -210,6 +225,12 @@ const KERNEL_FUNCTIONS: [(&str, &[&str]); 10] = [
     ("accept", &["inet_csk_accept"]),
     ("put_port", &["inet_put_port"]),
     ("udp_unhash", &["udp_lib_unhash"]),
-    ("time_wait_start", &["inet_twsk_hashdance_schedule", "inet_twsk_hashdance"]),
-    ("time_wait_end", &["inet_twsk_bind_unhash", "inet_twsk_kill"]),
+    (
+        "time_wait_start",
+        &["inet_twsk_hashdance_schedule", "inet_twsk_hashdance"],
+    ),
+    (
+        "time_wait_end",
+        &["inet_twsk_bind_unhash", "inet_twsk_kill"],
+    ),
 ];

@@ -30,17 +30,22 @@ pub fn check_supported(offsets: &Offsets) -> Result<(), BackendError> {
 pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
     for (program, tracepoint) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
         let Some(Program::RawTracePoint(raw)) = ebpf.program_mut(program) else {
-            return Err(BackendError::Unsupported(format!("the object lacks {program}")));
+            return Err(BackendError::Unsupported(format!(
+                "the object lacks {program}"
+            )));
         };
         raw.load()
             .and_then(|()| raw.attach(tracepoint).map(drop))
             .map_err(|err| BackendError::hook(format!("raw tracepoint {tracepoint}"), err))?;
     }
-    for (program, tracepoint) in
-        [("tcp_set_state", "inet_sock_set_state"), ("tcp_destroy", "tcp_destroy_sock")]
-    {
+    for (program, tracepoint) in [
+        ("tcp_set_state", "inet_sock_set_state"),
+        ("tcp_destroy", "tcp_destroy_sock"),
+    ] {
         let Some(Program::BtfTracePoint(btf_tp)) = ebpf.program_mut(program) else {
-            return Err(BackendError::Unsupported(format!("the object lacks {program}")));
+            return Err(BackendError::Unsupported(format!(
+                "the object lacks {program}"
+            )));
         };
         btf_tp
             .load(tracepoint, &kernel.aya_btf)
@@ -49,7 +54,9 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
     }
     let cgroup = cgroup2_root()?;
     let Some(Program::CgroupSock(release)) = ebpf.program_mut("sock_release") else {
-        return Err(BackendError::Unsupported("the object lacks sock_release".into()));
+        return Err(BackendError::Unsupported(
+            "the object lacks sock_release".into(),
+        ));
     };
     release
         .load()
@@ -73,7 +80,13 @@ fn cgroup2_root() -> Result<File, BackendError> {
     let target = CString::new(dir.as_os_str().as_encoded_bytes()).expect("no NUL in path");
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
     let mounted = unsafe {
-        libc::mount(c"none".as_ptr(), target.as_ptr(), c"cgroup2".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"none".as_ptr(),
+            target.as_ptr(),
+            c"cgroup2".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if mounted != 0 {
         return Err(BackendError::Unsupported(format!(

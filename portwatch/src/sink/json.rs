@@ -90,7 +90,11 @@ impl<W: Write> Sink for JsonSink<W> {
     }
 
     fn lost(&mut self, ts: Timestamp, count: u64) -> io::Result<()> {
-        writeln!(self.out, "{{\"ts\":\"{}\",\"event\":\"lost\",\"count\":{count}}}", ts.rfc3339())
+        writeln!(
+            self.out,
+            "{{\"ts\":\"{}\",\"event\":\"lost\",\"count\":{count}}}",
+            ts.rfc3339()
+        )
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -107,7 +111,8 @@ mod tests {
     fn writes_one_object_per_line_with_kind_specific_keys() {
         let mut sink = JsonSink::new(Vec::new());
         sink.event(&sample()).unwrap();
-        sink.lost(crate::clock::Timestamp::from_unix_nanos(0), 3).unwrap();
+        sink.lost(crate::clock::Timestamp::from_unix_nanos(0), 3)
+            .unwrap();
         let text = String::from_utf8(sink.into_inner()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
@@ -118,6 +123,9 @@ mod tests {
              \"time_wait\":true,\"remote_addr\":\"127.0.0.1\",\"remote_port\":8080,\
              \"cgroup_id\":9,\"netns\":4026531840}"
         );
-        assert_eq!(lines[1], "{\"ts\":\"1970-01-01T00:00:00.000000000Z\",\"event\":\"lost\",\"count\":3}");
+        assert_eq!(
+            lines[1],
+            "{\"ts\":\"1970-01-01T00:00:00.000000000Z\",\"event\":\"lost\",\"count\":3}"
+        );
     }
 }

@@ -18,7 +18,11 @@ const HEADER: &str = "TIME(UTC)        EVENT   PROTO  LOCAL                     
 
 impl<W: Write> TableSink<W> {
     pub fn new(out: W, colour: bool) -> Self {
-        Self { out, colour, header_written: false }
+        Self {
+            out,
+            colour,
+            header_written: false,
+        }
     }
 
     #[cfg(test)]
@@ -41,7 +45,11 @@ impl<W: Write> TableSink<W> {
             "free" => "33",
             _ => "31",
         };
-        if self.colour { format!("\x1b[{code}m{kind:<7}\x1b[0m") } else { format!("{kind:<7}") }
+        if self.colour {
+            format!("\x1b[{code}m{kind:<7}\x1b[0m")
+        } else {
+            format!("{kind:<7}")
+        }
     }
 }
 
@@ -81,7 +89,9 @@ fn detail(event: &Event) -> String {
 
 /// Process names can hold control characters; one event must stay one line.
 fn printable(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 fn human_duration(nanos: u64) -> String {
@@ -100,7 +110,9 @@ impl<W: Write> Sink for TableSink<W> {
             event.proto.name(),
             if event.local_addr.is_ipv4() { "4" } else { "6" }
         );
-        let remote = event.remote.map_or("-".to_string(), |(addr, port)| endpoint(&addr, port));
+        let remote = event
+            .remote
+            .map_or("-".to_string(), |(addr, port)| endpoint(&addr, port));
         let kind = self.paint(event.kind.name());
         writeln!(
             self.out,
@@ -119,7 +131,12 @@ impl<W: Write> Sink for TableSink<W> {
     fn lost(&mut self, ts: Timestamp, count: u64) -> io::Result<()> {
         self.header()?;
         let kind = self.paint("lost");
-        writeln!(self.out, "{}  {} {count} events dropped: the ring buffer was full", ts.time_of_day(), kind)
+        writeln!(
+            self.out,
+            "{}  {} {count} events dropped: the ring buffer was full",
+            ts.time_of_day(),
+            kind
+        )
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -1,0 +1,146 @@
+//! The binary's contract with its user: exit codes, one-sentence errors, clean pipe closing,
+//! self-limiting runs.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    expect::check,
+    tracer::{Tracer, backend, binary},
+    workload::{Kind, Socket, V4, free_port},
+};
+
+/// Bad arguments: clap's error, exit 2, no backtrace.
+pub fn bad_arguments_exit_2() -> Result<(), String> {
+    for args in [
+        ["--port", "0"],
+        ["--port", "65536"],
+        ["--port", "abc"],
+        ["--port", "200-100"],
+    ] {
+        let output = Command::new(binary())
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        check(output.status.code() == Some(2), || {
+            format!("{args:?} exited {:?}", output.status)
+        })?;
+        check(
+            stderr.starts_with("error:") && !stderr.contains("panicked"),
+            || format!("{args:?} printed {stderr}"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Without privileges: one sentence naming what is needed, exit 1. Run as nobody via setpriv,
+/// where the host has it (the VM images do not).
+pub fn unprivileged_exit_1() -> Result<(), String> {
+    let Ok(output) = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(binary())
+        .args(["--port", "60312"])
+        .output()
+    else {
+        println!("    (setpriv not available: skipped)");
+        return Ok(());
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    check(output.status.code() == Some(1), || {
+        format!("exited {:?}: {stderr}", output.status)
+    })?;
+    check(
+        stderr.lines().count() == 1 && stderr.contains("needs root"),
+        || format!("unclear message: {stderr}"),
+    )
+}
+
+/// `portwatch | head -1`: once the reader goes away, portwatch exits 0 at its next write.
+pub fn closed_pipe_is_a_clean_exit() -> Result<(), String> {
+    let port = free_port();
+    let mut child = Command::new(binary())
+        .args([
+            "--json",
+            "--backend",
+            &backend(),
+            "--port",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
+    let mut line = String::new();
+    while !line.starts_with("portwatch: attached") {
+        line.clear();
+        if stderr.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            return Err("portwatch exited before attaching".into());
+        }
+    }
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let socket = Socket::new(Kind::Udp, V4).map_err(|e| e.to_string())?;
+    socket.bind(port).map_err(|e| e.to_string())?;
+    let mut first = String::new();
+    stdout.read_line(&mut first).map_err(|e| e.to_string())?;
+    check(first.contains("\"event\":\"claim\""), || {
+        format!("first line: {first}")
+    })?;
+    drop(stdout);
+    socket.close();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut rest = String::new();
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err("portwatch kept running after its stdout closed".into());
+        }
+        // Keep producing events until portwatch notices the closed pipe.
+        let socket = Socket::new(Kind::Udp, V4).map_err(|e| e.to_string())?;
+        let _ = socket.bind(port);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+    check(status.code() == Some(0), || {
+        format!("exit {status:?}, stderr: {rest}")
+    })?;
+    check(
+        !rest.contains("panicked") && !rest.contains("Broken pipe"),
+        || rest.clone(),
+    )
+}
+
+/// `--count 2` stops by itself after two events and prints the summary.
+pub fn count_stops_the_trace() -> Result<(), String> {
+    let port = free_port();
+    let tracer = Tracer::start(&["--port", &port.to_string(), "--count", "2"])?;
+    for _ in 0..3 {
+        let socket = Socket::new(Kind::Udp, V4).map_err(|e| e.to_string())?;
+        socket.bind(port).map_err(|e| e.to_string())?;
+    }
+    let trace = tracer.wait();
+    check(trace.exit_code == Some(0), || {
+        format!("exit {:?}", trace.exit_code)
+    })?;
+    check(trace.events.len() == 2, || {
+        format!("{} events: {:?}", trace.events.len(), trace.events)
+    })?;
+    check(
+        trace
+            .summary()
+            .is_some_and(|s| s.contains("claim=1 listen=0 free=1")),
+        || format!("summary: {:?}", trace.summary()),
+    )
+}

@@ -1,0 +1,161 @@
+//! How ports end: process death, TIME_WAIT, and a watched port that must see nothing else.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
+
+use crate::{
+    expect::{check, exactly, in_order, want},
+    tracer::{Trace, Tracer},
+    workload::{Kind, Socket, V4, V6, free_port},
+};
+
+/// Env var that turns this test binary into a port holder for the SIGKILL scenario.
+pub const HOLDER_ENV: &str = "PORTWATCH_E2E_HOLD";
+
+/// The holder: a TCP listener on IPv4 and a UDP socket on IPv6, then sleep until killed.
+pub fn hold(spec: &str) -> ! {
+    let (tcp, udp) = spec.split_once(',').expect("tcp,udp ports");
+    let listener = Socket::new(Kind::Tcp, V4).expect("socket");
+    listener.bind(tcp.parse().expect("port")).expect("bind tcp");
+    listener.listen().expect("listen");
+    let datagram = Socket::new(Kind::Udp, V6).expect("socket");
+    datagram.bind(udp.parse().expect("port")).expect("bind udp");
+    println!("ready");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// A process killed with SIGKILL while holding ports: no syscall releases them, yet both frees
+/// must appear and name the killed process, not whatever ran the release.
+pub fn sigkill_releases_held_ports() -> Result<(), String> {
+    let (tcp_port, udp_port) = (free_port(), free_port());
+    let ports = format!("{tcp_port},{udp_port}");
+    let tracer = Tracer::start(&["--port", &ports])?;
+    let mut holder = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .env(HOLDER_ENV, &ports)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut ready = String::new();
+    BufReader::new(holder.stdout.take().expect("piped"))
+        .read_line(&mut ready)
+        .map_err(|e| e.to_string())?;
+    check(ready.trim() == "ready", || format!("holder said {ready:?}"))?;
+    let pid = holder.id();
+    holder.kill().map_err(|e| e.to_string())?;
+    holder.wait().map_err(|e| e.to_string())?;
+    let trace = tracer.stop();
+    in_order(
+        &trace.on_port(tcp_port),
+        &[
+            want("claim", tcp_port, pid, "tcp", "ipv4").with("how", "bind"),
+            want("listen", tcp_port, pid, "tcp", "ipv4"),
+            want("free", tcp_port, pid, "tcp", "ipv4").with("how", "bind"),
+        ],
+    )?;
+    in_order(
+        &trace.on_port(udp_port),
+        &[
+            want("claim", udp_port, pid, "udp", "ipv6").with("how", "bind"),
+            want("free", udp_port, pid, "udp", "ipv6").with("how", "bind"),
+        ],
+    )
+}
+
+/// Busy traffic on other ports, one bind on the watched port: only that port's events arrive.
+pub fn single_watched_port_sees_nothing_else() -> Result<(), String> {
+    let me = std::process::id();
+    let port = free_port();
+    let tracer = Tracer::start(&["--port", &port.to_string()])?;
+    let listener = Socket::new(Kind::Tcp, V4).map_err(|e| e.to_string())?;
+    listener.bind(0).map_err(|e| e.to_string())?;
+    listener.listen().map_err(|e| e.to_string())?;
+    let server_port = listener.local_port().map_err(|e| e.to_string())?;
+    for _ in 0..20 {
+        let client = Socket::new(Kind::Tcp, V4).map_err(|e| e.to_string())?;
+        client.connect(server_port).map_err(|e| e.to_string())?;
+        listener.accept().map_err(|e| e.to_string())?.close();
+        let datagram = Socket::new(Kind::Udp, V6).map_err(|e| e.to_string())?;
+        datagram.send_to(server_port).map_err(|e| e.to_string())?;
+    }
+    let watched = Socket::new(Kind::Udp, V4).map_err(|e| e.to_string())?;
+    watched.bind(port).map_err(|e| e.to_string())?;
+    watched.close();
+    let trace = tracer.stop();
+    check(
+        trace.events.iter().all(|event| event["local_port"] == port),
+        || format!("events on unwatched ports: {:?}", trace.events),
+    )?;
+    exactly(
+        &trace.on_port(port),
+        &want("claim", port, me, "udp", "ipv4"),
+        1,
+    )?;
+    exactly(
+        &trace.on_port(port),
+        &want("free", port, me, "udp", "ipv4"),
+        1,
+    )
+}
+
+/// The server closes first, so its accepted socket goes to TIME_WAIT; a new SYN on the same
+/// four-tuple ends that TIME_WAIT at once. The end is a second free (`time_wait_end`) where the
+/// backend can observe it; the tracepoint backend cannot, and must still mark the first free.
+pub fn time_wait_and_its_end() -> Result<(), String> {
+    let me = std::process::id();
+    let port = free_port();
+    let tracer = Tracer::start(&["--port", &port.to_string()])?;
+    let listener = Socket::new(Kind::Tcp, V4).map_err(|e| e.to_string())?;
+    listener.reuse_address().map_err(|e| e.to_string())?;
+    listener.bind(port).map_err(|e| e.to_string())?;
+    listener.listen().map_err(|e| e.to_string())?;
+    let client = Socket::new(Kind::Tcp, V4).map_err(|e| e.to_string())?;
+    client.reuse_address().map_err(|e| e.to_string())?;
+    client.connect(port).map_err(|e| e.to_string())?;
+    let client_port = client.local_port().map_err(|e| e.to_string())?;
+    let accepted = listener.accept().map_err(|e| e.to_string())?;
+    accepted.close();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    client.close();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Same four-tuple again: the SYN meets the server's TIME_WAIT socket and retires it.
+    let again = Socket::new(Kind::Tcp, V4).map_err(|e| e.to_string())?;
+    again.reuse_address().map_err(|e| e.to_string())?;
+    again.bind(client_port).map_err(|e| e.to_string())?;
+    again.connect(port).map_err(|e| e.to_string())?;
+    let second = listener.accept().map_err(|e| e.to_string())?;
+    let trace = tracer.stop();
+    drop((again, second, listener));
+    let events = trace.on_port(port);
+    in_order(
+        &events,
+        &[
+            want("claim", port, me, "tcp", "ipv4")
+                .with("how", "accept")
+                .with("remote_port", client_port),
+            want("free", port, me, "tcp", "ipv4")
+                .with("how", "accept")
+                .with("time_wait", true),
+        ],
+    )?;
+    if time_wait_end_observable(&trace) {
+        in_order(
+            &events,
+            &[
+                want("free", port, me, "tcp", "ipv4").with("time_wait", true),
+                want("free", port, me, "tcp", "ipv4")
+                    .with("time_wait_end", true)
+                    .with("remote_port", client_port),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Only the syscall-tracepoint backend is blind to the end of TIME_WAIT.
+fn time_wait_end_observable(trace: &Trace) -> bool {
+    trace.backend != "tracepoint"
+}

@@ -1,0 +1,68 @@
+//! UDP: explicit bind, and the autobind of a send or connect on an unbound socket.
+
+use crate::{
+    expect::{in_order, want},
+    tracer::Tracer,
+    workload::{Kind, Socket, V4, V6, free_port},
+};
+
+pub fn udp_bind_ipv6() -> Result<(), String> {
+    let me = std::process::id();
+    let port = free_port();
+    let tracer = Tracer::start(&["--port", &port.to_string(), "--proto", "udp"])?;
+    let socket = Socket::new(Kind::Udp, V6).map_err(|e| e.to_string())?;
+    socket.bind(port).map_err(|e| e.to_string())?;
+    socket.close();
+    let trace = tracer.stop();
+    in_order(
+        &trace.on_port(port),
+        &[
+            want("claim", port, me, "udp", "ipv6").with("how", "bind"),
+            want("free", port, me, "udp", "ipv6").with("how", "bind"),
+        ],
+    )
+}
+
+/// sendto() without bind: the kernel autobinds an ephemeral port.
+pub fn udp_send_autobind_ipv4() -> Result<(), String> {
+    let me = std::process::id();
+    let target = free_port();
+    let tracer = Tracer::start(&["--pid", &me.to_string()])?;
+    let socket = Socket::new(Kind::Udp, V4).map_err(|e| e.to_string())?;
+    socket.send_to(target).map_err(|e| e.to_string())?;
+    // A second send must not claim again.
+    socket.send_to(target).map_err(|e| e.to_string())?;
+    let port = socket.local_port().map_err(|e| e.to_string())?;
+    socket.close();
+    let trace = tracer.stop();
+    let events = trace.on_port(port);
+    crate::expect::exactly(&events, &want("claim", port, me, "udp", "ipv4"), 1)?;
+    in_order(
+        &events,
+        &[
+            want("claim", port, me, "udp", "ipv4").with("how", "autobind"),
+            want("free", port, me, "udp", "ipv4").with("how", "autobind"),
+        ],
+    )
+}
+
+/// connect() on an unbound UDP socket also autobinds, and records the peer.
+pub fn udp_connect_autobind_ipv6() -> Result<(), String> {
+    let me = std::process::id();
+    let target = free_port();
+    let tracer = Tracer::start(&["--pid", &me.to_string(), "-6"])?;
+    let socket = Socket::new(Kind::Udp, V6).map_err(|e| e.to_string())?;
+    socket.connect(target).map_err(|e| e.to_string())?;
+    let port = socket.local_port().map_err(|e| e.to_string())?;
+    socket.close();
+    let trace = tracer.stop();
+    in_order(
+        &trace.on_port(port),
+        &[
+            want("claim", port, me, "udp", "ipv6")
+                .with("how", "autobind")
+                .with("remote_port", target),
+            want("free", port, me, "udp", "ipv6"),
+        ],
+    )
+}

@@ -1,0 +1,197 @@
+//! Sockets driven through libc, so each scenario does exactly the syscalls it names (std's
+//! UdpSocket, for one, always binds before sending).
+
+use std::{
+    io,
+    mem::{size_of, zeroed},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+pub const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+pub const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tcp,
+    Udp,
+}
+
+pub struct Socket {
+    fd: i32,
+    family: IpAddr,
+}
+
+fn check(ret: i32) -> io::Result<i32> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// A sockaddr for `addr:port` in the socket's family.
+fn sockaddr(addr: IpAddr, port: u16) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid (unspecified) address.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = match addr {
+        IpAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr type.
+            let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as u16;
+            sin.sin_port = port.to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+            size_of::<libc::sockaddr_in>()
+        }
+        IpAddr::V6(v6) => {
+            // SAFETY: as above.
+            let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as u16;
+            sin6.sin6_port = port.to_be();
+            sin6.sin6_addr.s6_addr = v6.octets();
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+impl Socket {
+    pub fn new(kind: Kind, family: IpAddr) -> io::Result<Self> {
+        let domain = if family.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        let ty = match kind {
+            Kind::Tcp => libc::SOCK_STREAM,
+            Kind::Udp => libc::SOCK_DGRAM,
+        };
+        // SAFETY: socket() takes plain integers.
+        let fd = check(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, 0) })?;
+        Ok(Self { fd, family })
+    }
+
+    pub fn reuse_address(&self) -> io::Result<()> {
+        let one: i32 = 1;
+        // SAFETY: the option value points at a live i32 of the given size.
+        check(unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                &one as *const i32 as *const libc::c_void,
+                size_of::<i32>() as libc::socklen_t,
+            )
+        })
+        .map(drop)
+    }
+
+    pub fn bind(&self, port: u16) -> io::Result<()> {
+        let (addr, len) = sockaddr(self.family, port);
+        // SAFETY: addr is a valid sockaddr of length len.
+        check(unsafe { libc::bind(self.fd, &addr as *const _ as *const libc::sockaddr, len) })
+            .map(drop)
+    }
+
+    pub fn connect(&self, port: u16) -> io::Result<()> {
+        let (addr, len) = sockaddr(self.family, port);
+        // SAFETY: addr is a valid sockaddr of length len.
+        check(unsafe { libc::connect(self.fd, &addr as *const _ as *const libc::sockaddr, len) })
+            .map(drop)
+    }
+
+    pub fn listen(&self) -> io::Result<()> {
+        // SAFETY: plain integers.
+        check(unsafe { libc::listen(self.fd, 16) }).map(drop)
+    }
+
+    pub fn accept(&self) -> io::Result<Socket> {
+        // SAFETY: null address pointers are allowed: the peer address is not wanted.
+        let fd = check(unsafe {
+            libc::accept4(
+                self.fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        })?;
+        Ok(Socket {
+            fd,
+            family: self.family,
+        })
+    }
+
+    pub fn send_to(&self, port: u16) -> io::Result<()> {
+        let (addr, len) = sockaddr(self.family, port);
+        let payload = b"portwatch";
+        // SAFETY: the payload and address are valid for the lengths given.
+        check(unsafe {
+            libc::sendto(
+                self.fd,
+                payload.as_ptr() as *const libc::c_void,
+                payload.len(),
+                0,
+                &addr as *const _ as *const libc::sockaddr,
+                len,
+            ) as i32
+        })
+        .map(drop)
+    }
+
+    pub fn local_port(&self) -> io::Result<u16> {
+        // SAFETY: storage is writable and len holds its size.
+        let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        check(unsafe {
+            libc::getsockname(
+                self.fd,
+                &mut storage as *mut _ as *mut libc::sockaddr,
+                &mut len,
+            )
+        })?;
+        // SAFETY: getsockname filled an address of the socket's own family.
+        let port = unsafe {
+            if self.family.is_ipv4() {
+                (*(&storage as *const _ as *const libc::sockaddr_in)).sin_port
+            } else {
+                (*(&storage as *const _ as *const libc::sockaddr_in6)).sin6_port
+            }
+        };
+        Ok(u16::from_be(port))
+    }
+
+    pub fn close(self) {}
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // SAFETY: fd is a socket this value owns and closes once.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// A port free for TCP and UDP on both loopbacks right now, outside the ephemeral range so the
+/// kernel is unlikely to hand it to another process meanwhile.
+pub fn free_port() -> u16 {
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    for attempt in 0..1000u64 {
+        let port = 20000
+            + ((seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(attempt * 7919))
+                % 10000) as u16;
+        let free = [Kind::Tcp, Kind::Udp].into_iter().all(|kind| {
+            [V4, V6].into_iter().all(|family| {
+                Socket::new(kind, family)
+                    .and_then(|socket| socket.bind(port))
+                    .is_ok()
+            })
+        });
+        if free {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-29999");
+}

@@ -1,0 +1,98 @@
+//! Building, running, testing and linting the project, with the toolchain set up first.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::toolchain;
+
+/// The workspace root: xtask lives one level below it.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+/// A cargo command in the workspace root, with bpf-linker reachable.
+pub fn cargo(toolchain_arg: Option<&str>) -> Command {
+    let mut command = Command::new("cargo");
+    if let Some(toolchain_arg) = toolchain_arg {
+        command.arg(toolchain_arg);
+    }
+    command.current_dir(workspace_root()).env("PATH", toolchain::path_with_cargo_bin());
+    command
+}
+
+fn succeed(mut command: Command) -> anyhow::Result<()> {
+    let status = command.status().with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn run_portwatch(args: &[String]) -> anyhow::Result<()> {
+    toolchain::ensure()?;
+    let mut build = cargo(None);
+    build.args(["build", "--release", "-p", "portwatch"]);
+    succeed(build)?;
+    let binary = workspace_root().join("target/release/portwatch");
+    let mut command = if is_root() {
+        Command::new(&binary)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg(&binary);
+        sudo
+    };
+    let status = command.args(args).status().context("starting portwatch")?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+/// Unit tests, the host end-to-end suite, the benchmark's quick mode, then the kernel matrix.
+pub fn test_all(host_only: bool) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the tests load eBPF programs and must run as root (sudo cargo xtask test)");
+    }
+    toolchain::ensure()?;
+    let mut unit = cargo(None);
+    unit.args(["test", "--release", "-p", "portwatch", "--bins"]);
+    succeed(unit)?;
+    let mut e2e = cargo(None);
+    e2e.args(["test", "--release", "-p", "portwatch", "--test", "e2e"]);
+    succeed(e2e)?;
+    let xtask = std::env::current_exe().context("locating xtask")?;
+    let mut bench = Command::new(&xtask);
+    bench.args(["bench", "--quick"]);
+    succeed(bench)?;
+    if !host_only {
+        let mut vm = Command::new(&xtask);
+        vm.arg("vm-test");
+        succeed(vm)?;
+    }
+    Ok(())
+}
+
+/// rustfmt and clippy on every crate; the kernel crate is linted for the BPF target as well.
+pub fn lint() -> anyhow::Result<()> {
+    toolchain::ensure()?;
+    let mut fmt = cargo(None);
+    fmt.args(["fmt", "--all", "--check"]);
+    succeed(fmt)?;
+    let mut clippy = cargo(None);
+    clippy.args(["clippy", "-p", "portwatch", "-p", "xtask", "-p", "portwatch-ebpf", "--lib"]);
+    clippy.args(["--all-targets", "--", "-D", "warnings"]);
+    succeed(clippy)?;
+    let mut bpf = cargo(Some("+nightly"));
+    bpf.args(["clippy", "-p", "portwatch-ebpf", "--bins", "--release"]);
+    bpf.args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"]);
+    bpf.args(["--target-dir", "target/bpf-lint", "--", "-D", "warnings"]);
+    bpf.env("CARGO_CFG_BPF_TARGET_ARCH", std::env::consts::ARCH);
+    bpf.env("RUSTFLAGS", format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH));
+    succeed(bpf)
+}
