@@ -206,14 +206,14 @@ impl Pipeline {
         if event.claimer_seen || event.kind != Kind::Free {
             return;
         }
-        if let Some(holder) = self.holders.get(&(event.proto, event.local_port)) {
-            if holder.pid != 0 {
-                event.pid = holder.pid;
-                event.tid = holder.tid;
-                event.comm.clone_from(&holder.comm);
-                event.uid = holder.uid;
-                event.claimer_seen = true;
-            }
+        if let Some(holder) = self.holders.get(&(event.proto, event.local_port))
+            && holder.pid != 0
+        {
+            event.pid = holder.pid;
+            event.tid = holder.tid;
+            event.comm.clone_from(&holder.comm);
+            event.uid = holder.uid;
+            event.claimer_seen = true;
         }
     }
 
