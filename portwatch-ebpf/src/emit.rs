@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_uid_gid, bpf_ktime_get_ns,
+    bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf,
 };
 use portwatch_ebpf::{FAMILY_INET, FAMILY_INET6, PROTO_TCP, PROTO_UDP, RawEvent};
 
@@ -84,8 +84,43 @@ pub struct Outcome {
     pub family: u16,
     /// The socket to read addresses from, or 0 when there is none to read.
     pub sk: u64,
+    /// For failed binds: the address the caller asked for, which the socket never got.
+    pub requested: Requested,
     /// Set on frees of a seen claim: when the claim happened.
     pub claimed_at: u64,
+}
+
+/// Where a caller's `struct sockaddr` lives, if there is one to read.
+#[derive(Clone, Copy)]
+pub enum Requested {
+    Nothing,
+    /// The kernel's copy (kprobe and fentry hooks run after the syscall copied it in).
+    Kernel(u64),
+    /// The caller's own memory (syscall hooks).
+    User(u64),
+}
+
+/// Copies the IP address out of a sockaddr: `sin_addr` at byte 4, `sin6_addr` at byte 8.
+#[inline(always)]
+fn read_requested_address(requested: Requested, family: u16, out: &mut [u8; 16]) {
+    let (offset, len) = if family == FAMILY_INET6 {
+        (8, 16)
+    } else {
+        (4, 4)
+    };
+    // SAFETY: the probe-read helpers validate the source address and fail instead of faulting;
+    // len is at most 16, the destination's size.
+    unsafe {
+        let _ = match requested {
+            Requested::Kernel(addr) => {
+                bpf_probe_read_kernel_buf((addr + offset) as *const u8, &mut out[..len])
+            }
+            Requested::User(addr) => {
+                bpf_probe_read_user_buf((addr + offset) as *const u8, &mut out[..len])
+            }
+            Requested::Nothing => Ok(()),
+        };
+    }
 }
 
 /// Reserves and submits one event; counts it as lost when the ring buffer is full.
@@ -125,6 +160,7 @@ pub fn submit(outcome: &Outcome, who: &Claim) {
         remote_addr: [0; 16],
         comm: who.comm,
     });
+    read_requested_address(outcome.requested, outcome.family, &mut event.local_addr);
     if outcome.sk != 0 {
         sock::read_endpoints(
             outcome.sk,

@@ -4,6 +4,7 @@
 use portwatch_ebpf::How;
 
 use crate::{
+    emit::Requested,
     lifecycle::{self, Repeat},
     maps::{IN_FLIGHT, InFlight, InFlightKey},
     sock,
@@ -60,7 +61,7 @@ pub fn after_bind(sk: u64, uaddr: u64, ret: i32) {
     if ret == 0 {
         lifecycle::claimed(sk, how);
     } else {
-        lifecycle::failed(sk, how, -ret, requested);
+        lifecycle::failed(sk, how, -ret, requested, Requested::Kernel(uaddr));
     }
 }
 
@@ -70,7 +71,7 @@ pub fn after_hash_connect(sk: u64, ret: i32) {
     if ret == 0 {
         lifecycle::claimed(sk, How::Connect);
     } else {
-        lifecycle::failed(sk, How::Connect, -ret, 0);
+        lifecycle::failed(sk, How::Connect, -ret, 0, Requested::Nothing);
     }
 }
 
@@ -80,7 +81,7 @@ pub fn after_autobind(sk: u64, ret: i32) {
     if ret == 0 {
         lifecycle::claimed(sk, How::Autobind);
     } else {
-        lifecycle::failed(sk, How::Autobind, -ret, 0);
+        lifecycle::failed(sk, How::Autobind, -ret, 0, Requested::Nothing);
     }
 }
 

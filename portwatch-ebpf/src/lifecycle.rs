@@ -9,7 +9,7 @@ use portwatch_ebpf::{
 };
 
 use crate::{
-    emit::{self, Outcome},
+    emit::{self, Outcome, Requested},
     maps::{CLAIMS, Claim, ClaimState},
     sock,
 };
@@ -43,6 +43,7 @@ pub fn claimed(sk: u64, how: How) {
             proto,
             family,
             sk,
+            requested: Requested::Nothing,
             claimed_at: 0,
         },
         &claim,
@@ -67,6 +68,7 @@ pub fn listening(sk: u64) {
             proto,
             family,
             sk,
+            requested: Requested::Nothing,
             claimed_at: 0,
         },
         &emit::current_claim(port, 0, 0),
@@ -74,9 +76,9 @@ pub fn listening(sk: u64) {
 }
 
 /// A bind, connect or autobind could not get a port. `port` is the one asked for, 0 when the
-/// kernel was to choose.
+/// kernel was to choose; `requested` the address a failed bind asked for.
 #[inline(always)]
-pub fn failed(sk: u64, how: How, errno: i32, port: u16) {
+pub fn failed(sk: u64, how: How, errno: i32, port: u16, requested: Requested) {
     let (proto, family) = (sock::protocol(sk), sock::family(sk));
     if !emit::port_watched(port) || !emit::socket_watched(proto, family) {
         return;
@@ -90,7 +92,13 @@ pub fn failed(sk: u64, how: How, errno: i32, port: u16) {
             port,
             proto,
             family,
-            sk: 0,
+            // A failed bind never got its address; other failures show the socket's own.
+            sk: if let Requested::Nothing = requested {
+                sk
+            } else {
+                0
+            },
+            requested,
             claimed_at: 0,
         },
         &emit::current_claim(port, how as u8, 0),
@@ -165,6 +173,7 @@ pub fn left_time_wait(tw: u64) {
             proto: PROTO_TCP as u16,
             family,
             sk: tw,
+            requested: Requested::Nothing,
             claimed_at,
         },
         &claim,
@@ -225,6 +234,7 @@ fn released_with(sk: u64, port_now: u16, repeat: Repeat, flags: u8) -> Option<Cl
             proto,
             family,
             sk,
+            requested: Requested::Nothing,
             claimed_at,
         },
         &claim,

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use portwatch_ebpf::{How, PROTO_TCP, PROTO_UDP};
 
 use crate::{
-    emit,
+    emit::{self, Requested},
     globals::global,
     kfunc::{self, Hook},
     lifecycle::{self, Repeat},
@@ -97,8 +97,13 @@ fn on_enter(call: Call, regs: u64) {
     if call == Call::Send && (port_before != 0 || proto != PROTO_UDP as u16) {
         return;
     }
-    let requested_port = if call == Call::Bind {
-        let uaddr: u64 = sock::read(regs, global!(OFFSETS.regs_arg1));
+    // For bind: the caller's sockaddr, kept to report the address a failed bind asked for.
+    let uaddr: u64 = if call == Call::Bind {
+        sock::read(regs, global!(OFFSETS.regs_arg1))
+    } else {
+        0
+    };
+    let requested_port = if uaddr != 0 {
         // SAFETY: bpf_probe_read_user validates the user address and fails instead of faulting.
         // sin_port and sin6_port both sit at byte 2 of the caller's sockaddr.
         u16::from_be(unsafe { bpf_probe_read_user((uaddr + 2) as *const u16) }.unwrap_or(0))
@@ -109,7 +114,7 @@ fn on_enter(call: Call, regs: u64) {
         Hook::Syscall,
         InFlight {
             sk,
-            arg: call as u64,
+            arg: uaddr,
             port_before,
             requested_port,
             _pad: 0,
@@ -144,7 +149,13 @@ fn on_exit(call: Call, entered: InFlight, ret: i64) {
             if ret == 0 {
                 lifecycle::claimed(sk, how);
             } else {
-                lifecycle::failed(sk, how, -ret as i32, entered.requested_port);
+                lifecycle::failed(
+                    sk,
+                    how,
+                    -ret as i32,
+                    entered.requested_port,
+                    Requested::User(entered.arg),
+                );
             }
         }
         Call::Connect | Call::Send => {
@@ -162,7 +173,7 @@ fn on_exit(call: Call, entered: InFlight, ret: i64) {
             } else if ret < 0 && port_after == 0 {
                 let errno = -ret as i32;
                 if errno == EADDRNOTAVAIL || errno == EAGAIN {
-                    lifecycle::failed(sk, how, errno, 0);
+                    lifecycle::failed(sk, how, errno, 0, Requested::Nothing);
                 }
             }
         }

@@ -32,7 +32,8 @@ pub fn bind_eaddrinuse() -> Result<(), String> {
                 want("claim", port, me, proto, "ipv4").with("how", "bind"),
                 want("fail", port, me, proto, "ipv4")
                     .with("errno", "EADDRINUSE")
-                    .with("how", "bind"),
+                    .with("how", "bind")
+                    .with("local_addr", "127.0.0.1"),
             ],
         )?;
         exactly(&events, &want("fail", port, me, proto, "ipv4"), 1)?;

@@ -1,6 +1,9 @@
 //! fentry/fexit: BTF trampolines on the socket functions (Linux 5.5+ with BTF, x86-64/arm64).
 
-use aya::{Ebpf, programs::Program};
+use aya::{
+    Ebpf,
+    programs::{Program, ProgramError},
+};
 
 use super::{BackendError, Kernel, kernel_function};
 
@@ -36,7 +39,17 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
                 )));
             }
         };
-        result.map_err(|err| BackendError::hook(label, err))?;
+        result.map_err(|err| match &err {
+            ProgramError::LoadError { io_error, .. }
+                if io_error.raw_os_error() == Some(libc::EPERM) =>
+            {
+                BackendError::Unsupported(format!(
+                    "this kernel refuses fentry/fexit programs (EPERM loading {label}): BPF \
+                     trampolines are disabled or unsupported here"
+                ))
+            }
+            _ => BackendError::hook(label, err),
+        })?;
     }
     Ok(())
 }

@@ -24,7 +24,15 @@ const PROGRAMS: [(&str, &str); 15] = [
     ("kp_time_wait_end", "time_wait_end"),
 ];
 
+/// Present when the kernel was built with kprobe support (CONFIG_KPROBES and perf events).
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
+
 pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
+    if !std::path::Path::new(KPROBE_PMU).exists() {
+        return Err(BackendError::Unsupported(format!(
+            "this kernel has no kprobes ({KPROBE_PMU} is missing: built without CONFIG_KPROBES)"
+        )));
+    }
     for (program, hook) in PROGRAMS {
         let function = kernel_function(kernel, hook)?;
         let label = format!("{program} on {function}");

@@ -79,13 +79,25 @@ impl BackendError {
             ProgramError::SyscallError(syscall) => {
                 format!("{} failed ({})", syscall.call, syscall.io_error)
             }
-            other => other.to_string(),
+            other => chain(other),
         };
         Self::Hook {
             hook: hook.into(),
             reason,
         }
     }
+}
+
+/// An error and its causes on one line: aya's outer errors often name only a path.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// What every backend needs from the running kernel, read once.
