@@ -159,3 +159,40 @@ pub fn time_wait_and_its_end() -> Result<(), String> {
 fn time_wait_end_observable(trace: &Trace) -> bool {
     trace.backend != "tracepoint"
 }
+
+/// A stalled reader and a tiny ring buffer: the overflow must be counted and reported, and every
+/// event must be either delivered or counted as lost.
+pub fn ring_buffer_overflow_is_counted() -> Result<(), String> {
+    const ROUNDS: usize = 300;
+    let port = free_port();
+    let tracer = Tracer::start(&["--port", &port.to_string(), "--ring-kib", "4"])?;
+    tracer.pause();
+    for _ in 0..ROUNDS {
+        let socket = Socket::new(Kind::Udp, V4).map_err(|e| e.to_string())?;
+        socket.bind(port).map_err(|e| e.to_string())?;
+    }
+    tracer.resume();
+    let trace = tracer.stop();
+    let delivered = trace.on_port(port).len();
+    let lost: u64 = trace
+        .events
+        .iter()
+        .filter(|event| event["event"] == "lost")
+        .filter_map(|event| event["count"].as_u64())
+        .sum();
+    check(lost > 0, || {
+        format!("no loss reported with a 4 KiB buffer; {delivered} delivered")
+    })?;
+    check(delivered as u64 + lost == 2 * ROUNDS as u64, || {
+        format!(
+            "{delivered} delivered + {lost} lost != {} caused",
+            2 * ROUNDS
+        )
+    })?;
+    check(
+        trace
+            .summary()
+            .is_some_and(|s| s.ends_with(&format!("lost={lost}"))),
+        || format!("summary {:?} does not say lost={lost}", trace.summary()),
+    )
+}

@@ -43,6 +43,10 @@ const SCENARIOS: &[Scenario] = &[
         lifetimes::single_watched_port_sees_nothing_else,
     ),
     ("TIME_WAIT and its end", lifetimes::time_wait_and_its_end),
+    (
+        "ring buffer overflow is counted",
+        lifetimes::ring_buffer_overflow_is_counted,
+    ),
     ("--count stops the trace", cli::count_stops_the_trace),
     (
         "closed pipe is a clean exit",

@@ -88,6 +88,17 @@ impl Tracer {
         }
     }
 
+    /// Stops the tracer process (SIGSTOP) so the ring buffer fills.
+    pub fn pause(&self) {
+        // SAFETY: kill with a valid pid of our own child and a valid signal number.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+    }
+
+    pub fn resume(&self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+    }
+
     /// Gives in-flight kernel work (softirq closes, timers) a moment, then stops the tracer with
     /// SIGINT and returns everything it printed.
     pub fn stop(self) -> Trace {
