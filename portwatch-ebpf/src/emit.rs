@@ -160,7 +160,6 @@ pub fn submit(outcome: &Outcome, who: &Claim) {
         remote_addr: [0; 16],
         comm: who.comm,
     });
-    read_requested_address(outcome.requested, outcome.family, &mut event.local_addr);
     if outcome.sk != 0 {
         sock::read_endpoints(
             outcome.sk,
@@ -173,5 +172,8 @@ pub fn submit(outcome: &Outcome, who: &Claim) {
             },
         );
     }
+    // After the socket's own endpoints: a failed bind's socket never got the address it asked
+    // for, so the request is what the event shows.
+    read_requested_address(outcome.requested, outcome.family, &mut event.local_addr);
     entry.submit(0);
 }

@@ -114,8 +114,7 @@ impl<W: Write> Sink for TableSink<W> {
             .remote
             .map_or("-".to_string(), |(addr, port)| endpoint(&addr, port));
         let kind = self.paint(event.kind.name());
-        writeln!(
-            self.out,
+        let line = format!(
             "{}  {} {:<6} {:<28} {:<28} {:<8} {:<16} {}",
             event.ts.time_of_day(),
             kind,
@@ -125,7 +124,8 @@ impl<W: Write> Sink for TableSink<W> {
             event.pid,
             printable(&event.comm),
             detail(event)
-        )
+        );
+        writeln!(self.out, "{}", line.trim_end())
     }
 
     fn lost(&mut self, ts: Timestamp, count: u64) -> io::Result<()> {
