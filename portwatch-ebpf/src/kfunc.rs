@@ -38,6 +38,13 @@ pub fn remember(hook: Hook, state: InFlight) {
     let _ = IN_FLIGHT.insert(in_flight_key(hook), state, 0);
 }
 
+/// Drops whatever an earlier call on this thread left behind, so a syscall exit never pairs with
+/// a stale entry (from a thread that died mid-call and whose id was reused).
+#[inline(always)]
+pub fn forget(hook: Hook) {
+    let _ = IN_FLIGHT.remove(in_flight_key(hook));
+}
+
 #[inline(always)]
 pub fn take(hook: Hook) -> Option<InFlight> {
     let key = in_flight_key(hook);

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use portwatch_ebpf::{DEFAULT_RING_BYTES, PORT_BITMAP_WORDS};
 
@@ -25,9 +25,10 @@ pub static WATCHED_PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS
 pub static CLAIMS: LruHashMap<u64, Claim> = LruHashMap::with_max_entries(65536, 0);
 
 /// Per-thread state carried from a hook's entry to its exit (syscall enter/exit, kprobe/kretprobe,
-/// fentry/fexit), keyed by thread id and hook.
+/// fentry/fexit), keyed by thread id and hook. LRU, because a thread killed inside a syscall never
+/// reaches the exit hook that would remove its entry.
 #[map]
-pub static IN_FLIGHT: HashMap<InFlightKey, InFlight> = HashMap::with_max_entries(16384, 0);
+pub static IN_FLIGHT: LruHashMap<InFlightKey, InFlight> = LruHashMap::with_max_entries(16384, 0);
 
 /// The claim a socket made, or a marker that its port moved on.
 #[repr(C)]

@@ -85,16 +85,15 @@ fn on_enter(call: Call, regs: u64) {
     }
     let fd: u64 = sock::read(regs, global!(OFFSETS.regs_arg0));
     let sk = sock::sock_from_fd(fd);
-    if sk == 0 {
-        return;
-    }
     let (proto, family) = (sock::protocol(sk), sock::family(sk));
-    if !emit::socket_watched(proto, family) {
-        return;
-    }
     let port_before = sock::local_port(sk);
-    // A send on a socket that has a port cannot claim one: skip the bookkeeping on the hot path.
-    if call == Call::Send && (port_before != 0 || proto != PROTO_UDP as u16) {
+    // Not ours to follow: not an inet socket, a filtered protocol, or a send on a socket that
+    // already has its port (the hot path of every UDP server).
+    if sk == 0
+        || !emit::socket_watched(proto, family)
+        || (call == Call::Send && (port_before != 0 || proto != PROTO_UDP as u16))
+    {
+        kfunc::forget(Hook::Syscall);
         return;
     }
     // For bind: the caller's sockaddr, kept to report the address a failed bind asked for.
