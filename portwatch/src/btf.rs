@@ -3,8 +3,9 @@
 //!
 //! aya offers no CO-RE for Rust programs, so instead of relocating the object we look each field
 //! up here and pass the offsets in as read-only globals. Only the small part of the BTF format
-//! needed for that is parsed: types, struct/union members (through anonymous members) and
-//! function prototypes.
+//! needed for that is parsed: type records, struct/union members (through anonymous members)
+//! and function prototypes. The file stays as read, with an index of the named structs,
+//! functions and typedefs (the only kinds looked up by name).
 
 use std::collections::HashMap;
 
@@ -29,6 +30,7 @@ pub enum BtfError {
 }
 
 const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
@@ -45,28 +47,28 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
-struct Member {
-    name: u32,
-    type_id: u32,
-    bit_offset: u32,
-    bitfield_size: u32,
-}
+const HEADER_LEN: usize = 24;
+const RECORD_LEN: usize = 12;
 
-struct Type {
-    kind: u32,
-    /// Struct/union members; empty for other kinds.
-    members: Vec<Member>,
-    /// FUNC and modifiers (typedef, const...): the type they refer to; FUNC_PROTO: its
-    /// parameter count.
-    link: u32,
-}
-
-/// The parsed kernel BTF.
+/// The kernel's BTF, kept as the bytes it came as, with the start of every type record.
 pub struct Btf {
-    strings: Vec<u8>,
-    types: Vec<Type>,
-    structs: HashMap<String, u32>,
-    functions: HashMap<String, u32>,
+    data: Vec<u8>,
+    strings: std::ops::Range<usize>,
+    /// Byte offset of each type record, indexed by type id (id 0, `void`, has none: 0).
+    records: Vec<usize>,
+    /// (kind, name) to type id, for structs, functions and typedefs.
+    named: HashMap<(u32, String), u32>,
+}
+
+/// One type record's fixed part.
+#[derive(Clone, Copy)]
+struct Record {
+    at: usize,
+    name: u32,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    size_or_type: u32,
 }
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
@@ -77,109 +79,77 @@ fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
 
 impl Btf {
     pub fn from_sys_fs() -> Result<Self, BtfError> {
-        Self::parse(&std::fs::read(VMLINUX)?)
+        Self::parse(std::fs::read(VMLINUX)?)
     }
 
-    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+    pub fn parse(data: Vec<u8>) -> Result<Self, BtfError> {
         if data.get(0..2) != Some(&[0x9f, 0xeb]) {
             return Err(BtfError::Malformed(
                 "bad magic (only little-endian BTF is supported)",
             ));
         }
-        let header_len = u32_at(data, 4)? as usize;
-        let type_start = header_len + u32_at(data, 8)? as usize;
-        let type_end = type_start + u32_at(data, 12)? as usize;
-        let str_start = header_len + u32_at(data, 16)? as usize;
-        let str_end = str_start + u32_at(data, 20)? as usize;
-        let strings = data
-            .get(str_start..str_end)
-            .ok_or(BtfError::Malformed("string section out of bounds"))?
-            .to_vec();
-        let section = data
-            .get(type_start..type_end)
-            .ok_or(BtfError::Malformed("type section out of bounds"))?;
+        let header_len = u32_at(&data, 4)? as usize;
+        let type_start = header_len + u32_at(&data, 8)? as usize;
+        let type_end = type_start + u32_at(&data, 12)? as usize;
+        let str_start = header_len + u32_at(&data, 16)? as usize;
+        let str_end = str_start + u32_at(&data, 20)? as usize;
+        if type_end > data.len() || str_end > data.len() {
+            return Err(BtfError::Malformed("section out of bounds"));
+        }
         let mut btf = Btf {
-            strings,
-            // Type id 0 is `void`.
-            types: vec![Type {
-                kind: 0,
-                members: Vec::new(),
-                link: 0,
-            }],
-            structs: HashMap::new(),
-            functions: HashMap::new(),
+            data,
+            strings: str_start..str_end,
+            records: vec![0],
+            named: HashMap::new(),
         };
-        let mut at = 0;
-        while at < section.len() {
-            at = btf.parse_type(section, at)?;
+        let mut at = type_start;
+        while at < type_end {
+            let record = btf.record_at(at)?;
+            if matches!(record.kind, KIND_STRUCT | KIND_FUNC | KIND_TYPEDEF) && record.name != 0 {
+                let key = (record.kind, btf.string(record.name).to_string());
+                btf.named.entry(key).or_insert(btf.records.len() as u32);
+            }
+            btf.records.push(at);
+            at = btf.next_record(record)?;
         }
         Ok(btf)
     }
 
-    /// Parses the type at `at` and returns where the next one starts.
-    fn parse_type(&mut self, section: &[u8], at: usize) -> Result<usize, BtfError> {
-        let name = u32_at(section, at)?;
-        let info = u32_at(section, at + 4)?;
-        let size_or_type = u32_at(section, at + 8)?;
-        let kind = (info >> 24) & 0x1f;
-        let vlen = (info & 0xffff) as usize;
-        let kind_flag = info >> 31 == 1;
-        let body = at + 12;
-        let mut members = Vec::new();
-        let mut link = 0;
-        let next = match kind {
-            KIND_INT | KIND_VAR | KIND_DECL_TAG => body + 4,
-            KIND_ARRAY => body + 12,
-            KIND_STRUCT | KIND_UNION => {
-                for index in 0..vlen {
-                    let member = body + index * 12;
-                    let offset = u32_at(section, member + 8)?;
-                    members.push(Member {
-                        name: u32_at(section, member)?,
-                        type_id: u32_at(section, member + 4)?,
-                        bit_offset: if kind_flag {
-                            offset & 0xff_ffff
-                        } else {
-                            offset
-                        },
-                        bitfield_size: if kind_flag { offset >> 24 } else { 0 },
-                    });
-                }
-                body + vlen * 12
-            }
-            KIND_ENUM => body + vlen * 8,
-            KIND_FUNC_PROTO => {
-                link = vlen as u32;
-                body + vlen * 8
-            }
-            KIND_DATASEC | KIND_ENUM64 => body + vlen * 12,
-            KIND_FUNC | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
-            | KIND_TYPE_TAG => {
-                link = size_or_type;
-                body
-            }
-            _ => body,
+    fn record_at(&self, at: usize) -> Result<Record, BtfError> {
+        let info = u32_at(&self.data, at + 4)?;
+        Ok(Record {
+            at,
+            name: u32_at(&self.data, at)?,
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            size_or_type: u32_at(&self.data, at + 8)?,
+        })
+    }
+
+    /// Where the record after this one starts: the fixed part plus the kind's trailing data.
+    fn next_record(&self, record: Record) -> Result<usize, BtfError> {
+        let body = record.at + RECORD_LEN;
+        let trailing = match record.kind {
+            KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+            KIND_ARRAY => 12,
+            KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => record.vlen * 12,
+            KIND_ENUM | KIND_FUNC_PROTO => record.vlen * 8,
+            0 | 20.. => return Err(BtfError::Malformed("unknown type kind")),
+            _ => 0,
         };
-        let id = self.types.len() as u32;
-        if name != 0 && (kind == KIND_STRUCT || kind == KIND_FUNC) {
-            let text = self.string(name).to_string();
-            let index = if kind == KIND_STRUCT {
-                &mut self.structs
-            } else {
-                &mut self.functions
-            };
-            index.entry(text).or_insert(id);
-        }
-        self.types.push(Type {
-            kind,
-            members,
-            link,
-        });
-        Ok(next)
+        Ok(body + trailing)
+    }
+
+    fn record(&self, id: u32) -> Option<Record> {
+        let at = *self.records.get(id as usize).filter(|&&at| at != 0)?;
+        self.record_at(at).ok()
     }
 
     fn string(&self, offset: u32) -> &str {
-        let tail = self.strings.get(offset as usize..).unwrap_or_default();
+        let tail = self.data[self.strings.clone()]
+            .get(offset as usize..)
+            .unwrap_or_default();
         let end = tail
             .iter()
             .position(|&byte| byte == 0)
@@ -187,31 +157,48 @@ impl Btf {
         std::str::from_utf8(&tail[..end]).unwrap_or("")
     }
 
+    /// The id of the named struct, function or typedef.
+    fn find(&self, kind: u32, name: &str) -> Option<u32> {
+        self.named.get(&(kind, name.to_string())).copied()
+    }
+
     /// Byte offset of `field` in `struct name`, looking through anonymous struct/union members.
     pub fn field_offset(&self, name: &str, field: &str) -> Result<u32, BtfError> {
-        let id = *self
-            .structs
-            .get(name)
+        let id = self
+            .find(KIND_STRUCT, name)
             .ok_or_else(|| BtfError::NoStruct(name.into()))?;
-        match self.find_member(id, field) {
+        match self.find_member(id, field, 0) {
             Some((bit_offset, 0)) if bit_offset % 8 == 0 => Ok(bit_offset / 8),
             Some(_) => Err(BtfError::Bitfield(name.into(), field.into())),
             None => Err(BtfError::NoField(name.into(), field.into())),
         }
     }
 
-    fn find_member(&self, id: u32, field: &str) -> Option<(u32, u32)> {
-        let ty = self.types.get(id as usize)?;
-        for member in &ty.members {
-            if member.name != 0 {
-                if self.string(member.name) == field {
-                    return Some((member.bit_offset, member.bitfield_size));
+    /// (bit offset, bitfield size) of a member, searching anonymous members `depth` levels down.
+    fn find_member(&self, id: u32, field: &str, depth: u32) -> Option<(u32, u32)> {
+        let record = self.record(id)?;
+        if depth > 8 || (record.kind != KIND_STRUCT && record.kind != KIND_UNION) {
+            return None;
+        }
+        for index in 0..record.vlen {
+            let member = record.at + RECORD_LEN + index * 12;
+            let name = u32_at(&self.data, member).ok()?;
+            let type_id = u32_at(&self.data, member + 4).ok()?;
+            let offset = u32_at(&self.data, member + 8).ok()?;
+            let (bit_offset, bitfield_size) = if record.kind_flag {
+                (offset & 0xff_ffff, offset >> 24)
+            } else {
+                (offset, 0)
+            };
+            if name != 0 {
+                if self.string(name) == field {
+                    return Some((bit_offset, bitfield_size));
                 }
                 continue;
             }
-            let inner = self.strip_modifiers(member.type_id);
-            if let Some((offset, size)) = self.find_member(inner, field) {
-                return Some((member.bit_offset + offset, size));
+            let inner = self.strip_modifiers(type_id);
+            if let Some((offset, size)) = self.find_member(inner, field, depth + 1) {
+                return Some((bit_offset + offset, size));
             }
         }
         None
@@ -228,8 +215,8 @@ impl Btf {
         ];
         // Bounded: a malformed BTF with a modifier cycle must not hang us.
         for _ in 0..32 {
-            match self.types.get(id as usize) {
-                Some(ty) if MODIFIERS.contains(&ty.kind) => id = ty.link,
+            match self.record(id) {
+                Some(record) if MODIFIERS.contains(&record.kind) => id = record.size_or_type,
                 _ => break,
             }
         }
@@ -237,22 +224,63 @@ impl Btf {
     }
 
     pub fn has_function(&self, name: &str) -> bool {
-        self.functions.contains_key(name)
+        self.find(KIND_FUNC, name).is_some()
     }
 
     /// How many parameters the kernel function takes: the index of its return value in a
     /// fexit program's context.
     pub fn parameter_count(&self, name: &str) -> Result<u32, BtfError> {
         let func = self
-            .functions
-            .get(name)
-            .and_then(|&id| self.types.get(id as usize))
+            .find(KIND_FUNC, name)
+            .and_then(|id| self.record(id))
             .ok_or_else(|| BtfError::NoFunction(name.into()))?;
-        self.types
-            .get(func.link as usize)
+        self.record(func.size_or_type)
             .filter(|proto| proto.kind == KIND_FUNC_PROTO)
-            .map(|proto| proto.link)
+            .map(|proto| proto.vlen as u32)
             .ok_or(BtfError::Malformed("FUNC without prototype"))
+    }
+
+    /// A BTF blob with the same type ids as the kernel's, in which only the named functions and
+    /// typedefs survive and every other type is an empty pointer record.
+    ///
+    /// aya needs a parsed `Btf` only to look up attach points by name; the kernel checks them
+    /// against its own BTF by id. Handing aya this skeleton instead of the whole kernel BTF saves
+    /// some 25 MB of memory and most of the parse time, because the ids are all that must match.
+    pub fn attach_points_only(&self, names: &[&str]) -> Vec<u8> {
+        let mut strings = vec![0u8];
+        let mut types = Vec::with_capacity(self.records.len() * RECORD_LEN);
+        let wanted: HashMap<u32, &str> = names
+            .iter()
+            .flat_map(|name| {
+                [KIND_FUNC, KIND_TYPEDEF].map(|kind| self.find(kind, name).map(|id| (id, *name)))
+            })
+            .flatten()
+            .collect();
+        for id in 1..self.records.len() as u32 {
+            let kept = wanted.get(&id).and_then(|_| self.record(id));
+            let (name, info) = match kept {
+                Some(record) => {
+                    let name = strings.len() as u32;
+                    strings.extend_from_slice(self.string(record.name).as_bytes());
+                    strings.push(0);
+                    // Keep the kind (and FUNC linkage in vlen); point at `void`.
+                    (name, (record.kind << 24) | record.vlen as u32)
+                }
+                None => (0, KIND_PTR << 24),
+            };
+            for word in [name, info, 0] {
+                types.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+        let mut blob = Vec::with_capacity(HEADER_LEN + types.len() + strings.len());
+        blob.extend_from_slice(&[0x9f, 0xeb, 1, 0]);
+        for word in [HEADER_LEN as u32, 0, types.len() as u32, types.len() as u32] {
+            blob.extend_from_slice(&word.to_le_bytes());
+        }
+        blob.extend_from_slice(&(strings.len() as u32).to_le_bytes());
+        blob.extend_from_slice(&types);
+        blob.extend_from_slice(&strings);
+        blob
     }
 }
 
@@ -309,5 +337,28 @@ mod tests {
         assert_eq!(btf.parameter_count("tcp_v4_connect").unwrap(), 3);
         assert!(btf.has_function("inet_csk_accept"));
         assert!(!btf.has_function("no_such_kernel_function"));
+    }
+
+    /// The skeleton keeps every id: aya must find each named type at its kernel id.
+    #[test]
+    fn attach_point_skeleton_keeps_kernel_ids() {
+        let btf = Btf::from_sys_fs().expect("kernel BTF");
+        let names = ["inet_csk_accept", "btf_trace_inet_sock_set_state"];
+        let skeleton = aya::Btf::parse(&btf.attach_points_only(&names), aya::Endianness::Little)
+            .expect("aya parses the skeleton");
+        let accept = skeleton
+            .id_by_type_name_kind("inet_csk_accept", aya_obj::btf::BtfKind::Func)
+            .expect("function kept");
+        assert_eq!(Some(accept), btf.find(KIND_FUNC, "inet_csk_accept"));
+        let tracepoint = skeleton
+            .id_by_type_name_kind(
+                "btf_trace_inet_sock_set_state",
+                aya_obj::btf::BtfKind::Typedef,
+            )
+            .expect("typedef kept");
+        assert_eq!(
+            Some(tracepoint),
+            btf.find(KIND_TYPEDEF, "btf_trace_inet_sock_set_state")
+        );
     }
 }

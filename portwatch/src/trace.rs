@@ -47,6 +47,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             eprintln!("portwatch: passed over {}: {err}", skipped.name());
         }
     }
+    drop(kernel);
+    privileges::release_freed_memory();
     let mut stream = Stream::new(&mut ebpf)?;
     let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let sink: Box<dyn Sink> = match config.format {

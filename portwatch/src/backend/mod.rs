@@ -6,8 +6,10 @@ mod fentry;
 mod kprobe;
 mod tracepoint;
 
+use std::collections::HashSet;
+
 use aya::{Ebpf, EbpfLoader, maps::Array, programs::ProgramError};
-use portwatch_ebpf::{Settings, Syscalls};
+use portwatch_ebpf::{Offsets, Settings, Syscalls};
 
 use crate::{
     btf::{self, Btf, BtfError},
@@ -102,16 +104,39 @@ fn chain(error: &dyn std::error::Error) -> String {
 
 /// What every backend needs from the running kernel, read once.
 pub struct Kernel {
-    pub btf: Btf,
+    /// The field offsets, or why this kernel's BTF lacks one.
+    offsets: Result<Offsets, String>,
+    /// Which of the functions the fentry and kprobe backends may hook this kernel has.
+    functions: HashSet<&'static str>,
+    /// aya's own parse, which program loading needs to find attach points.
     pub aya_btf: aya::Btf,
 }
 
 impl Kernel {
+    /// Takes what we need from our own BTF parse, then gives aya a skeleton of the kernel's BTF
+    /// that holds only the attach points (see [`Btf::attach_points_only`]).
     pub fn read() -> Result<Self, BackendError> {
         let btf = Btf::from_sys_fs()?;
-        let aya_btf = aya::Btf::from_sys_fs()
+        let functions: HashSet<&'static str> = KERNEL_FUNCTIONS
+            .iter()
+            .flat_map(|(_, candidates)| candidates.iter().copied())
+            .filter(|name| btf.has_function(name))
+            .collect();
+        let offsets = btf::offsets(&btf).map_err(|err| err.to_string());
+        let attach_points: Vec<&str> = functions
+            .iter()
+            .copied()
+            .chain(tracepoint::BTF_TRACEPOINT_TYPES)
+            .collect();
+        let skeleton = btf.attach_points_only(&attach_points);
+        drop(btf);
+        let aya_btf = aya::Btf::parse(&skeleton, aya::Endianness::Little)
             .map_err(|err| BackendError::Unsupported(format!("reading kernel BTF: {err}")))?;
-        Ok(Self { btf, aya_btf })
+        Ok(Self {
+            offsets,
+            functions,
+            aya_btf,
+        })
     }
 }
 
@@ -128,14 +153,15 @@ pub fn attach(
     kernel: &Kernel,
     config: &Config,
 ) -> Result<Attached, BackendError> {
-    let offsets = btf::offsets(&kernel.btf)?;
+    let offsets = kernel.offsets.clone().map_err(BackendError::Unsupported)?;
     if backend == Backend::Tracepoint {
         tracepoint::check_supported(&offsets)?;
     }
     let settings = settings(config);
     let syscalls = syscalls();
     let mut ebpf = EbpfLoader::new()
-        .btf(Some(&kernel.aya_btf))
+        // No CO-RE relocations to apply: offsets come in as globals.
+        .btf(None)
         .override_global("OFFSETS", &offsets, true)
         .override_global("SETTINGS", &settings, true)
         .override_global("SYSCALLS", &syscalls, true)
@@ -216,7 +242,7 @@ fn kernel_function(kernel: &Kernel, hook: &str) -> Result<&'static str, BackendE
     candidates
         .iter()
         .copied()
-        .find(|name| kernel.btf.has_function(name))
+        .find(|name| kernel.functions.contains(name))
         .ok_or_else(|| BackendError::Hook {
             hook: hook.into(),
             reason: format!(

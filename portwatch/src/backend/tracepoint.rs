@@ -27,6 +27,12 @@ pub fn check_supported(offsets: &Offsets) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// The tp_btf tracepoints, as aya finds them in BTF (`btf_trace_<name>` typedefs).
+pub const BTF_TRACEPOINT_TYPES: [&str; 2] = [
+    "btf_trace_inet_sock_set_state",
+    "btf_trace_tcp_destroy_sock",
+];
+
 pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
     for (program, tracepoint) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
         let Some(Program::RawTracePoint(raw)) = ebpf.program_mut(program) else {
