@@ -1,66 +1,46 @@
 //! The fentry/fexit backend: BTF trampolines on the kernel's bind, connect, autobind, listen,
 //! accept and port-release functions. Cheapest per call and sees kernel-internal sockets too.
 //! Userspace loads `time_wait_start` and `time_wait_end` against whichever function names the
-//! running kernel has.
+//! running kernel has, and of the per-signature variants the one that matches it.
 
 use aya_ebpf::{
     macros::{fentry, fexit},
     programs::{FEntryContext, FExitContext},
 };
 
-use crate::{globals::global, kfunc};
+use crate::kfunc;
 
 /// A fexit program's view of the traced function's return value: the context slot after the
-/// arguments. The index comes from BTF at load time and is a verifier-known constant, so only the
-/// matching arm is ever verified. Read as a 32-bit int: these functions return `int`.
-#[inline(always)]
-fn returned(ctx: &FExitContext, index: u32) -> i32 {
-    let raw: u64 = match index {
-        1 => ctx.arg(1),
-        2 => ctx.arg(2),
-        3 => ctx.arg(3),
-        4 => ctx.arg(4),
-        5 => ctx.arg(5),
-        _ => ctx.arg(6),
+/// arguments, read as the 32-bit `int` these functions return. The slot must be a constant in the
+/// instruction (the verifier refuses computed context offsets), so functions whose parameter
+/// count differs between kernels get one program per count and userspace loads the one that fits.
+macro_rules! returned {
+    ($ctx:expr, $slot:literal) => {
+        $ctx.arg::<u64>($slot) as i32
     };
-    raw as i32
 }
 
 #[fexit(function = "__inet_bind")]
 pub fn inet_bind_exit(ctx: FExitContext) -> i32 {
-    kfunc::after_bind(
-        ctx.arg(0),
-        ctx.arg(1),
-        returned(&ctx, global!(OFFSETS.fexit_ret_bind)),
-    );
+    kfunc::after_bind(ctx.arg(0), ctx.arg(1), returned!(ctx, 4));
     0
 }
 
 #[fexit(function = "__inet6_bind")]
 pub fn inet6_bind_exit(ctx: FExitContext) -> i32 {
-    kfunc::after_bind(
-        ctx.arg(0),
-        ctx.arg(1),
-        returned(&ctx, global!(OFFSETS.fexit_ret_bind6)),
-    );
+    kfunc::after_bind(ctx.arg(0), ctx.arg(1), returned!(ctx, 4));
     0
 }
 
 #[fexit(function = "__inet_hash_connect")]
 pub fn hash_connect_exit(ctx: FExitContext) -> i32 {
-    kfunc::after_hash_connect(
-        ctx.arg(1),
-        returned(&ctx, global!(OFFSETS.fexit_ret_hash_connect)),
-    );
+    kfunc::after_hash_connect(ctx.arg(1), returned!(ctx, 4));
     0
 }
 
 #[fexit(function = "inet_autobind")]
 pub fn autobind_exit(ctx: FExitContext) -> i32 {
-    kfunc::after_autobind(
-        ctx.arg(0),
-        returned(&ctx, global!(OFFSETS.fexit_ret_autobind)),
-    );
+    kfunc::after_autobind(ctx.arg(0), returned!(ctx, 1));
     0
 }
 
@@ -70,22 +50,31 @@ pub fn listen_start_entry(ctx: FEntryContext) -> i32 {
     0
 }
 
+/// `inet_csk_listen_start(sk)`, Linux 5.19 and later.
 #[fexit(function = "inet_csk_listen_start")]
-pub fn listen_start_exit(ctx: FExitContext) -> i32 {
-    kfunc::after_listen_start(
-        ctx.arg(0),
-        returned(&ctx, global!(OFFSETS.fexit_ret_listen)),
-    );
+pub fn listen_start_exit_1(ctx: FExitContext) -> i32 {
+    kfunc::after_listen_start(ctx.arg(0), returned!(ctx, 1));
     0
 }
 
+/// `inet_csk_listen_start(sk, backlog)`, before 5.19.
+#[fexit(function = "inet_csk_listen_start")]
+pub fn listen_start_exit_2(ctx: FExitContext) -> i32 {
+    kfunc::after_listen_start(ctx.arg(0), returned!(ctx, 2));
+    0
+}
+
+/// `inet_csk_accept(sk, arg)`, Linux 6.10 and later.
 #[fexit(function = "inet_csk_accept")]
-pub fn accept_exit(ctx: FExitContext) -> i32 {
-    let child = match global!(OFFSETS.fexit_ret_accept) {
-        2 => ctx.arg(2),
-        _ => ctx.arg(4),
-    };
-    kfunc::after_accept(child);
+pub fn accept_exit_2(ctx: FExitContext) -> i32 {
+    kfunc::after_accept(ctx.arg(2));
+    0
+}
+
+/// `inet_csk_accept(sk, flags, err, kern)`, before 6.10.
+#[fexit(function = "inet_csk_accept")]
+pub fn accept_exit_4(ctx: FExitContext) -> i32 {
+    kfunc::after_accept(ctx.arg(4));
     0
 }
 

@@ -115,13 +115,6 @@ pub struct Offsets {
     pub regs_arg0: u32,
     pub regs_arg1: u32,
     pub regs_syscall_nr: u32,
-    /// Index of the return value in a fexit context: the traced function's argument count.
-    pub fexit_ret_bind: u32,
-    pub fexit_ret_bind6: u32,
-    pub fexit_ret_hash_connect: u32,
-    pub fexit_ret_autobind: u32,
-    pub fexit_ret_accept: u32,
-    pub fexit_ret_listen: u32,
 }
 
 /// Filters applied in the kernel so that unwatched events never reach userspace.

@@ -5,26 +5,43 @@ use aya::{
     programs::{Program, ProgramError},
 };
 
-use super::{BackendError, Kernel, kernel_function};
+use super::{BackendError, Kernel, kernel_function, parameter_count};
 
-/// Program name in the object, and the hook it serves.
-const PROGRAMS: [(&str, &str); 11] = [
-    ("inet_bind_exit", "bind"),
-    ("inet6_bind_exit", "bind6"),
-    ("hash_connect_exit", "hash_connect"),
-    ("autobind_exit", "autobind"),
-    ("listen_start_entry", "listen_start"),
-    ("listen_start_exit", "listen_start"),
-    ("accept_exit", "accept"),
-    ("put_port_entry", "put_port"),
-    ("udp_unhash_entry", "udp_unhash"),
-    ("time_wait_start", "time_wait_start"),
-    ("time_wait_end", "time_wait_end"),
+/// Program name in the object, the hook it serves, and for fexit programs the parameter count
+/// of the kernel function they were written for (their return value sits right after the
+/// parameters); 0 for fentry programs, which work whatever the count.
+const PROGRAMS: [(&str, &str, u32); 13] = [
+    ("inet_bind_exit", "bind", 4),
+    ("inet6_bind_exit", "bind6", 4),
+    ("hash_connect_exit", "hash_connect", 4),
+    ("autobind_exit", "autobind", 1),
+    ("listen_start_entry", "listen_start", 0),
+    ("listen_start_exit_1", "listen_start", 1),
+    ("listen_start_exit_2", "listen_start", 2),
+    ("accept_exit_2", "accept", 2),
+    ("accept_exit_4", "accept", 4),
+    ("put_port_entry", "put_port", 0),
+    ("udp_unhash_entry", "udp_unhash", 0),
+    ("time_wait_start", "time_wait_start", 0),
+    ("time_wait_end", "time_wait_end", 0),
 ];
 
 pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
-    for (program, hook) in PROGRAMS {
+    for (program, hook, written_for) in PROGRAMS {
         let function = kernel_function(kernel, hook)?;
+        let parameters = parameter_count(kernel, function);
+        if written_for != 0 && written_for != parameters {
+            let variant_fits = PROGRAMS
+                .iter()
+                .any(|&(_, other, count)| other == hook && count == parameters);
+            if variant_fits {
+                continue;
+            }
+            return Err(BackendError::Unsupported(format!(
+                "{function} takes {parameters} parameters on this kernel; no fexit program \
+                 for that signature"
+            )));
+        }
         let label = format!("{program} on {function}");
         let result = match ebpf.program_mut(program) {
             Some(Program::FEntry(entry)) => entry

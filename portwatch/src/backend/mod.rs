@@ -6,7 +6,7 @@ mod fentry;
 mod kprobe;
 mod tracepoint;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use aya::{Ebpf, EbpfLoader, maps::Array, programs::ProgramError};
 use portwatch_ebpf::{Offsets, Settings, Syscalls};
@@ -106,8 +106,9 @@ fn chain(error: &dyn std::error::Error) -> String {
 pub struct Kernel {
     /// The field offsets, or why this kernel's BTF lacks one.
     offsets: Result<Offsets, String>,
-    /// Which of the functions the fentry and kprobe backends may hook this kernel has.
-    functions: HashSet<&'static str>,
+    /// The functions the fentry and kprobe backends may hook that this kernel has, with their
+    /// parameter counts (which fexit programs depend on).
+    functions: HashMap<&'static str, u32>,
     /// aya's own parse, which program loading needs to find attach points.
     pub aya_btf: aya::Btf,
 }
@@ -117,14 +118,14 @@ impl Kernel {
     /// that holds only the attach points (see [`Btf::attach_points_only`]).
     pub fn read() -> Result<Self, BackendError> {
         let btf = Btf::from_sys_fs()?;
-        let functions: HashSet<&'static str> = KERNEL_FUNCTIONS
+        let functions: HashMap<&'static str, u32> = KERNEL_FUNCTIONS
             .iter()
             .flat_map(|(_, candidates)| candidates.iter().copied())
-            .filter(|name| btf.has_function(name))
+            .filter_map(|name| Some((name, btf.parameter_count(name).ok()?)))
             .collect();
         let offsets = btf::offsets(&btf).map_err(|err| err.to_string());
         let attach_points: Vec<&str> = functions
-            .iter()
+            .keys()
             .copied()
             .chain(tracepoint::BTF_TRACEPOINT_TYPES)
             .collect();
@@ -242,7 +243,7 @@ fn kernel_function(kernel: &Kernel, hook: &str) -> Result<&'static str, BackendE
     candidates
         .iter()
         .copied()
-        .find(|name| kernel.functions.contains(name))
+        .find(|name| kernel.functions.contains_key(name))
         .ok_or_else(|| BackendError::Hook {
             hook: hook.into(),
             reason: format!(
@@ -250,6 +251,11 @@ fn kernel_function(kernel: &Kernel, hook: &str) -> Result<&'static str, BackendE
                 candidates.join(", ")
             ),
         })
+}
+
+/// How many parameters a kernel function takes on this kernel (0 if it is not there).
+fn parameter_count(kernel: &Kernel, function: &str) -> u32 {
+    kernel.functions.get(function).copied().unwrap_or(0)
 }
 
 /// The kernel functions the fentry and kprobe backends hook, by program name, with the function
