@@ -99,3 +99,22 @@ pub fn holder_at_start_is_reported() -> Result<(), String> {
         ],
     )
 }
+
+/// listen() on an unbound TCP socket picks a port itself: an autobind claim, then the listen.
+pub fn tcp_listen_without_bind() -> Result<(), String> {
+    let me = std::process::id();
+    let tracer = Tracer::start(&["--pid", &me.to_string()])?;
+    let socket = Socket::new(Kind::Tcp, V4).map_err(|e| e.to_string())?;
+    socket.listen().map_err(|e| e.to_string())?;
+    let port = socket.local_port().map_err(|e| e.to_string())?;
+    socket.close();
+    let trace = tracer.stop();
+    in_order(
+        &trace.on_port(port),
+        &[
+            want("claim", port, me, "tcp", "ipv4").with("how", "autobind"),
+            want("listen", port, me, "tcp", "ipv4"),
+            want("free", port, me, "tcp", "ipv4").with("how", "autobind"),
+        ],
+    )
+}

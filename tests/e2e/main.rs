@@ -28,6 +28,7 @@ const SCENARIOS: &[Scenario] = &[
         "holder at start is reported",
         bind::holder_at_start_is_reported,
     ),
+    ("tcp listen without bind", bind::tcp_listen_without_bind),
     ("tcp connect ipv4", connect::tcp_connect_ipv4),
     ("tcp connect ipv6", connect::tcp_connect_ipv6),
     ("udp bind ipv6", udp::udp_bind_ipv6),
