@@ -6,6 +6,7 @@ mod btf;
 mod cli;
 mod clock;
 mod event;
+mod loader;
 mod ports;
 mod privileges;
 mod sink;
@@ -23,21 +24,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("portwatch: starting the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(trace::run(config)) {
+    match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("portwatch: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(config: cli::Config) -> anyhow::Result<()> {
+    privileges::check()?;
+    privileges::raise_memlock_limit();
+    if config.check {
+        return trace::check(&config);
+    }
+    // Before the runtime starts: the loader forks, which is only sound single-threaded.
+    let loaded = loader::load(&config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| anyhow::anyhow!("starting the async runtime: {err}"))?;
+    runtime.block_on(trace::run(config, loaded))
 }

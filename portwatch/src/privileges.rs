@@ -38,11 +38,3 @@ pub fn raise_memlock_limit() {
     // SAFETY: `unlimited` is a valid rlimit that outlives the call.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
-
-/// Loading parses the kernel's BTF (aya's loader does so on its own, several megabytes); once the
-/// programs are attached that memory is garbage, so hand it back to the system instead of
-/// keeping it resident for a trace that may run for days.
-pub fn release_freed_memory() {
-    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
-    unsafe { libc::malloc_trim(0) };
-}

@@ -3,10 +3,7 @@
 use std::mem::size_of;
 
 use anyhow::Context as _;
-use aya::{
-    Ebpf,
-    maps::{MapData, PerCpuArray, RingBuf},
-};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
 use portwatch_ebpf::RawEvent;
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -18,9 +15,7 @@ pub struct Stream {
 }
 
 impl Stream {
-    pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("no EVENTS map")?)?;
-        let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("no LOST map")?)?;
+    pub fn new(ring: RingBuf<MapData>, lost: PerCpuArray<MapData, u64>) -> anyhow::Result<Self> {
         Ok(Self {
             // SAFETY: the RingBuf owns its map fd; it stays open and unchanged until the
             // AsyncFd, which owns the RingBuf, is dropped.

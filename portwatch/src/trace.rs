@@ -11,11 +11,11 @@ use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    backend::{self, Attached, Backend, Kernel},
+    backend::{self, Backend, Kernel},
     cli::{BackendArg, Config, Format},
     clock::{MonotonicClock, Timestamp},
     event::{Event, Kind, Proto},
-    privileges,
+    loader::Loaded,
     sink::{JsonSink, Sink, TableSink},
     snapshot,
     stream::Stream,
@@ -24,32 +24,20 @@ use crate::{
 /// How often the lost-event counter is read while events flow.
 const LOST_POLL: Duration = Duration::from_millis(500);
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    privileges::check()?;
-    privileges::raise_memlock_limit();
-    let kernel = Kernel::read().context("reading the kernel's type information")?;
-    if config.check {
-        return check(&kernel, &config);
-    }
-    let (attached, passed_over) = backend::attach_best(&kernel, &config);
-    let Some(Attached { backend, mut ebpf }) = attached else {
-        let reasons: Vec<String> = passed_over
-            .iter()
-            .map(|(backend, err)| format!("{}: {err}", backend.name()))
-            .collect();
-        bail!(
-            "no backend could attach on this kernel ({})",
-            reasons.join("; ")
-        );
-    };
+pub async fn run(config: Config, loaded: Loaded) -> anyhow::Result<()> {
     if config.backend == BackendArg::Auto {
-        for (skipped, err) in &passed_over {
-            eprintln!("portwatch: passed over {}: {err}", skipped.name());
+        for reason in &loaded.passed_over {
+            eprintln!("portwatch: passed over {reason}");
         }
     }
-    drop(kernel);
-    privileges::release_freed_memory();
-    let mut stream = Stream::new(&mut ebpf)?;
+    let Loaded {
+        backend,
+        events,
+        lost,
+        attachment,
+        ..
+    } = loaded;
+    let mut stream = Stream::new(events, lost)?;
     let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let sink: Box<dyn Sink> = match config.format {
         Format::Json => Box::new(JsonSink::new(stdout)),
@@ -61,15 +49,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let outcome = match pipeline.report_holders(&config) {
         Ok(()) => {
             eprintln!(
-                "portwatch: attached backend={}, watching {}",
-                backend.name(),
+                "portwatch: attached backend={backend}, watching {}",
                 config.describe()
             );
             pipeline.run(&mut stream, &config).await
         }
         Err(err) => Err(err),
     };
-    drop(ebpf);
+    // Detach before the summary: closing the last descriptors removes the hooks.
+    drop((stream, attachment));
     eprintln!("portwatch: summary {}", pipeline.summary());
     match outcome {
         Err(err) if is_broken_pipe(&err) => Ok(()),
@@ -78,7 +66,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// `--check`: attach each candidate once, report, detach.
-fn check(kernel: &Kernel, config: &Config) -> anyhow::Result<()> {
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    let kernel = Kernel::read().context("reading the kernel's type information")?;
+    let kernel = &kernel;
     let mut picked = None;
     for backend in Backend::candidates(config.backend) {
         match backend::attach(backend, kernel, config) {
