@@ -92,7 +92,7 @@ pub fn udp_unhash_entry(ctx: FEntryContext) -> i32 {
 
 #[fentry(function = "inet_twsk_hashdance")]
 pub fn time_wait_start(ctx: FEntryContext) -> i32 {
-    kfunc::time_wait_began(ctx.arg(0), ctx.arg(1));
+    kfunc::time_wait_began(ctx.arg(1));
     0
 }
 

@@ -15,12 +15,21 @@ pub(crate) static SETTINGS: Settings = unsafe { core::mem::zeroed() };
 #[unsafe(no_mangle)]
 pub(crate) static SYSCALLS: Syscalls = unsafe { core::mem::zeroed() };
 
+/// The address of `tw_timer_handler` (from /proc/kallsyms), which marks TIME_WAIT sockets'
+/// timers; 0 when unknown.
+#[unsafe(no_mangle)]
+pub(crate) static TW_TIMER_HANDLER: u64 = 0;
+
 /// Reads one field of a global through a volatile load so the compiler cannot fold in the
 /// zero it was compiled with.
 macro_rules! global {
     ($global:ident . $field:ident) => {
         // SAFETY: the pointer comes from a reference to a static, so it is valid and aligned.
         unsafe { core::ptr::read_volatile(&raw const $crate::globals::$global.$field) }
+    };
+    ($global:ident) => {
+        // SAFETY: as above.
+        unsafe { core::ptr::read_volatile(&raw const $crate::globals::$global) }
     };
 }
 pub(crate) use global;

@@ -136,8 +136,8 @@ pub fn port_table_left(sk: u64) {
     lifecycle::released(sk, sock::local_port(sk), Repeat::Final);
 }
 
-/// The TIME_WAIT socket `tw` takes over `sk`'s port.
+/// A TIME_WAIT socket takes over `sk`'s port.
 #[inline(always)]
-pub fn time_wait_began(tw: u64, sk: u64) {
-    lifecycle::entered_time_wait(sk, tw, sock::local_port(sk));
+pub fn time_wait_began(sk: u64) {
+    lifecycle::entered_time_wait(sk, sock::local_port(sk));
 }

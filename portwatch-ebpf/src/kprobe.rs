@@ -124,7 +124,7 @@ pub fn kp_udp_unhash(ctx: ProbeContext) -> u32 {
 
 #[kprobe(function = "inet_twsk_hashdance")]
 pub fn kp_time_wait_start(ctx: ProbeContext) -> u32 {
-    kfunc::time_wait_began(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0));
+    kfunc::time_wait_began(ctx.arg(1).unwrap_or(0));
     0
 }
 

@@ -115,6 +115,8 @@ pub struct Offsets {
     pub regs_arg0: u32,
     pub regs_arg1: u32,
     pub regs_syscall_nr: u32,
+    pub timer_function: u32,
+    pub tw_timer: u32,
 }
 
 /// Filters applied in the kernel so that unwatched events never reach userspace.

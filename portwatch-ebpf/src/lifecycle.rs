@@ -10,7 +10,7 @@ use portwatch_ebpf::{
 
 use crate::{
     emit::{self, Outcome, Requested},
-    maps::{CLAIMS, Claim, ClaimState},
+    maps::{CLAIMS, Claim, ClaimState, TIME_WAITS},
     sock,
 };
 
@@ -121,55 +121,40 @@ pub fn released(sk: u64, port_now: u16, repeat: Repeat) {
     released_with(sk, port_now, repeat, 0);
 }
 
-/// A TCP socket handed its port to a TIME_WAIT socket: the port stays held. `tw` is that socket
-/// when the hook can see it (0 otherwise), so that the end of TIME_WAIT can be reported.
+/// A TCP socket handed its port to a TIME_WAIT socket: the port stays held, and the end of
+/// TIME_WAIT, found by connection, is the real release.
 #[inline(always)]
-pub fn entered_time_wait(sk: u64, tw: u64, port_now: u16) {
-    let Some(claim) = released_with(sk, port_now, Repeat::Expected, FLAG_TIME_WAIT) else {
-        return;
-    };
-    if tw != 0 {
-        let _ = CLAIMS.insert(
-            tw,
-            Claim {
-                state: ClaimState::TimeWait,
-                ..claim
-            },
-            0,
-        );
+pub fn entered_time_wait(sk: u64, port_now: u16) {
+    if let Some(claim) = released_with(sk, port_now, Repeat::Expected, FLAG_TIME_WAIT) {
+        let _ = TIME_WAITS.insert(sock::connection(sk, claim.port), claim, 0);
     }
 }
 
 /// A TIME_WAIT socket ended: the port is really free now.
 #[inline(always)]
 pub fn left_time_wait(tw: u64) {
+    let port = sock::local_port(tw);
     let family = sock::family(tw);
-    let (claim, claimed_at) = match CLAIMS.get_ptr(tw) {
-        // SAFETY: map value pointers stay valid for the duration of the program.
-        Some(claim) if unsafe { (*claim).state } == ClaimState::TimeWait => {
-            // SAFETY: as above.
+    if port == 0 || !emit::port_watched(port) || !emit::socket_watched(PROTO_TCP as u16, family) {
+        return;
+    }
+    let connection = sock::connection(tw, port);
+    let (claim, claimed_at) = match TIME_WAITS.get_ptr(connection) {
+        Some(claim) => {
+            // SAFETY: map value pointers stay valid for the duration of the program.
             let claim = unsafe { *claim };
+            let _ = TIME_WAITS.remove(connection);
             (claim, claim.ts_ns)
         }
-        _ => {
-            let port = sock::local_port(tw);
-            if port == 0
-                || !emit::port_watched(port)
-                || !emit::socket_watched(PROTO_TCP as u16, family)
-            {
-                return;
-            }
-            (emit::current_claim(port, 0, FLAG_CLAIMER_UNSEEN), 0)
-        }
+        None => (emit::current_claim(port, 0, FLAG_CLAIMER_UNSEEN), 0),
     };
-    let _ = CLAIMS.remove(tw);
     emit::submit(
         &Outcome {
             kind: EventKind::Free as u8,
             how: claim.how,
             flags: FLAG_TIME_WAIT_END,
             errno: 0,
-            port: claim.port,
+            port,
             proto: PROTO_TCP as u16,
             family,
             sk: tw,

@@ -24,6 +24,25 @@ pub static WATCHED_PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS
 #[map]
 pub static CLAIMS: LruHashMap<u64, Claim> = LruHashMap::with_max_entries(65536, 0);
 
+/// Claims whose port a TIME_WAIT socket holds, keyed by the connection, which the full socket
+/// and its TIME_WAIT successor share (their addresses differ, and the syscall-tracepoint backend
+/// never sees the TIME_WAIT socket's until it ends).
+#[map]
+pub static TIME_WAITS: LruHashMap<Connection, Claim> = LruHashMap::with_max_entries(65536, 0);
+
+/// A TCP connection, as both its full socket and its TIME_WAIT socket describe it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Connection {
+    pub netns: u32,
+    pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
 /// Per-thread state carried from a hook's entry to its exit (syscall enter/exit, kprobe/kretprobe,
 /// fentry/fexit), keyed by thread id and hook. LRU, because a thread killed inside a syscall never
 /// reaches the exit hook that would remove its entry.
@@ -56,8 +75,6 @@ pub enum ClaimState {
     /// The port was already reported free (or handed to a TIME_WAIT socket); a later release hook
     /// on the same socket must stay quiet.
     Reported = 1,
-    /// A TIME_WAIT socket holds the port; its end is the real release.
-    TimeWait = 2,
 }
 
 #[repr(C)]

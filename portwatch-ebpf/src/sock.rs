@@ -6,7 +6,7 @@
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
 use portwatch_ebpf::FAMILY_INET6;
 
-use crate::globals::global;
+use crate::{globals::global, maps::Connection};
 
 /// Reads a `T` at `base + offset`, or `T::default()` when the read faults.
 #[inline(always)]
@@ -109,4 +109,31 @@ pub fn sock_from_fd(fd: u64) -> u64 {
         return 0;
     }
     read(socket, global!(OFFSETS.socket_sk))
+}
+
+/// The connection a socket (full or TIME_WAIT) belongs to. `local_port` is passed in because
+/// full sockets on their way to TIME_WAIT already read zero in `inet_num`.
+#[inline(always)]
+pub fn connection(sk: u64, local_port: u16) -> Connection {
+    let family = family(sk);
+    let mut connection = Connection {
+        netns: 0,
+        family,
+        local_port,
+        remote_port: 0,
+        _pad: 0,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+    };
+    read_endpoints(
+        sk,
+        family,
+        Endpoints {
+            local_addr: &mut connection.local_addr,
+            remote_addr: &mut connection.remote_addr,
+            remote_port: &mut connection.remote_port,
+            netns: &mut connection.netns,
+        },
+    );
+    connection
 }

@@ -3,8 +3,9 @@
 //! the file descriptor to its socket; tp_btf TCP tracepoints and a cgroup `sock_release` hook see
 //! releases, including those at process exit, where no syscall runs.
 //!
-//! It cannot see sockets bound by the kernel itself, binds through io_uring, or the end of
-//! TIME_WAIT (no hook on these kernels observes it).
+//! The end of TIME_WAIT shows only as the expiry of the TIME_WAIT socket's timer. It cannot see
+//! sockets bound by the kernel itself, binds through io_uring, or a TIME_WAIT cut short (by a
+//! reused connection or an RST).
 
 use aya_ebpf::{
     helpers::bpf_probe_read_user,
@@ -206,7 +207,7 @@ pub fn tcp_set_state(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     if old == TCP_FIN_WAIT2 || old == TCP_CLOSING {
-        lifecycle::entered_time_wait(sk, 0, sock::source_port(sk));
+        lifecycle::entered_time_wait(sk, sock::source_port(sk));
     } else if !lifecycle::keeps_port_until_destroyed(sk) {
         lifecycle::released(sk, 0, Repeat::Expected);
     }
@@ -218,6 +219,18 @@ pub fn tcp_set_state(ctx: BtfTracePointContext) -> i32 {
 pub fn tcp_destroy(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     lifecycle::released(sk, sock::source_port(sk), Repeat::Final);
+    0
+}
+
+/// A timer fires: if it is a TIME_WAIT socket's, that socket is about to end. No tracepoint
+/// marks the end of TIME_WAIT itself, but its timer is recognisable by its handler.
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn timer_expire(ctx: BtfTracePointContext) -> i32 {
+    let timer: u64 = ctx.arg(0);
+    let handler: u64 = sock::read(timer, global!(OFFSETS.timer_function));
+    if handler != 0 && handler == global!(TW_TIMER_HANDLER) {
+        lifecycle::left_time_wait(timer - global!(OFFSETS.tw_timer) as u64);
+    }
     0
 }
 

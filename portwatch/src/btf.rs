@@ -307,6 +307,10 @@ pub fn offsets(btf: &Btf) -> Result<Offsets, BtfError> {
         regs_arg0: btf.field_offset("pt_regs", "di").unwrap_or(0),
         regs_arg1: btf.field_offset("pt_regs", "si").unwrap_or(0),
         regs_syscall_nr: btf.field_offset("pt_regs", "orig_ax").unwrap_or(0),
+        timer_function: btf.field_offset("timer_list", "function").unwrap_or(0),
+        tw_timer: btf
+            .field_offset("inet_timewait_sock", "tw_timer")
+            .unwrap_or(0),
     })
 }
 

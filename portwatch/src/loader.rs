@@ -31,6 +31,8 @@ pub struct Loaded {
     pub backend: String,
     /// Why `auto` passed over better backends, one line each.
     pub passed_over: Vec<String>,
+    /// What the chosen backend cannot see on this kernel beyond its documented limits.
+    pub notes: Vec<String>,
     pub events: RingBuf<MapData>,
     pub lost: PerCpuArray<MapData, u64>,
     /// Every other descriptor of the attachment (programs, links, perf events, maps): closing
@@ -111,8 +113,12 @@ fn child(config: &Config, socket: &OwnedFd) -> io::Result<()> {
                 );
             }
             let mut report = format!("ok\n{}", attached.backend.name());
+            for note in &attached.notes {
+                report.push_str("\nnote ");
+                report.push_str(note);
+            }
             for reason in reasons {
-                report.push('\n');
+                report.push_str("\npassed ");
                 report.push_str(&reason);
             }
             send(socket, &report, &fds)
@@ -153,7 +159,14 @@ fn parent((report, mut fds): (String, Vec<OwnedFd>)) -> anyhow::Result<Loaded> {
         .next()
         .context("loader report names no backend")?
         .to_string();
-    let passed_over = lines.map(str::to_string).collect();
+    let (mut notes, mut passed_over) = (Vec::new(), Vec::new());
+    for line in lines {
+        if let Some(note) = line.strip_prefix("note ") {
+            notes.push(note.to_string());
+        } else if let Some(reason) = line.strip_prefix("passed ") {
+            passed_over.push(reason.to_string());
+        }
+    }
     if fds.len() < 2 {
         bail!("the loader sent no map descriptors");
     }
@@ -163,6 +176,7 @@ fn parent((report, mut fds): (String, Vec<OwnedFd>)) -> anyhow::Result<Loaded> {
     let lost = map_from(maps.next().expect("two fds"))?;
     Ok(Loaded {
         backend,
+        notes,
         passed_over,
         events: RingBuf::try_from(events).context("EVENTS is not a ring buffer")?,
         lost: PerCpuArray::try_from(lost).context("LOST is not a per-CPU array")?,

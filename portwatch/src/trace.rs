@@ -30,6 +30,9 @@ pub async fn run(config: Config, loaded: Loaded) -> anyhow::Result<()> {
             eprintln!("portwatch: passed over {reason}");
         }
     }
+    for note in &loaded.notes {
+        eprintln!("portwatch: note: {note}");
+    }
     let Loaded {
         backend,
         events,

@@ -196,3 +196,46 @@ pub fn ring_buffer_overflow_is_counted() -> Result<(), String> {
         || format!("summary {:?} does not say lost={lost}", trace.summary()),
     )
 }
+
+/// TIME_WAIT left to run out: after its 60 seconds the port is really free, and the end must be
+/// reported by every backend, the syscall-tracepoint one included (through the TIME_WAIT timer).
+/// Runs beside the other scenarios, which use other ports, so the wait costs no extra time.
+pub fn time_wait_runs_out() -> Result<(), String> {
+    let me = std::process::id();
+    let port = free_port();
+    let tracer = Tracer::start(&["--port", &port.to_string()])?;
+    let listener = Socket::new(Kind::Tcp, V6).map_err(|e| e.to_string())?;
+    listener.bind(port).map_err(|e| e.to_string())?;
+    listener.listen().map_err(|e| e.to_string())?;
+    let client = Socket::new(Kind::Tcp, V6).map_err(|e| e.to_string())?;
+    client.connect(port).map_err(|e| e.to_string())?;
+    let client_port = client.local_port().map_err(|e| e.to_string())?;
+    let accepted = listener.accept().map_err(|e| e.to_string())?;
+    accepted.close();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    client.close();
+    listener.close();
+    // TCP_TIMEWAIT_LEN is 60 s; the timer wheel adds up to a few seconds at that range.
+    std::thread::sleep(std::time::Duration::from_secs(68));
+    let trace = tracer.stop();
+    in_order(
+        &trace.on_port(port),
+        &[
+            want("free", port, me, "tcp", "ipv6")
+                .with("how", "accept")
+                .with("time_wait", true),
+            want("free", port, me, "tcp", "ipv6")
+                .with("how", "accept")
+                .with("time_wait_end", true)
+                .with("remote_port", client_port),
+        ],
+    )?;
+    let end = trace
+        .on_port(port)
+        .into_iter()
+        .find(|e| e["time_wait_end"] == true);
+    let held = end.and_then(|e| e["held_ns"].as_u64()).unwrap_or(0);
+    check(held >= 60_000_000_000, || {
+        format!("TIME_WAIT ended after {held} ns, not 60 s")
+    })
+}

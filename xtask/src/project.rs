@@ -20,12 +20,16 @@ pub fn cargo(toolchain_arg: Option<&str>) -> Command {
     if let Some(toolchain_arg) = toolchain_arg {
         command.arg(toolchain_arg);
     }
-    command.current_dir(workspace_root()).env("PATH", toolchain::path_with_cargo_bin());
+    command
+        .current_dir(workspace_root())
+        .env("PATH", toolchain::path_with_cargo_bin());
     command
 }
 
 fn succeed(mut command: Command) -> anyhow::Result<()> {
-    let status = command.status().with_context(|| format!("running {command:?}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed ({status})");
     }
@@ -85,7 +89,16 @@ pub fn lint() -> anyhow::Result<()> {
     fmt.args(["fmt", "--all", "--check"]);
     succeed(fmt)?;
     let mut clippy = cargo(None);
-    clippy.args(["clippy", "-p", "portwatch", "-p", "xtask", "-p", "portwatch-ebpf", "--lib"]);
+    clippy.args([
+        "clippy",
+        "-p",
+        "portwatch",
+        "-p",
+        "xtask",
+        "-p",
+        "portwatch-ebpf",
+        "--lib",
+    ]);
     clippy.args(["--all-targets", "--", "-D", "warnings"]);
     succeed(clippy)?;
     let mut bpf = cargo(Some("+nightly"));
@@ -93,6 +106,9 @@ pub fn lint() -> anyhow::Result<()> {
     bpf.args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"]);
     bpf.args(["--target-dir", "target/bpf-lint", "--", "-D", "warnings"]);
     bpf.env("CARGO_CFG_BPF_TARGET_ARCH", std::env::consts::ARCH);
-    bpf.env("RUSTFLAGS", format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH));
+    bpf.env(
+        "RUSTFLAGS",
+        format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+    );
     succeed(bpf)
 }

@@ -145,6 +145,8 @@ impl Kernel {
 pub struct Attached {
     pub backend: Backend,
     pub ebpf: Ebpf,
+    /// What this backend cannot see on this kernel beyond its documented limits.
+    pub notes: Vec<String>,
 }
 
 /// Loads the object with this kernel's offsets and the config's filters, then attaches the
@@ -160,12 +162,17 @@ pub fn attach(
     }
     let settings = settings(config);
     let syscalls = syscalls();
+    let time_wait_timer = match backend {
+        Backend::Tracepoint => tracepoint::time_wait_timer_handler(&offsets),
+        _ => 0,
+    };
     let mut ebpf = EbpfLoader::new()
         // No CO-RE relocations to apply: offsets come in as globals.
         .btf(None)
         .override_global("OFFSETS", &offsets, true)
         .override_global("SETTINGS", &settings, true)
         .override_global("SYSCALLS", &syscalls, true)
+        .override_global("TW_TIMER_HANDLER", &time_wait_timer, true)
         .map_max_entries("EVENTS", config.ring_bytes)
         .load(OBJECT)?;
     if let Some(ports) = &config.ports {
@@ -184,12 +191,16 @@ pub fn attach(
             }
         }
     }
-    match backend {
-        Backend::Fentry => fentry::attach(&mut ebpf, kernel)?,
-        Backend::Kprobe => kprobe::attach(&mut ebpf, kernel)?,
-        Backend::Tracepoint => tracepoint::attach(&mut ebpf, kernel)?,
-    }
-    Ok(Attached { backend, ebpf })
+    let notes = match backend {
+        Backend::Fentry => fentry::attach(&mut ebpf, kernel).map(|()| Vec::new())?,
+        Backend::Kprobe => kprobe::attach(&mut ebpf, kernel).map(|()| Vec::new())?,
+        Backend::Tracepoint => tracepoint::attach(&mut ebpf, kernel, time_wait_timer)?,
+    };
+    Ok(Attached {
+        backend,
+        ebpf,
+        notes,
+    })
 }
 
 /// Tries the candidates best first; returns the first that attaches and why each earlier one

@@ -28,12 +28,42 @@ pub fn check_supported(offsets: &Offsets) -> Result<(), BackendError> {
 }
 
 /// The tp_btf tracepoints, as aya finds them in BTF (`btf_trace_<name>` typedefs).
-pub const BTF_TRACEPOINT_TYPES: [&str; 2] = [
+pub const BTF_TRACEPOINT_TYPES: [&str; 3] = [
     "btf_trace_inet_sock_set_state",
     "btf_trace_tcp_destroy_sock",
+    "btf_trace_timer_expire_entry",
 ];
 
-pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
+/// The kernel function every TIME_WAIT socket's timer runs.
+const TIME_WAIT_TIMER_HANDLER: &str = "tw_timer_handler";
+
+/// The address of the TIME_WAIT timer handler, by which the timer hook recognises TIME_WAIT
+/// sockets ending; 0 when /proc/kallsyms does not show it (kptr_restrict) or the layout that
+/// leads from the timer to its socket is missing.
+pub fn time_wait_timer_handler(offsets: &Offsets) -> u64 {
+    if offsets.timer_function == 0 && offsets.tw_timer == 0 {
+        return 0;
+    }
+    let Ok(symbols) = std::fs::read_to_string("/proc/kallsyms") else {
+        return 0;
+    };
+    symbols
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (address, _, name) = (fields.next()?, fields.next()?, fields.next()?);
+            (name == TIME_WAIT_TIMER_HANDLER).then(|| u64::from_str_radix(address, 16).ok())?
+        })
+        .unwrap_or(0)
+}
+
+/// Attaches every hook; returns what the backend cannot see on this kernel beyond its
+/// documented limits.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    kernel: &Kernel,
+    time_wait_timer: u64,
+) -> Result<Vec<String>, BackendError> {
     for (program, tracepoint) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
         let Some(Program::RawTracePoint(raw)) = ebpf.program_mut(program) else {
             return Err(BackendError::Unsupported(format!(
@@ -44,10 +74,20 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
             .and_then(|()| raw.attach(tracepoint).map(drop))
             .map_err(|err| BackendError::hook(format!("raw tracepoint {tracepoint}"), err))?;
     }
-    for (program, tracepoint) in [
+    let mut btf_tracepoints = vec![
         ("tcp_set_state", "inet_sock_set_state"),
         ("tcp_destroy", "tcp_destroy_sock"),
-    ] {
+    ];
+    let mut notes = Vec::new();
+    if time_wait_timer != 0 {
+        btf_tracepoints.push(("timer_expire", "timer_expire_entry"));
+    } else {
+        notes.push(format!(
+            "the end of TIME_WAIT is not observable: {TIME_WAIT_TIMER_HANDLER} is not in \
+             /proc/kallsyms (kernel.kptr_restrict?)"
+        ));
+    }
+    for (program, tracepoint) in btf_tracepoints {
         let Some(Program::BtfTracePoint(btf_tp)) = ebpf.program_mut(program) else {
             return Err(BackendError::Unsupported(format!(
                 "the object lacks {program}"
@@ -68,7 +108,7 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
         .load()
         .and_then(|()| release.attach(&cgroup, CgroupAttachMode::Single).map(drop))
         .map_err(|err| BackendError::hook("cgroup sock_release", err))?;
-    Ok(())
+    Ok(notes)
 }
 
 /// The root of the cgroup v2 hierarchy, where a hook sees every socket on the host. When no

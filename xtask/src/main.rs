@@ -1,0 +1,60 @@
+//! Developer commands: `cargo xtask <command>`.
+//!
+//! Every command first makes sure the eBPF toolchain is present, because a fresh machine (and CI)
+//! starts without it and the userspace build embeds the kernel programs.
+
+mod bench;
+mod project;
+mod toolchain;
+mod vm;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "portwatch developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the eBPF toolchain parts that are missing (nightly rust-src, bpf-linker).
+    Setup,
+    /// Build portwatch (release) and run it as root with the given arguments.
+    Run {
+        /// Arguments passed to portwatch, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit tests, host end-to-end tests, then the kernel matrix in qemu.
+    Test {
+        /// Skip the kernel matrix (host tests only).
+        #[arg(long)]
+        host_only: bool,
+    },
+    /// Lint both crates: rustfmt and clippy (userspace on stable, kernel side on nightly for bpf).
+    Lint,
+    /// Boot Debian's stock kernels in qemu and run the end-to-end suite per backend.
+    VmTest(vm::VmArgs),
+    /// Measure portwatch's overhead against no tracer and bpftrace.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    if let Err(err) = run(Cli::parse()) {
+        eprintln!("xtask: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Setup => toolchain::ensure(),
+        Command::Run { args } => project::run_portwatch(&args),
+        Command::Test { host_only } => project::test_all(host_only),
+        Command::Lint => project::lint(),
+        Command::VmTest(args) => vm::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}
