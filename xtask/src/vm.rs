@@ -1,0 +1,211 @@
+//! `cargo xtask vm-test`: the kernel matrix.
+//!
+//! portwatch has three ways to hook the kernel, and which of them work depends on the kernel, not on
+//! the machine that builds it. So the end-to-end suite is run inside Debian's stock cloud kernels,
+//! booted in qemu with software emulation (KVM is not available everywhere this runs), once per
+//! backend, and the outcome is printed as a kernel × backend matrix.
+//!
+//! One boot per kernel runs every backend: a boot under TCG costs seconds, the suites cost minutes.
+
+mod apt;
+mod cpio;
+mod host;
+mod initramfs;
+mod kernels;
+mod matrix;
+mod payload;
+mod protocol;
+mod qemu;
+mod verdict;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+
+use kernels::{Kernel, Series};
+use matrix::{Matrix, Row};
+use payload::Payload;
+use protocol::Report;
+
+/// Options of `cargo xtask vm-test`.
+#[derive(clap::Args)]
+pub struct VmArgs {
+    /// Kernel series to boot (Debian's newest cloud kernel of each).
+    #[arg(long, value_delimiter = ',', default_values = ["5.10", "6.1", "6.12"])]
+    pub kernels: Vec<Series>,
+    /// Backends to run the suite with.
+    #[arg(long, value_delimiter = ',', default_values = ["kprobe", "fentry", "tracepoint"])]
+    pub backends: Vec<Backend>,
+    /// Seconds one backend's suite may run inside the guest before it counts as hung.
+    #[arg(long, default_value_t = 240)]
+    pub timeout_secs: u64,
+    /// Use only kernels cached by an earlier run; touch no network.
+    #[arg(long)]
+    pub offline: bool,
+    /// Add a row for this machine: what `portwatch --check` says here (the suite is not run).
+    #[arg(long)]
+    pub with_host: bool,
+    /// Use this portwatch binary instead of building it (needs --e2e too).
+    #[arg(long, requires = "e2e", value_name = "PATH")]
+    pub portwatch: Option<PathBuf>,
+    /// Use this end-to-end test binary instead of building it (needs --portwatch too).
+    #[arg(long, requires = "portwatch", value_name = "PATH")]
+    pub e2e: Option<PathBuf>,
+}
+
+/// A portwatch backend, named as on portwatch's command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Backend {
+    Kprobe,
+    Fentry,
+    Tracepoint,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Kprobe => "kprobe",
+            Backend::Fentry => "fentry",
+            Backend::Tracepoint => "tracepoint",
+        }
+    }
+
+    /// The backend named `name`, as portwatch prints it.
+    pub fn parse(name: &str) -> Option<Backend> {
+        Backend::from_str(name, false).ok()
+    }
+}
+
+/// Guest time allowed on top of `--timeout-secs` between two progress lines: booting, and the
+/// `--check` runs, which are bounded by the same timeout inside the guest.
+const BOOT_ALLOWANCE: Duration = Duration::from_secs(60);
+
+pub fn run(args: VmArgs) -> Result<()> {
+    let series = sorted_unique(args.kernels);
+    let backends = sorted_unique(args.backends);
+    if args.timeout_secs == 0 {
+        bail!("--timeout-secs must be positive");
+    }
+    qemu::ensure_installed()?;
+
+    let dir = target_dir()?.join("vm");
+    let kernels = kernels::resolve(&dir, &series, args.offline)?;
+    for kernel in &kernels {
+        println!(
+            "kernel {}: {} {} ({})",
+            kernel.series.name(),
+            kernel.package,
+            kernel.version,
+            if kernel.btf {
+                "CONFIG_DEBUG_INFO_BTF=y"
+            } else {
+                "no CONFIG_DEBUG_INFO_BTF: fentry cannot work"
+            },
+        );
+    }
+
+    let payload = match (args.portwatch, args.e2e) {
+        (Some(portwatch), Some(e2e)) => Payload { portwatch, e2e },
+        _ => payload::build()?,
+    };
+    let initrd = dir.join("initramfs.cpio");
+    let init = protocol::init_script(&backends, args.timeout_secs);
+    initramfs::build(&initrd, &payload, &init)?;
+
+    let logs = dir.join("logs");
+    fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let watchdog = Duration::from_secs(args.timeout_secs) + BOOT_ALLOWANCE;
+    let mut rows = Vec::new();
+    for kernel in &kernels {
+        rows.push(run_kernel(kernel, &initrd, &logs, &backends, watchdog)?);
+    }
+    if args.with_host {
+        rows.push(host::row(&payload.portwatch, &backends)?);
+    }
+
+    let matrix = Matrix { backends, rows };
+    println!("\n{}", matrix.to_text());
+    let markdown = dir.join("matrix.md");
+    fs::write(&markdown, matrix.to_markdown())
+        .with_context(|| format!("writing {}", markdown.display()))?;
+    println!("matrix written to {}", markdown.display());
+
+    let failed = matrix.failed_cells();
+    for cell in &failed {
+        println!("\n{}", cell.describe_failure());
+    }
+    if !failed.is_empty() {
+        bail!("{} cell(s) of the kernel matrix failed", failed.len());
+    }
+    Ok(())
+}
+
+/// Boots `kernel` once, runs every backend's suite in it and judges what the guest reported.
+fn run_kernel(
+    kernel: &Kernel,
+    initrd: &Path,
+    logs: &Path,
+    backends: &[Backend],
+    watchdog: Duration,
+) -> Result<Row> {
+    println!("\nbooting {} ...", kernel.release);
+    let log = logs.join(format!("{}.log", kernel.release));
+    let console = qemu::boot(&kernel.vmlinuz, initrd, &log, watchdog, |line| {
+        let marker = protocol::marker(line);
+        if let Some(marker) = marker {
+            println!("  {marker}");
+        }
+        marker.is_some()
+    })?;
+    let report = Report::parse(&console.lines);
+    if let Some(facts) = &report.kernel {
+        println!(
+            "  guest: uname -r {}, /sys/kernel/btf/vmlinux {}, {} traceable functions",
+            facts.release, facts.btf, facts.filter_functions
+        );
+    }
+    let step_logs = protocol::write_step_logs(
+        &console.lines,
+        logs,
+        &kernel.release,
+        &protocol::steps(backends),
+    )?;
+    println!(
+        "  {} after {:.0} s",
+        verdict::how_it_ended(&report, &console),
+        console.elapsed.as_secs_f64()
+    );
+    Ok(verdict::kernel_row(
+        kernel, backends, &report, &console, &log, &step_logs,
+    ))
+}
+
+/// Cargo's target directory, which honours `CARGO_TARGET_DIR`. The matrix keeps its kernels, logs
+/// and image under `vm/` in it, so that `cargo clean` removes them too.
+fn target_dir() -> Result<PathBuf> {
+    let output = crate::project::cargo(None)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("running cargo metadata")?;
+    if !output.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("parsing cargo metadata")?;
+    let dir = metadata["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target_directory")?;
+    Ok(PathBuf::from(dir))
+}
+
+fn sorted_unique<T: Ord>(mut items: Vec<T>) -> Vec<T> {
+    items.sort();
+    items.dedup();
+    items
+}

@@ -1,0 +1,209 @@
+//! Debian's stock cloud kernels: which is the newest of each series, and a local cache of them.
+//!
+//! The newest is resolved at run time because the archive replaces kernels with every point
+//! release. Each one is cached as `kernels/<release>/` (vmlinuz, its config, the package it came
+//! from), and `kernels/latest-<series>` names the one resolved last, so a run without network
+//! boots exactly what the last online run booted.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+
+use super::apt::Apt;
+
+/// Depends on the newest image of its suite; one version of it per suite, so its version list
+/// holds every series' newest kernel.
+const METAPACKAGE: &str = "linux-image-cloud-amd64";
+
+/// A kernel series, named as on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Series {
+    #[value(name = "5.10")]
+    V5_10,
+    #[value(name = "6.1")]
+    V6_1,
+    #[value(name = "6.12")]
+    V6_12,
+}
+
+impl Series {
+    pub fn name(self) -> &'static str {
+        match self {
+            Series::V5_10 => "5.10",
+            Series::V6_1 => "6.1",
+            Series::V6_12 => "6.12",
+        }
+    }
+}
+
+/// A kernel ready to boot.
+pub struct Kernel {
+    pub series: Series,
+    /// As `uname -r` prints it, e.g. `6.1.0-56-cloud-amd64`.
+    pub release: String,
+    pub package: String,
+    pub version: String,
+    pub vmlinuz: PathBuf,
+    /// `CONFIG_DEBUG_INFO_BTF=y` in the kernel's config: without BTF, fentry cannot attach.
+    pub btf: bool,
+}
+
+/// The newest kernel of each of `wanted`, downloaded into `vm_dir/kernels` unless cached there.
+/// Offline, or when the archive cannot be used, the kernels resolved last are used.
+pub fn resolve(vm_dir: &Path, wanted: &[Series], offline: bool) -> Result<Vec<Kernel>> {
+    let cache = vm_dir.join("kernels");
+    let from_cache = || -> Result<Vec<Kernel>> {
+        wanted
+            .iter()
+            .map(|series| cached(&cache, *series))
+            .collect()
+    };
+    if offline {
+        return from_cache();
+    }
+    println!("resolving Debian cloud kernels ...");
+    let online = || -> Result<Vec<Kernel>> {
+        let apt = Apt::new(&vm_dir.join("apt"))?;
+        apt.update()?;
+        let versions = apt.show(METAPACKAGE)?;
+        wanted
+            .iter()
+            .map(|&series| {
+                let (package, version) = newest(&versions, series)?;
+                fetch(&apt, &cache, series, &package, &version)
+            })
+            .collect()
+    };
+    online().or_else(|err| match from_cache() {
+        Ok(kernels) => {
+            eprintln!("warning: {err:#}\nwarning: using the kernels cached by an earlier run");
+            Ok(kernels)
+        }
+        Err(_) => Err(err),
+    })
+}
+
+/// The image package (and its version) the newest metapackage of `series` depends on.
+/// `apt-cache show` lists versions newest first, so the first stanza of the series is the one.
+fn newest(versions: &str, series: Series) -> Result<(String, String)> {
+    let prefix = format!("{}.", series.name());
+    for stanza in versions.split("\n\n") {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(": "))
+        };
+        if !field("Version").is_some_and(|version| version.starts_with(&prefix)) {
+            continue;
+        }
+        // `Depends: linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)`
+        let depends = field("Depends").unwrap_or_default();
+        let image = depends
+            .split(',')
+            .map(str::trim)
+            .find(|dependency| dependency.starts_with("linux-image-"))
+            .with_context(|| format!("{METAPACKAGE} depends on no image: {depends}"))?;
+        let (package, version) = image
+            .split_once(" (= ")
+            .and_then(|(package, rest)| Some((package, rest.strip_suffix(')')?)))
+            .with_context(|| format!("unexpected dependency {image}"))?;
+        return Ok((package.to_owned(), version.to_owned()));
+    }
+    bail!(
+        "no {METAPACKAGE} {prefix}* in bullseye, bookworm(-backports) or trixie (or their security suites)"
+    )
+}
+
+/// The cached kernel for `package` at `version`, downloading and unpacking it if missing.
+fn fetch(apt: &Apt, cache: &Path, series: Series, package: &str, version: &str) -> Result<Kernel> {
+    let release = package
+        .strip_prefix("linux-image-")
+        .with_context(|| format!("{package} is not a linux-image package"))?;
+    let dir = cache.join(release);
+    let origin = format!("{package} {version}\n");
+    if fs::read_to_string(dir.join("package")).ok().as_deref() != Some(origin.as_str()) {
+        println!("downloading {package} {version} ...");
+        let download = cache.join("download");
+        // Leftovers of an interrupted run would be mistaken for this download.
+        remove_if_present(&download)?;
+        let deb = apt.download(package, version, &download)?;
+        let unpacked = download.join("unpacked");
+        let status = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(&unpacked)
+            .status()
+            .context("running dpkg-deb")?;
+        if !status.success() {
+            bail!("dpkg-deb -x {} failed ({status})", deb.display());
+        }
+        // Assemble next to the final place and rename, so a cache entry is whole or absent.
+        let partial = cache.join(format!("{release}.partial"));
+        remove_if_present(&partial)?;
+        fs::create_dir_all(&partial)?;
+        for (from, to) in [("vmlinuz", "vmlinuz"), ("config", "config")] {
+            let source = unpacked.join(format!("boot/{from}-{release}"));
+            fs::copy(&source, partial.join(to))
+                .with_context(|| format!("{package} has no {}", source.display()))?;
+        }
+        fs::write(partial.join("package"), &origin)?;
+        remove_if_present(&dir)?;
+        fs::rename(&partial, &dir)
+            .with_context(|| format!("moving {} into place", partial.display()))?;
+        remove_if_present(&download)?;
+    }
+    fs::write(cache.join(latest(series)), format!("{release}\n"))?;
+    cached(cache, series)
+}
+
+/// The kernel of `series` that the last online run resolved.
+fn cached(cache: &Path, series: Series) -> Result<Kernel> {
+    let pointer = cache.join(latest(series));
+    let release = fs::read_to_string(&pointer)
+        .with_context(|| {
+            format!(
+                "no cached {} kernel ({} is missing); run once without --offline",
+                series.name(),
+                pointer.display()
+            )
+        })?
+        .trim()
+        .to_owned();
+    let dir = cache.join(&release);
+    let origin = fs::read_to_string(dir.join("package"))
+        .with_context(|| format!("reading {}", dir.join("package").display()))?;
+    let (package, version) = origin
+        .trim()
+        .split_once(' ')
+        .with_context(|| format!("malformed {}", dir.join("package").display()))?;
+    let config = fs::read_to_string(dir.join("config"))
+        .with_context(|| format!("reading {}", dir.join("config").display()))?;
+    let vmlinuz = dir.join("vmlinuz");
+    if !vmlinuz.is_file() {
+        bail!("{} is missing", vmlinuz.display());
+    }
+    Ok(Kernel {
+        series,
+        package: package.to_owned(),
+        version: version.to_owned(),
+        vmlinuz,
+        btf: config.lines().any(|line| line == "CONFIG_DEBUG_INFO_BTF=y"),
+        release,
+    })
+}
+
+fn latest(series: Series) -> String {
+    format!("latest-{}", series.name())
+}
+
+fn remove_if_present(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(err).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,280 @@
+//! Both ends of the conversation with the guest: the `/init` script that runs the suite, and the
+//! reading of the result lines it prints to the serial console.
+//!
+//! The console also carries kernel messages and the suite's own progress, so every line meant for
+//! the host starts with `PORTWATCH-VM-`; a message the kernel interleaves before it on the same
+//! line does not hide it. `PORTWATCH-VM-DONE` comes last: without it the guest hung or crashed, and
+//! the backends that reported nothing failed.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::Backend;
+use super::initramfs::PAYLOAD_DIR;
+use super::qemu::Line;
+
+const PREFIX: &str = "PORTWATCH-VM-";
+
+/// The busybox applets the init script uses, and the only commands the guest has: the suite must
+/// not find busybox's flavour of a tool where it expects the real one (busybox's `setpriv`, for
+/// one, lacks util-linux's options), it should find the tool missing.
+const APPLETS: &str = "cat cut grep head ip mount poweroff sleep tail tee timeout uname";
+
+/// The guest's `/init`, filled in with the backends and the per-suite timeout.
+///
+/// `portwatch --check --backend B` tells whether B attaches; only then is the suite run with it.
+/// The suite and every check run under busybox `timeout`, so one hung backend costs its timeout
+/// and the others still run. A failed suite's last line (its summary) goes into the result.
+const INIT_TEMPLATE: &str = r#"#!/bin/busybox sh
+for applet in @APPLETS@; do /bin/busybox ln -s busybox /bin/$applet; done
+export PATH=/@PAYLOAD_DIR@:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+ip link set lo up
+
+TAB=$(printf '\t')
+T=@TIMEOUT@
+if [ -e /sys/kernel/btf/vmlinux ]; then btf=yes; else btf=no; fi
+functions=/sys/kernel/tracing/available_filter_functions
+if [ -r $functions ]; then traceable=$(grep -c . $functions); else traceable=unreadable; fi
+printf 'PORTWATCH-VM-KERNEL release=%s btf=%s filter_functions=%s\n' "$(uname -r)" $btf $traceable
+
+check() {
+	timeout -s KILL $T portwatch --check "$@" >/tmp/check.out 2>/tmp/check.err
+	rc=$?
+	cat /tmp/check.out /tmp/check.err
+}
+
+printf 'PORTWATCH-VM-BEGIN @AUTO_STEP@\n'
+check
+picked=$(grep "^auto$TAB" /tmp/check.out | cut -f2)
+if [ $rc -eq 0 ] && [ -n "$picked" ]; then
+	printf 'PORTWATCH-VM-AUTO picked=%s\n' "$picked"
+else
+	printf 'PORTWATCH-VM-AUTO picked=none reason=exit status %s: %s\n' $rc "$(head -n 1 /tmp/check.err)"
+fi
+
+for b in @BACKENDS@; do
+	printf 'PORTWATCH-VM-BEGIN backend=%s\n' $b
+	check --backend $b
+	answer=$(grep "^$b$TAB" /tmp/check.out)
+	case "$answer" in
+	"$b${TAB}ok")
+		{
+			PORTWATCH_BIN=/@PAYLOAD_DIR@/portwatch PORTWATCH_BACKEND=$b timeout -s KILL $T e2e
+			echo $? >/tmp/e2e.status
+		} 2>&1 | tee /tmp/e2e.out
+		rc=$(cat /tmp/e2e.status)
+		if [ $rc -eq 0 ]; then
+			printf 'PORTWATCH-VM-RESULT backend=%s status=passed\n' $b
+		elif [ $rc -eq 137 ]; then
+			printf 'PORTWATCH-VM-RESULT backend=%s status=failed reason=suite killed after %s s\n' $b $T
+		else
+			printf 'PORTWATCH-VM-RESULT backend=%s status=failed reason=suite exited with status %s: %s\n' $b $rc "$(grep . /tmp/e2e.out | tail -n 1)"
+		fi
+		;;
+	"$b${TAB}unsupported${TAB}"*)
+		printf 'PORTWATCH-VM-RESULT backend=%s status=unsupported reason=%s\n' $b "${answer#"$b${TAB}unsupported${TAB}"}"
+		;;
+	*)
+		printf 'PORTWATCH-VM-RESULT backend=%s status=failed reason=--check gave no answer for it (exit status %s): %s\n' $b $rc "$(head -n 1 /tmp/check.err)"
+		;;
+	esac
+done
+
+printf 'PORTWATCH-VM-DONE\n'
+# Give the UART time to send the last lines before the machine goes away.
+sleep 1
+poweroff -f
+"#;
+
+pub fn init_script(backends: &[Backend], timeout_secs: u64) -> String {
+    let names: Vec<&str> = backends.iter().map(|backend| backend.name()).collect();
+    INIT_TEMPLATE
+        .replace("@PAYLOAD_DIR@", PAYLOAD_DIR)
+        .replace("@AUTO_STEP@", AUTO_STEP)
+        .replace("@APPLETS@", APPLETS)
+        .replace("@TIMEOUT@", &timeout_secs.to_string())
+        .replace("@BACKENDS@", &names.join(" "))
+}
+
+/// The part of `line` meant for the host, if it has one.
+pub fn marker(line: &str) -> Option<&str> {
+    line.find(PREFIX).map(|start| line[start..].trim_end())
+}
+
+/// What the guest said about the kernel it runs.
+pub struct KernelFacts {
+    pub release: String,
+    pub btf: String,
+    pub filter_functions: String,
+}
+
+/// What `portwatch --check` picked without `--backend`.
+pub enum Auto {
+    Picked(String),
+    Nothing { reason: String },
+}
+
+/// One backend's outcome, as the guest reported it.
+pub enum Outcome {
+    Passed,
+    Failed { reason: String },
+    Unsupported { reason: String },
+}
+
+pub struct BackendResult {
+    pub outcome: Outcome,
+    /// From its begin line to its result line, on the host's clock.
+    pub took: Duration,
+}
+
+/// Everything the guest reported in one boot.
+#[derive(Default)]
+pub struct Report {
+    pub kernel: Option<KernelFacts>,
+    pub auto: Option<Auto>,
+    pub results: BTreeMap<Backend, BackendResult>,
+    pub done: bool,
+    /// When the guest printed its first line of ours: the boot time.
+    pub booted_after: Option<Duration>,
+}
+
+impl Report {
+    pub fn parse(lines: &[Line]) -> Report {
+        let mut report = Report::default();
+        let mut began: BTreeMap<Backend, Duration> = BTreeMap::new();
+        for line in lines {
+            let Some(marker) = marker(&line.text) else {
+                continue;
+            };
+            report.booted_after.get_or_insert(line.at);
+            let (kind, rest) = marker[PREFIX.len()..]
+                .split_once(' ')
+                .unwrap_or((&marker[PREFIX.len()..], ""));
+            match kind {
+                "KERNEL" => {
+                    let field = |key: &str| {
+                        rest.split(' ')
+                            .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+                            .unwrap_or("?")
+                            .to_owned()
+                    };
+                    report.kernel = Some(KernelFacts {
+                        release: field("release"),
+                        btf: field("btf"),
+                        filter_functions: field("filter_functions"),
+                    });
+                }
+                "BEGIN" => {
+                    if let Some(backend) = rest.strip_prefix("backend=").and_then(Backend::parse) {
+                        began.insert(backend, line.at);
+                    }
+                }
+                "AUTO" => report.auto = parse_auto(rest),
+                "RESULT" => {
+                    if let Some((backend, outcome)) = parse_result(rest) {
+                        let took = line
+                            .at
+                            .saturating_sub(began.get(&backend).copied().unwrap_or(line.at));
+                        report
+                            .results
+                            .insert(backend, BackendResult { outcome, took });
+                    }
+                }
+                "DONE" => report.done = true,
+                _ => {}
+            }
+        }
+        report
+    }
+}
+
+/// `picked=<backend>` or `picked=none reason=<text>`.
+fn parse_auto(rest: &str) -> Option<Auto> {
+    let picked = rest.strip_prefix("picked=")?;
+    Some(match picked.split_once(" reason=") {
+        Some(("none", reason)) => Auto::Nothing {
+            reason: reason.to_owned(),
+        },
+        _ => Auto::Picked(picked.to_owned()),
+    })
+}
+
+/// `backend=<b> status=<passed|failed|unsupported>[ reason=<text to the end of the line>]`.
+fn parse_result(rest: &str) -> Option<(Backend, Outcome)> {
+    let (backend, rest) = rest.strip_prefix("backend=")?.split_once(" status=")?;
+    let backend = Backend::parse(backend)?;
+    let (status, reason) = rest.split_once(" reason=").unwrap_or((rest, ""));
+    let reason = reason.to_owned();
+    let outcome = match status {
+        "passed" => Outcome::Passed,
+        "unsupported" => Outcome::Unsupported { reason },
+        "failed" => Outcome::Failed { reason },
+        _ => return None,
+    };
+    Some((backend, outcome))
+}
+
+/// The steps a boot goes through, each starting with a begin line: `auto` (the plain `--check`),
+/// then each backend.
+pub fn steps(backends: &[Backend]) -> Vec<&'static str> {
+    let mut steps = vec![AUTO_STEP];
+    steps.extend(backends.iter().map(|backend| backend.name()));
+    steps
+}
+
+pub const AUTO_STEP: &str = "auto";
+
+/// Splits the console log into one file per step, `<release>-<step>.log`, from its begin line up to
+/// the next begin line or the end, so a failure points at the part that matters. A step the guest
+/// never reached gets no file (an older run's is removed).
+pub fn write_step_logs(
+    lines: &[Line],
+    dir: &Path,
+    release: &str,
+    steps: &[&'static str],
+) -> Result<BTreeMap<&'static str, PathBuf>> {
+    let mut sections: BTreeMap<&'static str, String> = BTreeMap::new();
+    let mut current = None;
+    for line in lines {
+        if let Some(marker) = marker(&line.text) {
+            if let Some(rest) = marker.strip_prefix("PORTWATCH-VM-BEGIN ") {
+                let name = rest.strip_prefix("backend=").unwrap_or(rest);
+                current = steps.iter().copied().find(|step| *step == name);
+            } else if marker.starts_with("PORTWATCH-VM-DONE") {
+                current = None;
+            }
+        }
+        if let Some(step) = current {
+            let section = sections.entry(step).or_default();
+            section.push_str(&line.logged());
+            section.push('\n');
+        }
+    }
+    let mut paths = BTreeMap::new();
+    for &step in steps {
+        let path = dir.join(format!("{release}-{step}.log"));
+        match sections.remove(step) {
+            Some(text) => {
+                fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+                paths.insert(step, path);
+            }
+            None if path.exists() => {
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+            None => {}
+        }
+    }
+    Ok(paths)
+}
