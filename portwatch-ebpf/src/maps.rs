@@ -30,6 +30,13 @@ pub static CLAIMS: LruHashMap<u64, Claim> = LruHashMap::with_max_entries(65536, 
 #[map]
 pub static TIME_WAITS: LruHashMap<Connection, Claim> = LruHashMap::with_max_entries(65536, 0);
 
+/// Connections whose TIME_WAIT socket just armed its timer. The syscall-tracepoint backend sees
+/// a closing socket only as a transition into CLOSE, which looks the same whether or not a
+/// TIME_WAIT socket took over (none is made when `tcp_max_tw_buckets` is reached); the timer,
+/// armed just before that transition, tells them apart.
+#[map]
+pub static TIME_WAIT_ARMED: LruHashMap<Connection, u8> = LruHashMap::with_max_entries(8192, 0);
+
 /// A TCP connection, as both its full socket and its TIME_WAIT socket describe it.
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -19,7 +19,7 @@ use crate::{
     globals::global,
     kfunc::{self, Hook},
     lifecycle::{self, Repeat},
-    maps::InFlight,
+    maps::{InFlight, TIME_WAIT_ARMED},
     sock,
 };
 
@@ -197,7 +197,7 @@ fn on_exit(call: Call, entered: InFlight, ret: i64) {
 }
 
 /// TCP transitions into CLOSE: a connect-, autobind- or bind-any-claimed socket gives its port back
-/// here; from FIN_WAIT2 or CLOSING a TIME_WAIT socket takes the port over instead.
+/// here; from FIN_WAIT2 or CLOSING a TIME_WAIT socket usually takes the port over instead.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcp_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
@@ -206,10 +206,42 @@ pub fn tcp_set_state(ctx: BtfTracePointContext) -> i32 {
     if new != TCP_CLOSE || sock::protocol(sk) != PROTO_TCP as u16 {
         return 0;
     }
-    if old == TCP_FIN_WAIT2 || old == TCP_CLOSING {
-        lifecycle::entered_time_wait(sk, sock::source_port(sk));
+    let port = sock::source_port(sk);
+    if (old == TCP_FIN_WAIT2 || old == TCP_CLOSING) && time_wait_took_over(sk, port) {
+        lifecycle::entered_time_wait(sk, port);
     } else if !lifecycle::keeps_port_until_destroyed(sk) {
         lifecycle::released(sk, 0, Repeat::Expected);
+    }
+    0
+}
+
+/// Whether a TIME_WAIT socket was made for this closing connection: exactly, when its timer is
+/// recognisable (it was armed moments ago); otherwise assumed, as the kernel makes one unless
+/// its TIME_WAIT table is full.
+#[inline(always)]
+fn time_wait_took_over(sk: u64, port: u16) -> bool {
+    if global!(TW_TIMER_HANDLER) == 0 {
+        return true;
+    }
+    TIME_WAIT_ARMED.remove(sock::connection(sk, port)).is_ok()
+}
+
+/// Whether a kernel timer is a TIME_WAIT socket's, and if so that socket.
+#[inline(always)]
+fn time_wait_socket(timer: u64) -> Option<u64> {
+    let handler: u64 = sock::read(timer, global!(OFFSETS.timer_function));
+    (handler != 0 && handler == global!(TW_TIMER_HANDLER))
+        .then(|| timer - global!(OFFSETS.tw_timer) as u64)
+}
+
+/// A timer is armed: for a TIME_WAIT socket, that is the moment it takes over a port.
+#[btf_tracepoint(function = "timer_start")]
+pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
+    if let Some(tw) = time_wait_socket(ctx.arg(0)) {
+        let port = sock::local_port(tw);
+        if port != 0 && emit::port_watched(port) {
+            let _ = TIME_WAIT_ARMED.insert(sock::connection(tw, port), 1, 0);
+        }
     }
     0
 }
@@ -226,10 +258,8 @@ pub fn tcp_destroy(ctx: BtfTracePointContext) -> i32 {
 /// marks the end of TIME_WAIT itself, but its timer is recognisable by its handler.
 #[btf_tracepoint(function = "timer_expire_entry")]
 pub fn timer_expire(ctx: BtfTracePointContext) -> i32 {
-    let timer: u64 = ctx.arg(0);
-    let handler: u64 = sock::read(timer, global!(OFFSETS.timer_function));
-    if handler != 0 && handler == global!(TW_TIMER_HANDLER) {
-        lifecycle::left_time_wait(timer - global!(OFFSETS.tw_timer) as u64);
+    if let Some(tw) = time_wait_socket(ctx.arg(0)) {
+        lifecycle::left_time_wait(tw);
     }
     0
 }

@@ -239,3 +239,101 @@ pub fn time_wait_runs_out() -> Result<(), String> {
         format!("TIME_WAIT ended after {held} ns, not 60 s")
     })
 }
+
+/// Env var that makes this test binary close a connection in a fresh network namespace whose
+/// TIME_WAIT table holds nothing.
+pub const NO_TIME_WAIT_ENV: &str = "PORTWATCH_E2E_NO_TIME_WAIT";
+
+/// In a new network namespace with `tcp_max_tw_buckets` = 0, connect over loopback and close the
+/// client first: its FIN_WAIT2 -> CLOSE looks like the start of TIME_WAIT, but the kernel made
+/// no TIME_WAIT socket. Prints the client's port.
+pub fn close_without_time_wait() -> ! {
+    // SAFETY: unshare with a valid flag; this process is single-threaded here.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        panic!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+    }
+    bring_loopback_up();
+    std::fs::write("/proc/sys/net/ipv4/tcp_max_tw_buckets", "0").expect("set tcp_max_tw_buckets");
+    let listener = Socket::new(Kind::Tcp, V4).expect("socket");
+    listener.bind(0).expect("bind");
+    listener.listen().expect("listen");
+    let client = Socket::new(Kind::Tcp, V4).expect("socket");
+    client
+        .connect(listener.local_port().expect("port"))
+        .expect("connect");
+    let port = client.local_port().expect("port");
+    let accepted = listener.accept().expect("accept");
+    client.close();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    accepted.close();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    println!("{port}");
+    std::process::exit(0);
+}
+
+fn bring_loopback_up() {
+    // SAFETY: a plain datagram socket for the interface ioctls, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    // SAFETY: ifreq is plain data; all-zero is a valid starting value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: request names an interface and has room for the flags the ioctls read and write.
+    unsafe {
+        libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request);
+        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut request);
+        libc::close(fd);
+    }
+}
+
+/// A close from FIN_WAIT2 whose TIME_WAIT socket the kernel refused to make (table full) frees
+/// the port at once: the free must not claim TIME_WAIT. Also shows events from another network
+/// namespace carry that namespace.
+pub fn full_time_wait_table_frees_at_once() -> Result<(), String> {
+    let tracer = Tracer::start(&["--events", "claim,free"])?;
+    let child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .env(NO_TIME_WAIT_ENV, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let pid = child.id();
+    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    check(output.status.success(), || {
+        format!(
+            "namespace child failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    let port: u16 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| "namespace child printed no port".to_string())?;
+    let trace = tracer.stop();
+    let events: Vec<_> = trace
+        .on_port(port)
+        .into_iter()
+        .filter(|event| event["pid"] == pid)
+        .collect();
+    in_order(
+        &events,
+        &[
+            want("claim", port, pid, "tcp", "ipv4").with("how", "connect"),
+            want("free", port, pid, "tcp", "ipv4")
+                .with("how", "connect")
+                .with("time_wait", false),
+        ],
+    )?;
+    let host_netns = std::fs::metadata("/proc/self/ns/net").map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.ino()
+    });
+    check(
+        events
+            .iter()
+            .all(|event| event["netns"].as_u64() != host_netns.as_ref().ok().copied()),
+        || format!("events from the new namespace carry the host's netns: {events:?}"),
+    )
+}

@@ -45,6 +45,10 @@ const SCENARIOS: &[Scenario] = &[
     ),
     ("TIME_WAIT and its end", lifetimes::time_wait_and_its_end),
     (
+        "full TIME_WAIT table frees at once",
+        lifetimes::full_time_wait_table_frees_at_once,
+    ),
+    (
         "ring buffer overflow is counted",
         lifetimes::ring_buffer_overflow_is_counted,
     ),
@@ -61,6 +65,9 @@ const SLOW: &[Scenario] = &[("TIME_WAIT runs out", lifetimes::time_wait_runs_out
 fn main() {
     if let Ok(spec) = std::env::var(lifetimes::HOLDER_ENV) {
         lifetimes::hold(&spec);
+    }
+    if std::env::var_os(lifetimes::NO_TIME_WAIT_ENV).is_some() {
+        lifetimes::close_without_time_wait();
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {

@@ -28,9 +28,10 @@ pub fn check_supported(offsets: &Offsets) -> Result<(), BackendError> {
 }
 
 /// The tp_btf tracepoints, as aya finds them in BTF (`btf_trace_<name>` typedefs).
-pub const BTF_TRACEPOINT_TYPES: [&str; 3] = [
+pub const BTF_TRACEPOINT_TYPES: [&str; 4] = [
     "btf_trace_inet_sock_set_state",
     "btf_trace_tcp_destroy_sock",
+    "btf_trace_timer_start",
     "btf_trace_timer_expire_entry",
 ];
 
@@ -80,11 +81,12 @@ pub fn attach(
     ];
     let mut notes = Vec::new();
     if time_wait_timer != 0 {
+        btf_tracepoints.push(("timer_start", "timer_start"));
         btf_tracepoints.push(("timer_expire", "timer_expire_entry"));
     } else {
         notes.push(format!(
-            "the end of TIME_WAIT is not observable: {TIME_WAIT_TIMER_HANDLER} is not in \
-             /proc/kallsyms (kernel.kptr_restrict?)"
+            "the end of TIME_WAIT is not observable and its start is assumed from the TCP state: \
+             {TIME_WAIT_TIMER_HANDLER} is not in /proc/kallsyms (kernel.kptr_restrict?)"
         ));
     }
     for (program, tracepoint) in btf_tracepoints {
