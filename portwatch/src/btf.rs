@@ -4,10 +4,10 @@
 //! aya offers no CO-RE for Rust programs, so instead of relocating the object we look each field
 //! up here and pass the offsets in as read-only globals. Only the small part of the BTF format
 //! needed for that is parsed: type records, struct/union members (through anonymous members)
-//! and function prototypes. The file stays as read, with an index of the named structs,
-//! functions and typedefs (the only kinds looked up by name).
+//! and function prototypes. The file stays as read, with an index of just the structs,
+//! functions and typedefs we will look up, so that parsing allocates nothing per type.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use portwatch_ebpf::Offsets;
 
@@ -56,8 +56,9 @@ pub struct Btf {
     strings: std::ops::Range<usize>,
     /// Byte offset of each type record, indexed by type id (id 0, `void`, has none: 0).
     records: Vec<usize>,
-    /// (kind, name) to type id, for structs, functions and typedefs.
-    named: HashMap<(u32, String), u32>,
+    /// The wanted names, with the (kind, type id) of each struct, function or typedef of
+    /// that name.
+    named: HashMap<&'static str, Vec<(u32, u32)>>,
 }
 
 /// One type record's fixed part.
@@ -78,15 +79,15 @@ fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
 }
 
 impl Btf {
-    pub fn from_sys_fs() -> Result<Self, BtfError> {
-        Self::parse(std::fs::read(VMLINUX)?)
+    /// Parses the kernel's BTF, indexing the structs [`offsets`] reads and `names` (functions
+    /// and typedefs).
+    pub fn from_sys_fs(names: &[&'static str]) -> Result<Self, BtfError> {
+        Self::parse(std::fs::read(VMLINUX)?, names)
     }
 
-    pub fn parse(data: Vec<u8>) -> Result<Self, BtfError> {
+    pub fn parse(data: Vec<u8>, names: &[&'static str]) -> Result<Self, BtfError> {
         if data.get(0..2) != Some(&[0x9f, 0xeb]) {
-            return Err(BtfError::Malformed(
-                "bad magic (only little-endian BTF is supported)",
-            ));
+            return Err(BtfError::Malformed("bad magic (only little-endian BTF is supported)"));
         }
         let header_len = u32_at(&data, 4)? as usize;
         let type_start = header_len + u32_at(&data, 8)? as usize;
@@ -96,22 +97,22 @@ impl Btf {
         if type_end > data.len() || str_end > data.len() {
             return Err(BtfError::Malformed("section out of bounds"));
         }
-        let mut btf = Btf {
-            data,
-            strings: str_start..str_end,
-            records: vec![0],
-            named: HashMap::new(),
-        };
+        let wanted: HashSet<&'static str> = STRUCTS.iter().chain(names).copied().collect();
+        let mut btf =
+            Btf { data, strings: str_start..str_end, records: vec![0], named: HashMap::new() };
+        let mut named: HashMap<&'static str, Vec<(u32, u32)>> = HashMap::new();
         let mut at = type_start;
         while at < type_end {
             let record = btf.record_at(at)?;
-            if matches!(record.kind, KIND_STRUCT | KIND_FUNC | KIND_TYPEDEF) && record.name != 0 {
-                let key = (record.kind, btf.string(record.name).to_string());
-                btf.named.entry(key).or_insert(btf.records.len() as u32);
+            if matches!(record.kind, KIND_STRUCT | KIND_FUNC | KIND_TYPEDEF)
+                && let Some(&name) = wanted.get(btf.string(record.name))
+            {
+                named.entry(name).or_default().push((record.kind, btf.records.len() as u32));
             }
             btf.records.push(at);
             at = btf.next_record(record)?;
         }
+        btf.named = named;
         Ok(btf)
     }
 
@@ -157,9 +158,9 @@ impl Btf {
         std::str::from_utf8(&tail[..end]).unwrap_or("")
     }
 
-    /// The id of the named struct, function or typedef.
+    /// The id of the named struct, function or typedef (the first, as aya also takes it).
     fn find(&self, kind: u32, name: &str) -> Option<u32> {
-        self.named.get(&(kind, name.to_string())).copied()
+        self.named.get(name)?.iter().find(|(k, _)| *k == kind).map(|&(_, id)| id)
     }
 
     /// Byte offset of `field` in `struct name`, looking through anonymous struct/union members.
@@ -280,6 +281,23 @@ impl Btf {
     }
 }
 
+/// The structs [`offsets`] reads fields of.
+const STRUCTS: [&str; 13] = [
+    "sock",
+    "sock_common",
+    "net",
+    "ns_common",
+    "inet_sock",
+    "task_struct",
+    "files_struct",
+    "fdtable",
+    "file",
+    "socket",
+    "pt_regs",
+    "timer_list",
+    "inet_timewait_sock",
+];
+
 /// Everything the kernel programs read, located in this kernel.
 pub fn offsets(btf: &Btf) -> Result<Offsets, BtfError> {
     let common = |field: &str| -> Result<u32, BtfError> {
@@ -322,7 +340,7 @@ mod tests {
     /// `sock_common` starts `struct sock`, and the family precedes the ports.
     #[test]
     fn reads_this_kernels_socket_layout() {
-        let btf = Btf::from_sys_fs().expect("kernel BTF");
+        let btf = Btf::from_sys_fs(&["tcp_v4_connect", "inet_csk_accept"]).expect("kernel BTF");
         let offsets = offsets(&btf).expect("offsets");
         assert_eq!(btf.field_offset("sock", "__sk_common").unwrap(), 0);
         assert!(offsets.skc_family < offsets.sk_protocol);
@@ -335,8 +353,8 @@ mod tests {
     /// The skeleton keeps every id: aya must find each named type at its kernel id.
     #[test]
     fn attach_point_skeleton_keeps_kernel_ids() {
-        let btf = Btf::from_sys_fs().expect("kernel BTF");
         let names = ["inet_csk_accept", "btf_trace_inet_sock_set_state"];
+        let btf = Btf::from_sys_fs(&names).expect("kernel BTF");
         let skeleton = aya::Btf::parse(&btf.attach_points_only(&names), aya::Endianness::Little)
             .expect("aya parses the skeleton");
         let accept = skeleton

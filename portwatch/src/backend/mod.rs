@@ -111,13 +111,22 @@ pub struct Kernel {
     functions: HashMap<&'static str, u32>,
     /// aya's own parse, which program loading needs to find attach points.
     pub aya_btf: aya::Btf,
+    /// Where TIME_WAIT sockets' timer handler is, 0 if unknown (see the tracepoint backend).
+    time_wait_timer_handler: u64,
 }
 
 impl Kernel {
     /// Takes what we need from our own BTF parse, then gives aya a skeleton of the kernel's BTF
     /// that holds only the attach points (see [`Btf::attach_points_only`]).
     pub fn read() -> Result<Self, BackendError> {
-        let btf = Btf::from_sys_fs()?;
+        // /proc/kallsyms takes the kernel tens of milliseconds to list: read it meanwhile.
+        let kallsyms = std::thread::spawn(tracepoint::time_wait_timer_handler);
+        let names: Vec<&'static str> = KERNEL_FUNCTIONS
+            .iter()
+            .flat_map(|(_, candidates)| candidates.iter().copied())
+            .chain(tracepoint::BTF_TRACEPOINT_TYPES)
+            .collect();
+        let btf = Btf::from_sys_fs(&names)?;
         let functions: HashMap<&'static str, u32> = KERNEL_FUNCTIONS
             .iter()
             .flat_map(|(_, candidates)| candidates.iter().copied())
@@ -133,10 +142,17 @@ impl Kernel {
         drop(btf);
         let aya_btf = aya::Btf::parse(&skeleton, aya::Endianness::Little)
             .map_err(|err| BackendError::Unsupported(format!("reading kernel BTF: {err}")))?;
+        let time_wait_timer_handler = match &offsets {
+            Ok(offsets) if offsets.timer_function != 0 && offsets.tw_timer != 0 => {
+                kallsyms.join().unwrap_or(0)
+            }
+            _ => 0,
+        };
         Ok(Self {
             offsets,
             functions,
             aya_btf,
+            time_wait_timer_handler,
         })
     }
 }
@@ -163,7 +179,7 @@ pub fn attach(
     let settings = settings(config);
     let syscalls = syscalls();
     let time_wait_timer = match backend {
-        Backend::Tracepoint => tracepoint::time_wait_timer_handler(&offsets),
+        Backend::Tracepoint => kernel.time_wait_timer_handler,
         _ => 0,
     };
     let mut ebpf = EbpfLoader::new()

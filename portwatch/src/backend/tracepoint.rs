@@ -38,13 +38,9 @@ pub const BTF_TRACEPOINT_TYPES: [&str; 4] = [
 /// The kernel function every TIME_WAIT socket's timer runs.
 const TIME_WAIT_TIMER_HANDLER: &str = "tw_timer_handler";
 
-/// The address of the TIME_WAIT timer handler, by which the timer hook recognises TIME_WAIT
-/// sockets ending; 0 when /proc/kallsyms does not show it (kptr_restrict) or the layout that
-/// leads from the timer to its socket is missing.
-pub fn time_wait_timer_handler(offsets: &Offsets) -> u64 {
-    if offsets.timer_function == 0 && offsets.tw_timer == 0 {
-        return 0;
-    }
+/// The address of the TIME_WAIT timer handler, by which the timer hooks recognise TIME_WAIT
+/// sockets; 0 when /proc/kallsyms does not show it (kernel.kptr_restrict).
+pub fn time_wait_timer_handler() -> u64 {
     let Ok(symbols) = std::fs::read_to_string("/proc/kallsyms") else {
         return 0;
     };
