@@ -87,7 +87,9 @@ impl Btf {
 
     pub fn parse(data: Vec<u8>, names: &[&'static str]) -> Result<Self, BtfError> {
         if data.get(0..2) != Some(&[0x9f, 0xeb]) {
-            return Err(BtfError::Malformed("bad magic (only little-endian BTF is supported)"));
+            return Err(BtfError::Malformed(
+                "bad magic (only little-endian BTF is supported)",
+            ));
         }
         let header_len = u32_at(&data, 4)? as usize;
         let type_start = header_len + u32_at(&data, 8)? as usize;
@@ -98,8 +100,12 @@ impl Btf {
             return Err(BtfError::Malformed("section out of bounds"));
         }
         let wanted: HashSet<&'static str> = STRUCTS.iter().chain(names).copied().collect();
-        let mut btf =
-            Btf { data, strings: str_start..str_end, records: vec![0], named: HashMap::new() };
+        let mut btf = Btf {
+            data,
+            strings: str_start..str_end,
+            records: vec![0],
+            named: HashMap::new(),
+        };
         let mut named: HashMap<&'static str, Vec<(u32, u32)>> = HashMap::new();
         let mut at = type_start;
         while at < type_end {
@@ -107,7 +113,10 @@ impl Btf {
             if matches!(record.kind, KIND_STRUCT | KIND_FUNC | KIND_TYPEDEF)
                 && let Some(&name) = wanted.get(btf.string(record.name))
             {
-                named.entry(name).or_default().push((record.kind, btf.records.len() as u32));
+                named
+                    .entry(name)
+                    .or_default()
+                    .push((record.kind, btf.records.len() as u32));
             }
             btf.records.push(at);
             at = btf.next_record(record)?;
@@ -160,7 +169,11 @@ impl Btf {
 
     /// The id of the named struct, function or typedef (the first, as aya also takes it).
     fn find(&self, kind: u32, name: &str) -> Option<u32> {
-        self.named.get(name)?.iter().find(|(k, _)| *k == kind).map(|&(_, id)| id)
+        self.named
+            .get(name)?
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|&(_, id)| id)
     }
 
     /// Byte offset of `field` in `struct name`, looking through anonymous struct/union members.

@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    backend::{self, Backend, Kernel},
+    backend::{self, Kernel},
     cli::{BackendArg, Config, Format},
     clock::{MonotonicClock, Timestamp},
     event::{Event, Kind, Proto},
@@ -71,11 +71,10 @@ pub async fn run(config: Config, loaded: Loaded) -> anyhow::Result<()> {
 /// `--check`: attach each candidate once, report, detach.
 pub fn check(config: &Config) -> anyhow::Result<()> {
     let kernel = Kernel::read().context("reading the kernel's type information")?;
-    let kernel = &kernel;
     let mut picked = None;
-    for backend in Backend::candidates(config.backend) {
-        match backend::attach(backend, kernel, config) {
-            Ok(_) => {
+    for (backend, outcome) in backend::check(&kernel, config) {
+        match outcome {
+            Ok(()) => {
                 println!("{}\tok", backend.name());
                 picked.get_or_insert(backend);
             }

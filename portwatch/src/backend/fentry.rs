@@ -10,7 +10,7 @@ use super::{BackendError, Kernel, kernel_function, parameter_count};
 /// Program name in the object, the hook it serves, and for fexit programs the parameter count
 /// of the kernel function they were written for (their return value sits right after the
 /// parameters); 0 for fentry programs, which work whatever the count.
-const PROGRAMS: [(&str, &str, u32); 13] = [
+pub const PROGRAMS: [(&str, &str, u32); 13] = [
     ("inet_bind_exit", "bind", 4),
     ("inet6_bind_exit", "bind6", 4),
     ("hash_connect_exit", "hash_connect", 4),

@@ -6,7 +6,7 @@ use aya::{Ebpf, programs::Program};
 use super::{BackendError, Kernel, kernel_function};
 
 /// Program name in the object, and the hook it serves.
-const PROGRAMS: [(&str, &str); 15] = [
+pub const PROGRAMS: [(&str, &str); 15] = [
     ("kp_inet_bind", "bind"),
     ("kp_inet_bind_ret", "bind"),
     ("kp_inet6_bind", "bind6"),

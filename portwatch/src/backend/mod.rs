@@ -8,7 +8,11 @@ mod tracepoint;
 
 use std::collections::HashMap;
 
-use aya::{Ebpf, EbpfLoader, maps::Array, programs::ProgramError};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::Array,
+    programs::{Program, ProgramError},
+};
 use portwatch_ebpf::{Offsets, Settings, Syscalls};
 
 use crate::{
@@ -116,6 +120,15 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// Whether the syscall hooks cannot read their arguments (no x86-64 register names).
+    fn syscall_registers_unknown(&self) -> bool {
+        self.offsets
+            .as_ref()
+            .is_ok_and(|offsets| offsets.regs_arg0 == 0 && offsets.regs_arg1 == 0)
+    }
+}
+
+impl Kernel {
     /// Takes what we need from our own BTF parse, then gives aya a skeleton of the kernel's BTF
     /// that holds only the attach points (see [`Btf::attach_points_only`]).
     pub fn read() -> Result<Self, BackendError> {
@@ -165,30 +178,17 @@ pub struct Attached {
     pub notes: Vec<String>,
 }
 
-/// Loads the object with this kernel's offsets and the config's filters, then attaches the
-/// backend's hooks.
-pub fn attach(
-    backend: Backend,
-    kernel: &Kernel,
-    config: &Config,
-) -> Result<Attached, BackendError> {
+/// Loads the object once with this kernel's offsets and the config's filters; backends then
+/// load and attach their own programs from it.
+fn load_object(kernel: &Kernel, config: &Config) -> Result<Ebpf, BackendError> {
     let offsets = kernel.offsets.clone().map_err(BackendError::Unsupported)?;
-    if backend == Backend::Tracepoint {
-        tracepoint::check_supported(&offsets)?;
-    }
-    let settings = settings(config);
-    let syscalls = syscalls();
-    let time_wait_timer = match backend {
-        Backend::Tracepoint => kernel.time_wait_timer_handler,
-        _ => 0,
-    };
     let mut ebpf = EbpfLoader::new()
         // No CO-RE relocations to apply: offsets come in as globals.
         .btf(None)
         .override_global("OFFSETS", &offsets, true)
-        .override_global("SETTINGS", &settings, true)
-        .override_global("SYSCALLS", &syscalls, true)
-        .override_global("TW_TIMER_HANDLER", &time_wait_timer, true)
+        .override_global("SETTINGS", &settings(config), true)
+        .override_global("SYSCALLS", &syscalls(), true)
+        .override_global("TW_TIMER_HANDLER", &kernel.time_wait_timer_handler, true)
         .map_max_entries("EVENTS", config.ring_bytes)
         .load(OBJECT)?;
     if let Some(ports) = &config.ports {
@@ -207,16 +207,45 @@ pub fn attach(
             }
         }
     }
-    let notes = match backend {
-        Backend::Fentry => fentry::attach(&mut ebpf, kernel).map(|()| Vec::new())?,
-        Backend::Kprobe => kprobe::attach(&mut ebpf, kernel).map(|()| Vec::new())?,
-        Backend::Tracepoint => tracepoint::attach(&mut ebpf, kernel, time_wait_timer)?,
+    Ok(ebpf)
+}
+
+/// Attaches one backend's programs; on failure, unloads whatever of them it had loaded, so the
+/// next backend starts from a clean object.
+fn attach_programs(
+    backend: Backend,
+    ebpf: &mut Ebpf,
+    kernel: &Kernel,
+) -> Result<Vec<String>, BackendError> {
+    let attached = match backend {
+        Backend::Fentry => fentry::attach(ebpf, kernel).map(|()| Vec::new()),
+        Backend::Kprobe => kprobe::attach(ebpf, kernel).map(|()| Vec::new()),
+        Backend::Tracepoint => tracepoint::attach(ebpf, kernel),
     };
-    Ok(Attached {
-        backend,
-        ebpf,
-        notes,
-    })
+    if attached.is_err() {
+        unload(ebpf, backend);
+    }
+    attached
+}
+
+fn unload(ebpf: &mut Ebpf, backend: Backend) {
+    let programs: Vec<&str> = match backend {
+        Backend::Fentry => fentry::PROGRAMS.iter().map(|(name, _, _)| *name).collect(),
+        Backend::Kprobe => kprobe::PROGRAMS.iter().map(|(name, _)| *name).collect(),
+        Backend::Tracepoint => tracepoint::PROGRAMS.to_vec(),
+    };
+    for name in programs {
+        // Programs that never loaded refuse to unload; nothing to undo for them.
+        let _ = match ebpf.program_mut(name) {
+            Some(Program::FEntry(program)) => program.unload(),
+            Some(Program::FExit(program)) => program.unload(),
+            Some(Program::KProbe(program)) => program.unload(),
+            Some(Program::RawTracePoint(program)) => program.unload(),
+            Some(Program::BtfTracePoint(program)) => program.unload(),
+            Some(Program::CgroupSock(program)) => program.unload(),
+            _ => Ok(()),
+        };
+    }
 }
 
 /// Tries the candidates best first; returns the first that attaches and why each earlier one
@@ -225,14 +254,58 @@ pub fn attach_best(
     kernel: &Kernel,
     config: &Config,
 ) -> (Option<Attached>, Vec<(Backend, BackendError)>) {
+    let candidates = Backend::candidates(config.backend);
+    let mut ebpf = match load_object(kernel, config) {
+        Ok(ebpf) => ebpf,
+        Err(err) => {
+            let reason = err.to_string();
+            let failed = candidates
+                .into_iter()
+                .map(|backend| (backend, BackendError::Unsupported(reason.clone())))
+                .collect();
+            return (None, failed);
+        }
+    };
     let mut passed_over = Vec::new();
-    for backend in Backend::candidates(config.backend) {
-        match attach(backend, kernel, config) {
-            Ok(attached) => return (Some(attached), passed_over),
+    for backend in candidates {
+        match attach_programs(backend, &mut ebpf, kernel) {
+            Ok(notes) => {
+                return (
+                    Some(Attached {
+                        backend,
+                        ebpf,
+                        notes,
+                    }),
+                    passed_over,
+                );
+            }
             Err(err) => passed_over.push((backend, err)),
         }
     }
     (None, passed_over)
+}
+
+/// Attaches each candidate in turn and detaches it again: what `--check` reports.
+pub fn check(kernel: &Kernel, config: &Config) -> Vec<(Backend, Result<(), BackendError>)> {
+    let candidates = Backend::candidates(config.backend);
+    let mut ebpf = match load_object(kernel, config) {
+        Ok(ebpf) => ebpf,
+        Err(err) => {
+            let reason = err.to_string();
+            return candidates
+                .into_iter()
+                .map(|backend| (backend, Err(BackendError::Unsupported(reason.clone()))))
+                .collect();
+        }
+    };
+    candidates
+        .into_iter()
+        .map(|backend| {
+            let outcome = attach_programs(backend, &mut ebpf, kernel).map(drop);
+            unload(&mut ebpf, backend);
+            (backend, outcome)
+        })
+        .collect()
 }
 
 fn settings(config: &Config) -> Settings {

@@ -12,14 +12,13 @@ use aya::{
     Ebpf,
     programs::{CgroupAttachMode, Program},
 };
-use portwatch_ebpf::Offsets;
 
 use super::{BackendError, Kernel};
 
 /// Register offsets come from `struct pt_regs` in BTF by their x86-64 names; elsewhere they
 /// are missing and the syscall hooks cannot read their arguments.
-pub fn check_supported(offsets: &Offsets) -> Result<(), BackendError> {
-    if offsets.regs_arg0 == 0 && offsets.regs_arg1 == 0 {
+fn check_supported(kernel: &Kernel) -> Result<(), BackendError> {
+    if kernel.syscall_registers_unknown() {
         return Err(BackendError::Unsupported(
             "the syscall hooks know only x86-64's register layout (pt_regs.di/si/orig_ax)".into(),
         ));
@@ -54,13 +53,21 @@ pub fn time_wait_timer_handler() -> u64 {
         .unwrap_or(0)
 }
 
+/// Every program of this backend, by name in the object.
+pub const PROGRAMS: [&str; 7] = [
+    "sys_enter",
+    "sys_exit",
+    "tcp_set_state",
+    "tcp_destroy",
+    "timer_start",
+    "timer_expire",
+    "sock_release",
+];
+
 /// Attaches every hook; returns what the backend cannot see on this kernel beyond its
 /// documented limits.
-pub fn attach(
-    ebpf: &mut Ebpf,
-    kernel: &Kernel,
-    time_wait_timer: u64,
-) -> Result<Vec<String>, BackendError> {
+pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<Vec<String>, BackendError> {
+    check_supported(kernel)?;
     for (program, tracepoint) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
         let Some(Program::RawTracePoint(raw)) = ebpf.program_mut(program) else {
             return Err(BackendError::Unsupported(format!(
@@ -76,7 +83,7 @@ pub fn attach(
         ("tcp_destroy", "tcp_destroy_sock"),
     ];
     let mut notes = Vec::new();
-    if time_wait_timer != 0 {
+    if kernel.time_wait_timer_handler != 0 {
         btf_tracepoints.push(("timer_start", "timer_start"));
         btf_tracepoints.push(("timer_expire", "timer_expire_entry"));
     } else {
