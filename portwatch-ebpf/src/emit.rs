@@ -4,7 +4,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
     bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf,
 };
-use portwatch_ebpf::{FAMILY_INET, FAMILY_INET6, PROTO_TCP, PROTO_UDP, RawEvent};
+use portwatch_ebpf::{EventKind, FAMILY_INET, FAMILY_INET6, PROTO_TCP, PROTO_UDP, RawEvent};
 
 use crate::{
     globals::global,
@@ -88,6 +88,25 @@ pub struct Outcome {
     pub requested: Requested,
     /// Set on frees of a seen claim: when the claim happened.
     pub claimed_at: u64,
+}
+
+impl Outcome {
+    /// An event with nothing beyond what every event has; callers set the rest.
+    #[inline(always)]
+    pub fn new(kind: EventKind, port: u16, proto: u16, family: u16, sk: u64) -> Self {
+        Self {
+            kind: kind as u8,
+            how: 0,
+            flags: 0,
+            errno: 0,
+            port,
+            proto,
+            family,
+            sk,
+            requested: Requested::Nothing,
+            claimed_at: 0,
+        }
+    }
 }
 
 /// Where a caller's `struct sockaddr` lives, if there is one to read.

@@ -59,17 +59,8 @@ pub fn take(hook: Hook) -> Option<InFlight> {
 /// `__inet_bind` / `__inet6_bind` returned. `uaddr` is the kernel's copy of the caller's address.
 #[inline(always)]
 pub fn after_bind(sk: u64, uaddr: u64, ret: i32) {
-    let requested = u16::from_be(sock::read(uaddr, 2));
-    let how = if requested == 0 {
-        How::BindAny
-    } else {
-        How::Bind
-    };
-    if ret == 0 {
-        lifecycle::claimed(sk, how);
-    } else {
-        lifecycle::failed(sk, how, -ret, requested, Requested::Kernel(uaddr));
-    }
+    let requested_port = u16::from_be(sock::read(uaddr, 2));
+    lifecycle::bind_returned(sk, requested_port, Requested::Kernel(uaddr), ret);
 }
 
 /// `__inet_hash_connect` returned: a TCP connect got (or could not get) its local port.

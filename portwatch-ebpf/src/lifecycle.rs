@@ -35,16 +35,8 @@ pub fn claimed(sk: u64, how: How) {
     let _ = CLAIMS.insert(sk, claim, 0);
     emit::submit(
         &Outcome {
-            kind: EventKind::Claim as u8,
             how: how as u8,
-            flags: 0,
-            errno: 0,
-            port,
-            proto,
-            family,
-            sk,
-            requested: Requested::Nothing,
-            claimed_at: 0,
+            ..Outcome::new(EventKind::Claim, port, proto, family, sk)
         },
         &claim,
     );
@@ -59,20 +51,25 @@ pub fn listening(sk: u64) {
         return;
     }
     emit::submit(
-        &Outcome {
-            kind: EventKind::Listen as u8,
-            how: 0,
-            flags: 0,
-            errno: 0,
-            port,
-            proto,
-            family,
-            sk,
-            requested: Requested::Nothing,
-            claimed_at: 0,
-        },
+        &Outcome::new(EventKind::Listen, port, proto, family, sk),
         &emit::current_claim(port, 0, 0),
     );
+}
+
+/// A bind returned: the socket has the port it asked for (or, asking for 0, one the kernel
+/// chose), or the bind failed. `requested` is where the caller's address can be read.
+#[inline(always)]
+pub fn bind_returned(sk: u64, requested_port: u16, requested: Requested, ret: i32) {
+    let how = if requested_port == 0 {
+        How::BindAny
+    } else {
+        How::Bind
+    };
+    if ret == 0 {
+        claimed(sk, how);
+    } else {
+        failed(sk, how, -ret, requested_port, requested);
+    }
 }
 
 /// A bind, connect or autobind could not get a port. `port` is the one asked for, 0 when the
@@ -85,21 +82,10 @@ pub fn failed(sk: u64, how: How, errno: i32, port: u16, requested: Requested) {
     }
     emit::submit(
         &Outcome {
-            kind: EventKind::Fail as u8,
             how: how as u8,
-            flags: 0,
             errno,
-            port,
-            proto,
-            family,
-            // A failed bind never got its address; other failures show the socket's own.
-            sk: if let Requested::Nothing = requested {
-                sk
-            } else {
-                0
-            },
             requested,
-            claimed_at: 0,
+            ..Outcome::new(EventKind::Fail, port, proto, family, sk)
         },
         &emit::current_claim(port, how as u8, 0),
     );
@@ -150,16 +136,10 @@ pub fn left_time_wait(tw: u64) {
     };
     emit::submit(
         &Outcome {
-            kind: EventKind::Free as u8,
             how: claim.how,
             flags: FLAG_TIME_WAIT_END,
-            errno: 0,
-            port,
-            proto: PROTO_TCP as u16,
-            family,
-            sk: tw,
-            requested: Requested::Nothing,
             claimed_at,
+            ..Outcome::new(EventKind::Free, port, PROTO_TCP as u16, family, tw)
         },
         &claim,
     );
@@ -211,16 +191,10 @@ fn released_with(sk: u64, port_now: u16, repeat: Repeat, flags: u8) -> Option<Cl
     }
     emit::submit(
         &Outcome {
-            kind: EventKind::Free as u8,
             how: claim.how,
             flags,
-            errno: 0,
-            port: claim.port,
-            proto,
-            family,
-            sk,
-            requested: Requested::Nothing,
             claimed_at,
+            ..Outcome::new(EventKind::Free, claim.port, proto, family, sk)
         },
         &claim,
     );

@@ -140,24 +140,12 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 fn on_exit(call: Call, entered: InFlight, ret: i64) {
     let sk = entered.sk;
     match call {
-        Call::Bind => {
-            let how = if entered.requested_port == 0 {
-                How::BindAny
-            } else {
-                How::Bind
-            };
-            if ret == 0 {
-                lifecycle::claimed(sk, how);
-            } else {
-                lifecycle::failed(
-                    sk,
-                    how,
-                    -ret as i32,
-                    entered.requested_port,
-                    Requested::User(entered.arg),
-                );
-            }
-        }
+        Call::Bind => lifecycle::bind_returned(
+            sk,
+            entered.requested_port,
+            Requested::User(entered.arg),
+            ret as i32,
+        ),
         Call::Connect | Call::Send => {
             let how = if call == Call::Connect && sock::protocol(sk) == PROTO_TCP as u16 {
                 How::Connect
