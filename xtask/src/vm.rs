@@ -20,6 +20,8 @@ mod verdict;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -42,6 +44,10 @@ pub struct VmArgs {
     /// Seconds one backend's suite may run inside the guest before it counts as hung.
     #[arg(long, default_value_t = 240)]
     pub timeout_secs: u64,
+    /// How many kernels boot at once. The suites mostly wait (one scenario waits out the kernel's
+    /// 60 s TIME_WAIT timer), so guests overlap well even on a two-CPU machine.
+    #[arg(long, default_value_t = 3)]
+    pub jobs: usize,
     /// Use only kernels cached by an earlier run; touch no network.
     #[arg(long)]
     pub offline: bool,
@@ -86,8 +92,8 @@ const BOOT_ALLOWANCE: Duration = Duration::from_secs(60);
 pub fn run(args: VmArgs) -> Result<()> {
     let series = sorted_unique(args.kernels);
     let backends = sorted_unique(args.backends);
-    if args.timeout_secs == 0 {
-        bail!("--timeout-secs must be positive");
+    if args.timeout_secs == 0 || args.jobs == 0 {
+        bail!("--timeout-secs and --jobs must be positive");
     }
     qemu::ensure_installed()?;
 
@@ -118,10 +124,9 @@ pub fn run(args: VmArgs) -> Result<()> {
     let logs = dir.join("logs");
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let watchdog = Duration::from_secs(args.timeout_secs) + BOOT_ALLOWANCE;
-    let mut rows = Vec::new();
-    for kernel in &kernels {
-        rows.push(run_kernel(kernel, &initrd, &logs, &backends, watchdog)?);
-    }
+    let mut rows = run_all(&kernels, args.jobs, |kernel| {
+        run_kernel(kernel, &initrd, &logs, &backends, watchdog)
+    })?;
     if args.with_host {
         rows.push(host::row(&payload.portwatch, &backends)?);
     }
@@ -143,7 +148,42 @@ pub fn run(args: VmArgs) -> Result<()> {
     Ok(())
 }
 
+/// Runs `boot` on every kernel, `jobs` at a time, and returns the rows in the kernels' order.
+fn run_all(
+    kernels: &[Kernel],
+    jobs: usize,
+    boot: impl Fn(&Kernel) -> Result<Row> + Sync,
+) -> Result<Vec<Row>> {
+    let next = AtomicUsize::new(0);
+    let worker = || -> Result<Vec<(usize, Row)>> {
+        let mut rows = Vec::new();
+        loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let Some(kernel) = kernels.get(index) else {
+                return Ok(rows);
+            };
+            rows.push((index, boot(kernel)?));
+        }
+    };
+    let mut rows = thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs.min(kernels.len()))
+            .map(|_| scope.spawn(worker))
+            .collect();
+        let mut rows = Vec::new();
+        for handle in workers {
+            let done = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("a boot thread panicked"))??;
+            rows.extend(done);
+        }
+        anyhow::Ok(rows)
+    })?;
+    rows.sort_by_key(|(index, _)| *index);
+    Ok(rows.into_iter().map(|(_, row)| row).collect())
+}
+
 /// Boots `kernel` once, runs every backend's suite in it and judges what the guest reported.
+/// Its progress lines carry the series, since several kernels may boot at once.
 fn run_kernel(
     kernel: &Kernel,
     initrd: &Path,
@@ -151,19 +191,20 @@ fn run_kernel(
     backends: &[Backend],
     watchdog: Duration,
 ) -> Result<Row> {
-    println!("\nbooting {} ...", kernel.release);
+    let series = kernel.series.name();
+    println!("{series}: booting {} ...", kernel.release);
     let log = logs.join(format!("{}.log", kernel.release));
     let console = qemu::boot(&kernel.vmlinuz, initrd, &log, watchdog, |line| {
         let marker = protocol::marker(line);
         if let Some(marker) = marker {
-            println!("  {marker}");
+            println!("{series}:   {marker}");
         }
         marker.is_some()
     })?;
     let report = Report::parse(&console.lines);
     if let Some(facts) = &report.kernel {
         println!(
-            "  guest: uname -r {}, /sys/kernel/btf/vmlinux {}, {} traceable functions",
+            "{series}: guest: uname -r {}, /sys/kernel/btf/vmlinux {}, {} traceable functions",
             facts.release, facts.btf, facts.filter_functions
         );
     }
@@ -174,7 +215,7 @@ fn run_kernel(
         &protocol::steps(backends),
     )?;
     println!(
-        "  {} after {:.0} s",
+        "{series}: {} after {:.0} s",
         verdict::how_it_ended(&report, &console),
         console.elapsed.as_secs_f64()
     );
