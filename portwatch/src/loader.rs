@@ -74,6 +74,8 @@ fn child(config: &Config, socket: &OwnedFd) -> io::Result<()> {
     let outcome = Kernel::read()
         .map_err(|err| format!("reading the kernel's type information: {err}"))
         .and_then(|kernel| {
+            // Best effort: without it aya parses the whole file, which is only slower.
+            let _ = show_aya_the_skeleton(&kernel.skeleton);
             let (attached, passed_over) = backend::attach_best(&kernel, config);
             let reasons: Vec<String> = passed_over
                 .iter()
@@ -124,6 +126,44 @@ fn child(config: &Config, socket: &OwnedFd) -> io::Result<()> {
             send(socket, &report, &fds)
         }
     }
+}
+
+/// aya's loader parses `/sys/kernel/btf/vmlinux` whole when it is created (tens of megabytes
+/// and milliseconds), though portwatch needs nothing from it: offsets are passed as globals and
+/// attach points are looked up in the skeleton. In a private mount namespace, which dies with
+/// this child, a tmpfs over `/sys/kernel/btf` holds the skeleton under that name instead.
+fn show_aya_the_skeleton(skeleton: &[u8]) -> io::Result<()> {
+    fn check(ret: i32) -> io::Result<()> {
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+    // SAFETY: unshare takes a flag; this child is single-threaded apart from finished helpers.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
+    // SAFETY: remounting / as private with null source/type/data is the documented form; it
+    // keeps the bind below from propagating to the host's mount namespace.
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    })?;
+    // SAFETY: all strings are valid and NUL-terminated; tmpfs needs no data.
+    check(unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            c"/sys/kernel/btf".as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    })?;
+    std::fs::write(crate::btf::VMLINUX, skeleton)
 }
 
 fn map_fd(ebpf: &mut aya::Ebpf, name: &str) -> Option<RawFd> {

@@ -115,9 +115,14 @@ pub struct Kernel {
     functions: HashMap<&'static str, u32>,
     /// aya's own parse, which program loading needs to find attach points.
     pub aya_btf: aya::Btf,
+    /// The BTF aya parsed: the kernel's type ids, with only the attach points named.
+    pub skeleton: Vec<u8>,
     /// Where TIME_WAIT sockets' timer handler is, 0 if unknown (see the tracepoint backend).
     time_wait_timer_handler: u64,
 }
+
+/// A function aya's feature probes look up in the kernel's BTF.
+const AYA_PROBE_FUNCTION: &str = "bpf_fentry_test1";
 
 impl Kernel {
     /// Whether the syscall hooks cannot read their arguments (no x86-64 register names).
@@ -126,9 +131,7 @@ impl Kernel {
             .as_ref()
             .is_ok_and(|offsets| offsets.regs_arg0 == 0 && offsets.regs_arg1 == 0)
     }
-}
 
-impl Kernel {
     /// Takes what we need from our own BTF parse, then gives aya a skeleton of the kernel's BTF
     /// that holds only the attach points (see [`Btf::attach_points_only`]).
     pub fn read() -> Result<Self, BackendError> {
@@ -138,6 +141,7 @@ impl Kernel {
             .iter()
             .flat_map(|(_, candidates)| candidates.iter().copied())
             .chain(tracepoint::BTF_TRACEPOINT_TYPES)
+            .chain([AYA_PROBE_FUNCTION])
             .collect();
         let btf = Btf::from_sys_fs(&names)?;
         let functions: HashMap<&'static str, u32> = KERNEL_FUNCTIONS
@@ -150,6 +154,7 @@ impl Kernel {
             .keys()
             .copied()
             .chain(tracepoint::BTF_TRACEPOINT_TYPES)
+            .chain([AYA_PROBE_FUNCTION])
             .collect();
         let skeleton = btf.attach_points_only(&attach_points);
         drop(btf);
@@ -165,6 +170,7 @@ impl Kernel {
             offsets,
             functions,
             aya_btf,
+            skeleton,
             time_wait_timer_handler,
         })
     }
