@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     fs,
+    io::{BufRead, BufReader},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -39,9 +40,7 @@ pub fn held(wanted: impl Fn(Proto, &IpAddr, u16) -> bool) -> Vec<Event> {
         ("/proc/net/udp6", Proto::Udp),
     ]
     .into_iter()
-    .filter_map(|(path, proto)| Some((fs::read_to_string(path).ok()?, proto)))
-    .flat_map(|(text, proto)| parse_table(&text, proto))
-    .filter(|socket| wanted(socket.proto, &socket.local.0, socket.local.1))
+    .flat_map(|(path, proto)| listed_in(path, proto, &wanted))
     .collect();
     if listed.is_empty() {
         return Vec::new();
@@ -78,10 +77,22 @@ pub fn held(wanted: impl Fn(Proto, &IpAddr, u16) -> bool) -> Vec<Event> {
         .collect()
 }
 
-fn parse_table(text: &str, proto: Proto) -> Vec<Listed> {
-    text.lines()
+/// The wanted sockets of one /proc/net table, read line by line: on a busy host the table holds
+/// hundreds of thousands of sockets (TIME_WAIT included), tens of megabytes as one string.
+fn listed_in(
+    path: &str,
+    proto: Proto,
+    wanted: &impl Fn(Proto, &IpAddr, u16) -> bool,
+) -> Vec<Listed> {
+    let Ok(file) = fs::File::open(path) else {
+        return Vec::new();
+    };
+    BufReader::new(file)
+        .lines()
         .skip(1)
-        .filter_map(|line| parse_line(line, proto))
+        .map_while(Result::ok)
+        .filter_map(|line| parse_line(&line, proto))
+        .filter(|socket| wanted(socket.proto, &socket.local.0, socket.local.1))
         .collect()
 }
 
