@@ -169,10 +169,13 @@ impl Pipeline {
                     .is_none_or(|ports| ports.contains(port))
         });
         for event in held {
-            self.holders
-                .entry((event.proto, event.local_port))
-                .or_insert_with(|| event.clone());
             self.deliver(&event, config)?;
+            // Only holders with a process can name a claimer (TIME_WAIT sockets have none).
+            if event.pid != 0 {
+                self.holders
+                    .entry((event.proto, event.local_port))
+                    .or_insert(event);
+            }
         }
         self.sink.flush()?;
         Ok(())
