@@ -50,9 +50,13 @@ pub fn load(config: &Config) -> anyhow::Result<Loaded> {
         -1 => Err(io::Error::last_os_error()).context("fork"),
         0 => {
             drop(parent_end);
-            let code = match child(config, &child_end) {
-                Ok(()) => 0,
-                Err(_) => 1,
+            // A panic must not unwind out of here: the child would carry on as the tracer.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                child(config, &child_end)
+            }));
+            let code = match outcome {
+                Ok(Ok(())) => 0,
+                _ => 1,
             };
             // SAFETY: _exit ends the child without unwinding or running the parent's destructors
             // (which would detach nothing but must not flush shared stdio buffers twice).
