@@ -51,7 +51,7 @@ pub struct VmArgs {
     /// Use only kernels cached by an earlier run; touch no network.
     #[arg(long)]
     pub offline: bool,
-    /// Add a row for this machine: what `portwatch --check` says here (the suite is not run).
+    /// Add a row for this machine: the suite with each backend it supports, after the kernels.
     #[arg(long)]
     pub with_host: bool,
     /// Use this portwatch binary instead of building it (needs --e2e too).
@@ -128,7 +128,7 @@ pub fn run(args: VmArgs) -> Result<()> {
         run_kernel(kernel, &initrd, &logs, &backends, watchdog)
     })?;
     if args.with_host {
-        rows.push(host::row(&payload.portwatch, &backends)?);
+        rows.push(host::row(&payload.portwatch, &payload.e2e, &backends)?);
     }
 
     let matrix = Matrix { backends, rows };
