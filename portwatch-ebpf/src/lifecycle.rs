@@ -130,7 +130,9 @@ pub fn left_time_wait(tw: u64) {
             // SAFETY: map value pointers stay valid for the duration of the program.
             let claim = unsafe { *claim };
             let _ = TIME_WAITS.remove(connection);
-            (claim, claim.ts_ns)
+            // A claim made before tracing carries the TIME_WAIT start as its time: no held_ns.
+            let seen = claim.flags & FLAG_CLAIMER_UNSEEN == 0;
+            (claim, if seen { claim.ts_ns } else { 0 })
         }
         None => (emit::current_claim(port, 0, FLAG_CLAIMER_UNSEEN), 0),
     };
