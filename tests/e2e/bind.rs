@@ -1,24 +1,20 @@
 //! Explicit binds, bind to port 0, listen and accept.
 
 use crate::{
+    Outcome,
     expect::{in_order, want},
     tracer::Tracer,
-    workload::{Kind, Socket, V4, V6, free_port},
+    workload::{Kind, Socket, V4, V6, free_port, tcp_connection, tcp_listener},
 };
 
 /// A TCP server on a known port: claim (bind), listen, the accepted child's claim, and the
 /// frees of both, all with this process as the claimer.
-pub fn tcp_listener_and_accepted_connection() -> Result<(), String> {
+pub fn tcp_listener_and_accepted_connection() -> Outcome {
     let me = std::process::id();
     let port = free_port();
     let tracer = Tracer::start(&["--port", &port.to_string()])?;
-    let listener = Socket::new(Kind::Tcp, V4).map_err(|e| e.to_string())?;
-    listener.bind(port).map_err(|e| e.to_string())?;
-    listener.listen().map_err(|e| e.to_string())?;
-    let client = Socket::new(Kind::Tcp, V4).map_err(|e| e.to_string())?;
-    client.connect(port).map_err(|e| e.to_string())?;
-    let client_port = client.local_port().map_err(|e| e.to_string())?;
-    let accepted = listener.accept().map_err(|e| e.to_string())?;
+    let listener = tcp_listener(V4, port)?;
+    let (client, accepted, client_port) = tcp_connection(&listener)?;
     client.close();
     accepted.close();
     listener.close();
@@ -52,12 +48,12 @@ pub fn tcp_listener_and_accepted_connection() -> Result<(), String> {
 }
 
 /// bind() to port 0 over IPv6: the kernel picks the port; portwatch must report the picked one.
-pub fn tcp_bind_any_ipv6() -> Result<(), String> {
+pub fn tcp_bind_any_ipv6() -> Outcome {
     let me = std::process::id();
     let tracer = Tracer::start(&["--pid", &me.to_string()])?;
-    let socket = Socket::new(Kind::Tcp, V6).map_err(|e| e.to_string())?;
-    socket.bind(0).map_err(|e| e.to_string())?;
-    let port = socket.local_port().map_err(|e| e.to_string())?;
+    let socket = Socket::new(Kind::Tcp, V6)?;
+    socket.bind(0)?;
+    let port = socket.local_port()?;
     socket.close();
     let trace = tracer.stop();
     let events = trace.on_port(port);
@@ -80,12 +76,10 @@ pub fn tcp_bind_any_ipv6() -> Result<(), String> {
 }
 
 /// A process already listening when portwatch starts is reported as the current holder.
-pub fn holder_at_start_is_reported() -> Result<(), String> {
+pub fn holder_at_start_is_reported() -> Outcome {
     let me = std::process::id();
     let port = free_port();
-    let listener = Socket::new(Kind::Tcp, V6).map_err(|e| e.to_string())?;
-    listener.bind(port).map_err(|e| e.to_string())?;
-    listener.listen().map_err(|e| e.to_string())?;
+    let listener = tcp_listener(V6, port)?;
     let tracer = Tracer::start(&["--port", &port.to_string()])?;
     listener.close();
     let trace = tracer.stop();
@@ -101,12 +95,12 @@ pub fn holder_at_start_is_reported() -> Result<(), String> {
 }
 
 /// listen() on an unbound TCP socket picks a port itself: an autobind claim, then the listen.
-pub fn tcp_listen_without_bind() -> Result<(), String> {
+pub fn tcp_listen_without_bind() -> Outcome {
     let me = std::process::id();
     let tracer = Tracer::start(&["--pid", &me.to_string()])?;
-    let socket = Socket::new(Kind::Tcp, V4).map_err(|e| e.to_string())?;
-    socket.listen().map_err(|e| e.to_string())?;
-    let port = socket.local_port().map_err(|e| e.to_string())?;
+    let socket = Socket::new(Kind::Tcp, V4)?;
+    socket.listen()?;
+    let port = socket.local_port()?;
     socket.close();
     let trace = tracer.stop();
     in_order(

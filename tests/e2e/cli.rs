@@ -9,23 +9,21 @@ use std::{
 };
 
 use crate::{
+    Outcome,
     expect::check,
     tracer::{Tracer, backend, binary},
     workload::{Kind, Socket, V4, free_port},
 };
 
 /// Bad arguments: clap's error, exit 2, no backtrace.
-pub fn bad_arguments_exit_2() -> Result<(), String> {
+pub fn bad_arguments_exit_2() -> Outcome {
     for args in [
         ["--port", "0"],
         ["--port", "65536"],
         ["--port", "abc"],
         ["--port", "200-100"],
     ] {
-        let output = Command::new(binary())
-            .args(args)
-            .output()
-            .map_err(|e| e.to_string())?;
+        let output = Command::new(binary()).args(args).output()?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         check(output.status.code() == Some(2), || {
             format!("{args:?} exited {:?}", output.status)
@@ -40,13 +38,12 @@ pub fn bad_arguments_exit_2() -> Result<(), String> {
 
 /// Without privileges: one sentence naming what is needed, exit 1. Runs as nobody, which drops
 /// every capability.
-pub fn unprivileged_exit_1() -> Result<(), String> {
+pub fn unprivileged_exit_1() -> Outcome {
     let output = Command::new(binary())
         .args(["--port", "60312"])
         .uid(65534)
         .gid(65534)
-        .output()
-        .map_err(|e| e.to_string())?;
+        .output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     check(output.status.code() == Some(1), || {
         format!("exited {:?}: {stderr}", output.status)
@@ -58,7 +55,7 @@ pub fn unprivileged_exit_1() -> Result<(), String> {
 }
 
 /// `portwatch | head -1`: once the reader goes away, portwatch exits 0 at its next write.
-pub fn closed_pipe_is_a_clean_exit() -> Result<(), String> {
+pub fn closed_pipe_is_a_clean_exit() -> Outcome {
     let port = free_port();
     let mut child = Command::new(binary())
         .args([
@@ -70,21 +67,20 @@ pub fn closed_pipe_is_a_clean_exit() -> Result<(), String> {
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+        .spawn()?;
     let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
     let mut line = String::new();
     while !line.starts_with("portwatch: attached") {
         line.clear();
-        if stderr.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+        if stderr.read_line(&mut line)? == 0 {
             return Err("portwatch exited before attaching".into());
         }
     }
     let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
-    let socket = Socket::new(Kind::Udp, V4).map_err(|e| e.to_string())?;
-    socket.bind(port).map_err(|e| e.to_string())?;
+    let socket = Socket::new(Kind::Udp, V4)?;
+    socket.bind(port)?;
     let mut first = String::new();
-    stdout.read_line(&mut first).map_err(|e| e.to_string())?;
+    stdout.read_line(&mut first)?;
     check(first.contains("\"event\":\"claim\""), || {
         format!("first line: {first}")
     })?;
@@ -93,7 +89,7 @@ pub fn closed_pipe_is_a_clean_exit() -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut rest = String::new();
     let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+        if let Some(status) = child.try_wait()? {
             break status;
         }
         if Instant::now() > deadline {
@@ -101,7 +97,7 @@ pub fn closed_pipe_is_a_clean_exit() -> Result<(), String> {
             return Err("portwatch kept running after its stdout closed".into());
         }
         // Keep producing events until portwatch notices the closed pipe.
-        let socket = Socket::new(Kind::Udp, V4).map_err(|e| e.to_string())?;
+        let socket = Socket::new(Kind::Udp, V4)?;
         let _ = socket.bind(port);
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -116,12 +112,12 @@ pub fn closed_pipe_is_a_clean_exit() -> Result<(), String> {
 }
 
 /// `--count 2` stops by itself after two events and prints the summary.
-pub fn count_stops_the_trace() -> Result<(), String> {
+pub fn count_stops_the_trace() -> Outcome {
     let port = free_port();
     let tracer = Tracer::start(&["--port", &port.to_string(), "--count", "2"])?;
     for _ in 0..3 {
-        let socket = Socket::new(Kind::Udp, V4).map_err(|e| e.to_string())?;
-        socket.bind(port).map_err(|e| e.to_string())?;
+        let socket = Socket::new(Kind::Udp, V4)?;
+        socket.bind(port)?;
     }
     let trace = tracer.wait();
     check(trace.exit_code == Some(0), || {

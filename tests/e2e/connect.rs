@@ -1,22 +1,18 @@
 //! TCP connect without bind: the kernel picks an ephemeral port.
 
 use crate::{
+    Outcome,
     expect::{in_order, want},
     tracer::Tracer,
-    workload::{Kind, Socket, V4, V6},
+    workload::{V4, V6, tcp_connection, tcp_listener},
 };
 
-fn connect_claims_ephemeral_port(family: std::net::IpAddr, name: &str) -> Result<(), String> {
+fn connect_claims_ephemeral_port(family: std::net::IpAddr, name: &str) -> Outcome {
     let me = std::process::id();
-    let listener = Socket::new(Kind::Tcp, family).map_err(|e| e.to_string())?;
-    listener.bind(0).map_err(|e| e.to_string())?;
-    listener.listen().map_err(|e| e.to_string())?;
-    let server_port = listener.local_port().map_err(|e| e.to_string())?;
+    let listener = tcp_listener(family, 0)?;
+    let server_port = listener.local_port()?;
     let tracer = Tracer::start(&["--pid", &me.to_string(), "--events", "claim,free"])?;
-    let client = Socket::new(Kind::Tcp, family).map_err(|e| e.to_string())?;
-    client.connect(server_port).map_err(|e| e.to_string())?;
-    let port = client.local_port().map_err(|e| e.to_string())?;
-    let accepted = listener.accept().map_err(|e| e.to_string())?;
+    let (client, accepted, port) = tcp_connection(&listener)?;
     // The client closes first: its port passes to a TIME_WAIT socket.
     client.close();
     std::thread::sleep(std::time::Duration::from_millis(100));
@@ -35,10 +31,10 @@ fn connect_claims_ephemeral_port(family: std::net::IpAddr, name: &str) -> Result
     )
 }
 
-pub fn tcp_connect_ipv4() -> Result<(), String> {
+pub fn tcp_connect_ipv4() -> Outcome {
     connect_claims_ephemeral_port(V4, "ipv4")
 }
 
-pub fn tcp_connect_ipv6() -> Result<(), String> {
+pub fn tcp_connect_ipv6() -> Outcome {
     connect_claims_ephemeral_port(V6, "ipv6")
 }

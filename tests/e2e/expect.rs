@@ -2,6 +2,8 @@
 
 use serde_json::Value;
 
+use crate::Outcome;
+
 /// The fields every expected event is checked on, plus optional extras.
 pub struct Want<'a> {
     pub event: &'a str,
@@ -56,7 +58,7 @@ impl<'a> Want<'a> {
 }
 
 /// Every wanted event must appear, in the given order (other events may come between).
-pub fn in_order(events: &[&Value], wants: &[Want<'_>]) -> Result<(), String> {
+pub fn in_order(events: &[&Value], wants: &[Want<'_>]) -> Outcome {
     let mut position = 0;
     for want in wants {
         match events[position..]
@@ -70,7 +72,8 @@ pub fn in_order(events: &[&Value], wants: &[Want<'_>]) -> Result<(), String> {
                     "missing (in order): {}\n  events seen:\n    {}",
                     want.describe(),
                     seen.join("\n    ")
-                ));
+                )
+                .into());
             }
         }
     }
@@ -78,17 +81,18 @@ pub fn in_order(events: &[&Value], wants: &[Want<'_>]) -> Result<(), String> {
 }
 
 /// Exactly `count` events match.
-pub fn exactly(events: &[&Value], want: &Want<'_>, count: usize) -> Result<(), String> {
+pub fn exactly(events: &[&Value], want: &Want<'_>, count: usize) -> Outcome {
     let found = events.iter().filter(|event| want.matches(event)).count();
     if found != count {
-        return Err(format!(
-            "expected {count} x {}, found {found}",
-            want.describe()
-        ));
+        return Err(format!("expected {count} x {}, found {found}", want.describe()).into());
     }
     Ok(())
 }
 
-pub fn check(condition: bool, message: impl FnOnce() -> String) -> Result<(), String> {
-    if condition { Ok(()) } else { Err(message()) }
+pub fn check(condition: bool, message: impl FnOnce() -> String) -> Outcome {
+    if condition {
+        Ok(())
+    } else {
+        Err(message().into())
+    }
 }

@@ -1,23 +1,24 @@
 //! Claims that fail, with the reason.
 
 use crate::{
+    Outcome,
     expect::{exactly, in_order, want},
     tracer::Tracer,
     workload::{Kind, Socket, V4, free_port},
 };
 
 /// A second bind to a held port fails with EADDRINUSE, for TCP and UDP alike.
-pub fn bind_eaddrinuse() -> Result<(), String> {
+pub fn bind_eaddrinuse() -> Outcome {
     let me = std::process::id();
     let port = free_port();
     let tracer = Tracer::start(&["--port", &port.to_string()])?;
     for kind in [Kind::Tcp, Kind::Udp] {
-        let holder = Socket::new(kind, V4).map_err(|e| e.to_string())?;
-        holder.bind(port).map_err(|e| e.to_string())?;
+        let holder = Socket::new(kind, V4)?;
+        holder.bind(port)?;
         if kind == Kind::Tcp {
-            holder.listen().map_err(|e| e.to_string())?;
+            holder.listen()?;
         }
-        let second = Socket::new(kind, V4).map_err(|e| e.to_string())?;
+        let second = Socket::new(kind, V4)?;
         let error = second.bind(port).expect_err("a second bind must fail");
         crate::expect::check(error.raw_os_error() == Some(libc::EADDRINUSE), || {
             format!("second bind failed with {error}, not EADDRINUSE")

@@ -6,9 +6,10 @@ use std::{
 };
 
 use crate::{
+    Outcome,
     expect::{check, exactly, in_order, want},
     tracer::{Trace, Tracer},
-    workload::{Kind, Socket, V4, V6, free_port},
+    workload::{Kind, Socket, V4, V6, free_port, tcp_connection, tcp_listener},
 };
 
 /// Env var that turns this test binary into a port holder for the SIGKILL scenario.
@@ -17,9 +18,7 @@ pub const HOLDER_ENV: &str = "PORTWATCH_E2E_HOLD";
 /// The holder: a TCP listener on IPv4 and a UDP socket on IPv6, then sleep until killed.
 pub fn hold(spec: &str) -> ! {
     let (tcp, udp) = spec.split_once(',').expect("tcp,udp ports");
-    let listener = Socket::new(Kind::Tcp, V4).expect("socket");
-    listener.bind(tcp.parse().expect("port")).expect("bind tcp");
-    listener.listen().expect("listen");
+    let _listener = tcp_listener(V4, tcp.parse().expect("port")).expect("listen tcp");
     let datagram = Socket::new(Kind::Udp, V6).expect("socket");
     datagram.bind(udp.parse().expect("port")).expect("bind udp");
     println!("ready");
@@ -30,23 +29,20 @@ pub fn hold(spec: &str) -> ! {
 
 /// A process killed with SIGKILL while holding ports: no syscall releases them, yet both frees
 /// must appear and name the killed process, not whatever ran the release.
-pub fn sigkill_releases_held_ports() -> Result<(), String> {
+pub fn sigkill_releases_held_ports() -> Outcome {
     let (tcp_port, udp_port) = (free_port(), free_port());
     let ports = format!("{tcp_port},{udp_port}");
     let tracer = Tracer::start(&["--port", &ports])?;
-    let mut holder = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+    let mut holder = Command::new(std::env::current_exe()?)
         .env(HOLDER_ENV, &ports)
         .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+        .spawn()?;
     let mut ready = String::new();
-    BufReader::new(holder.stdout.take().expect("piped"))
-        .read_line(&mut ready)
-        .map_err(|e| e.to_string())?;
+    BufReader::new(holder.stdout.take().expect("piped")).read_line(&mut ready)?;
     check(ready.trim() == "ready", || format!("holder said {ready:?}"))?;
     let pid = holder.id();
-    holder.kill().map_err(|e| e.to_string())?;
-    holder.wait().map_err(|e| e.to_string())?;
+    holder.kill()?;
+    holder.wait()?;
     let trace = tracer.stop();
     in_order(
         &trace.on_port(tcp_port),
@@ -66,23 +62,21 @@ pub fn sigkill_releases_held_ports() -> Result<(), String> {
 }
 
 /// Busy traffic on other ports, one bind on the watched port: only that port's events arrive.
-pub fn single_watched_port_sees_nothing_else() -> Result<(), String> {
+pub fn single_watched_port_sees_nothing_else() -> Outcome {
     let me = std::process::id();
     let port = free_port();
     let tracer = Tracer::start(&["--port", &port.to_string()])?;
-    let listener = Socket::new(Kind::Tcp, V4).map_err(|e| e.to_string())?;
-    listener.bind(0).map_err(|e| e.to_string())?;
-    listener.listen().map_err(|e| e.to_string())?;
-    let server_port = listener.local_port().map_err(|e| e.to_string())?;
+    let listener = tcp_listener(V4, 0)?;
+    let server_port = listener.local_port()?;
     for _ in 0..20 {
-        let client = Socket::new(Kind::Tcp, V4).map_err(|e| e.to_string())?;
-        client.connect(server_port).map_err(|e| e.to_string())?;
-        listener.accept().map_err(|e| e.to_string())?.close();
-        let datagram = Socket::new(Kind::Udp, V6).map_err(|e| e.to_string())?;
-        datagram.send_to(server_port).map_err(|e| e.to_string())?;
+        let client = Socket::new(Kind::Tcp, V4)?;
+        client.connect(server_port)?;
+        listener.accept()?.close();
+        let datagram = Socket::new(Kind::Udp, V6)?;
+        datagram.send_to(server_port)?;
     }
-    let watched = Socket::new(Kind::Udp, V4).map_err(|e| e.to_string())?;
-    watched.bind(port).map_err(|e| e.to_string())?;
+    let watched = Socket::new(Kind::Udp, V4)?;
+    watched.bind(port)?;
     watched.close();
     let trace = tracer.stop();
     check(
@@ -104,29 +98,29 @@ pub fn single_watched_port_sees_nothing_else() -> Result<(), String> {
 /// The server closes first, so its accepted socket goes to TIME_WAIT; a new SYN on the same
 /// four-tuple ends that TIME_WAIT at once. The end is a second free (`time_wait_end`) where the
 /// backend can observe it; the tracepoint backend cannot, and must still mark the first free.
-pub fn time_wait_and_its_end() -> Result<(), String> {
+pub fn time_wait_and_its_end() -> Outcome {
     let me = std::process::id();
     let port = free_port();
     let tracer = Tracer::start(&["--port", &port.to_string()])?;
-    let listener = Socket::new(Kind::Tcp, V4).map_err(|e| e.to_string())?;
-    listener.reuse_address().map_err(|e| e.to_string())?;
-    listener.bind(port).map_err(|e| e.to_string())?;
-    listener.listen().map_err(|e| e.to_string())?;
-    let client = Socket::new(Kind::Tcp, V4).map_err(|e| e.to_string())?;
-    client.reuse_address().map_err(|e| e.to_string())?;
-    client.connect(port).map_err(|e| e.to_string())?;
-    let client_port = client.local_port().map_err(|e| e.to_string())?;
-    let accepted = listener.accept().map_err(|e| e.to_string())?;
+    let listener = Socket::new(Kind::Tcp, V4)?;
+    listener.reuse_address()?;
+    listener.bind(port)?;
+    listener.listen()?;
+    let client = Socket::new(Kind::Tcp, V4)?;
+    client.reuse_address()?;
+    client.connect(port)?;
+    let client_port = client.local_port()?;
+    let accepted = listener.accept()?;
     accepted.close();
     std::thread::sleep(std::time::Duration::from_millis(100));
     client.close();
     std::thread::sleep(std::time::Duration::from_millis(100));
     // Same four-tuple again: the SYN meets the server's TIME_WAIT socket and retires it.
-    let again = Socket::new(Kind::Tcp, V4).map_err(|e| e.to_string())?;
-    again.reuse_address().map_err(|e| e.to_string())?;
-    again.bind(client_port).map_err(|e| e.to_string())?;
-    again.connect(port).map_err(|e| e.to_string())?;
-    let second = listener.accept().map_err(|e| e.to_string())?;
+    let again = Socket::new(Kind::Tcp, V4)?;
+    again.reuse_address()?;
+    again.bind(client_port)?;
+    again.connect(port)?;
+    let second = listener.accept()?;
     let trace = tracer.stop();
     drop((again, second, listener));
     let events = trace.on_port(port);
@@ -162,14 +156,14 @@ fn time_wait_end_observable(trace: &Trace) -> bool {
 
 /// A stalled reader and a tiny ring buffer: the overflow must be counted and reported, and every
 /// event must be either delivered or counted as lost.
-pub fn ring_buffer_overflow_is_counted() -> Result<(), String> {
+pub fn ring_buffer_overflow_is_counted() -> Outcome {
     const ROUNDS: usize = 300;
     let port = free_port();
     let tracer = Tracer::start(&["--port", &port.to_string(), "--ring-kib", "4"])?;
     tracer.pause();
     for _ in 0..ROUNDS {
-        let socket = Socket::new(Kind::Udp, V4).map_err(|e| e.to_string())?;
-        socket.bind(port).map_err(|e| e.to_string())?;
+        let socket = Socket::new(Kind::Udp, V4)?;
+        socket.bind(port)?;
     }
     tracer.resume();
     let trace = tracer.stop();
@@ -200,17 +194,12 @@ pub fn ring_buffer_overflow_is_counted() -> Result<(), String> {
 /// TIME_WAIT left to run out: after its 60 seconds the port is really free, and the end must be
 /// reported by every backend, the syscall-tracepoint one included (through the TIME_WAIT timer).
 /// Runs beside the other scenarios, which use other ports, so the wait costs no extra time.
-pub fn time_wait_runs_out() -> Result<(), String> {
+pub fn time_wait_runs_out() -> Outcome {
     let me = std::process::id();
     let port = free_port();
     let tracer = Tracer::start(&["--port", &port.to_string()])?;
-    let listener = Socket::new(Kind::Tcp, V6).map_err(|e| e.to_string())?;
-    listener.bind(port).map_err(|e| e.to_string())?;
-    listener.listen().map_err(|e| e.to_string())?;
-    let client = Socket::new(Kind::Tcp, V6).map_err(|e| e.to_string())?;
-    client.connect(port).map_err(|e| e.to_string())?;
-    let client_port = client.local_port().map_err(|e| e.to_string())?;
-    let accepted = listener.accept().map_err(|e| e.to_string())?;
+    let listener = tcp_listener(V6, port)?;
+    let (client, accepted, client_port) = tcp_connection(&listener)?;
     accepted.close();
     std::thread::sleep(std::time::Duration::from_millis(100));
     client.close();
@@ -254,15 +243,8 @@ pub fn close_without_time_wait() -> ! {
     }
     bring_loopback_up();
     std::fs::write("/proc/sys/net/ipv4/tcp_max_tw_buckets", "0").expect("set tcp_max_tw_buckets");
-    let listener = Socket::new(Kind::Tcp, V4).expect("socket");
-    listener.bind(0).expect("bind");
-    listener.listen().expect("listen");
-    let client = Socket::new(Kind::Tcp, V4).expect("socket");
-    client
-        .connect(listener.local_port().expect("port"))
-        .expect("connect");
-    let port = client.local_port().expect("port");
-    let accepted = listener.accept().expect("accept");
+    let listener = tcp_listener(V4, 0).expect("listen");
+    let (client, accepted, port) = tcp_connection(&listener).expect("connect");
     client.close();
     std::thread::sleep(std::time::Duration::from_millis(100));
     accepted.close();
@@ -291,16 +273,15 @@ fn bring_loopback_up() {
 /// A close from FIN_WAIT2 whose TIME_WAIT socket the kernel refused to make (table full) frees
 /// the port at once: the free must not claim TIME_WAIT. Also shows events from another network
 /// namespace carry that namespace.
-pub fn full_time_wait_table_frees_at_once() -> Result<(), String> {
+pub fn full_time_wait_table_frees_at_once() -> Outcome {
     let tracer = Tracer::start(&["--events", "claim,free"])?;
-    let child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+    let child = Command::new(std::env::current_exe()?)
         .env(NO_TIME_WAIT_ENV, "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+        .spawn()?;
     let pid = child.id();
-    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    let output = child.wait_with_output()?;
     check(output.status.success(), || {
         format!(
             "namespace child failed: {}",

@@ -14,7 +14,10 @@ mod tracer;
 mod udp;
 mod workload;
 
-type Scenario = (&'static str, fn() -> Result<(), String>);
+/// A scenario's result: the first thing that did not hold, socket errors included.
+pub type Outcome = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+type Scenario = (&'static str, fn() -> Outcome);
 
 const SCENARIOS: &[Scenario] = &[
     ("bad arguments exit 2", cli::bad_arguments_exit_2),

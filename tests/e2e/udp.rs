@@ -1,17 +1,18 @@
 //! UDP: explicit bind, and the autobind of a send or connect on an unbound socket.
 
 use crate::{
+    Outcome,
     expect::{in_order, want},
     tracer::Tracer,
     workload::{Kind, Socket, V4, V6, free_port},
 };
 
-pub fn udp_bind_ipv6() -> Result<(), String> {
+pub fn udp_bind_ipv6() -> Outcome {
     let me = std::process::id();
     let port = free_port();
     let tracer = Tracer::start(&["--port", &port.to_string(), "--proto", "udp"])?;
-    let socket = Socket::new(Kind::Udp, V6).map_err(|e| e.to_string())?;
-    socket.bind(port).map_err(|e| e.to_string())?;
+    let socket = Socket::new(Kind::Udp, V6)?;
+    socket.bind(port)?;
     socket.close();
     let trace = tracer.stop();
     in_order(
@@ -24,15 +25,15 @@ pub fn udp_bind_ipv6() -> Result<(), String> {
 }
 
 /// sendto() without bind: the kernel autobinds an ephemeral port.
-pub fn udp_send_autobind_ipv4() -> Result<(), String> {
+pub fn udp_send_autobind_ipv4() -> Outcome {
     let me = std::process::id();
     let target = free_port();
     let tracer = Tracer::start(&["--pid", &me.to_string()])?;
-    let socket = Socket::new(Kind::Udp, V4).map_err(|e| e.to_string())?;
-    socket.send_to(target).map_err(|e| e.to_string())?;
+    let socket = Socket::new(Kind::Udp, V4)?;
+    socket.send_to(target)?;
     // A second send must not claim again.
-    socket.send_to(target).map_err(|e| e.to_string())?;
-    let port = socket.local_port().map_err(|e| e.to_string())?;
+    socket.send_to(target)?;
+    let port = socket.local_port()?;
     socket.close();
     let trace = tracer.stop();
     let events = trace.on_port(port);
@@ -49,13 +50,13 @@ pub fn udp_send_autobind_ipv4() -> Result<(), String> {
 /// connect() on an unbound UDP socket also autobinds. The syscall hooks see the claim when
 /// connect returns, peer set; fentry and kprobe see it when the port is picked, before the peer
 /// is, so only the free carries it there.
-pub fn udp_connect_autobind_ipv6() -> Result<(), String> {
+pub fn udp_connect_autobind_ipv6() -> Outcome {
     let me = std::process::id();
     let target = free_port();
     let tracer = Tracer::start(&["--pid", &me.to_string(), "-6"])?;
-    let socket = Socket::new(Kind::Udp, V6).map_err(|e| e.to_string())?;
-    socket.connect(target).map_err(|e| e.to_string())?;
-    let port = socket.local_port().map_err(|e| e.to_string())?;
+    let socket = Socket::new(Kind::Udp, V6)?;
+    socket.connect(target)?;
+    let port = socket.local_port()?;
     socket.close();
     let trace = tracer.stop();
     let claim = want("claim", port, me, "udp", "ipv6").with("how", "autobind");

@@ -169,6 +169,24 @@ impl Drop for Socket {
     }
 }
 
+/// A TCP socket listening on the family's loopback at `port` (0: the kernel picks).
+pub fn tcp_listener(family: IpAddr, port: u16) -> io::Result<Socket> {
+    let listener = Socket::new(Kind::Tcp, family)?;
+    listener.bind(port)?;
+    listener.listen()?;
+    Ok(listener)
+}
+
+/// A loopback connection to `listener`: the client, the server's accepted end, and the port the
+/// client was given.
+pub fn tcp_connection(listener: &Socket) -> io::Result<(Socket, Socket, u16)> {
+    let client = Socket::new(Kind::Tcp, listener.family)?;
+    client.connect(listener.local_port()?)?;
+    let client_port = client.local_port()?;
+    let accepted = listener.accept()?;
+    Ok((client, accepted, client_port))
+}
+
 /// A port free for TCP and UDP on both loopbacks right now, outside the ephemeral range so the
 /// kernel is unlikely to hand it to another process meanwhile.
 pub fn free_port() -> u16 {
