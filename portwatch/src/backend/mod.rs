@@ -134,34 +134,34 @@ impl Kernel {
 
     /// Takes what we need from our own BTF parse, then gives aya a skeleton of the kernel's BTF
     /// that holds only the attach points (see [`Btf::attach_points_only`]).
-    pub fn read() -> Result<Self, BackendError> {
-        // /proc/kallsyms takes the kernel tens of milliseconds to list: read it meanwhile.
-        let kallsyms = std::thread::spawn(tracepoint::time_wait_timer_handler);
-        let names: Vec<&'static str> = KERNEL_FUNCTIONS
-            .iter()
-            .flat_map(|(_, candidates)| candidates.iter().copied())
+    pub fn read(candidates: &[Backend]) -> Result<Self, BackendError> {
+        // Only the tracepoint backend needs /proc/kallsyms, which takes the kernel tens of
+        // milliseconds to list: read it meanwhile.
+        let kallsyms = candidates
+            .contains(&Backend::Tracepoint)
+            .then(|| std::thread::spawn(tracepoint::time_wait_timer_handler));
+        let kernel_functions = || {
+            KERNEL_FUNCTIONS
+                .iter()
+                .flat_map(|(_, candidates)| candidates.iter().copied())
+        };
+        let names: Vec<&'static str> = kernel_functions()
             .chain(tracepoint::BTF_TRACEPOINT_TYPES)
             .chain([AYA_PROBE_FUNCTION])
             .collect();
         let btf = Btf::from_sys_fs(&names)?;
-        let functions: HashMap<&'static str, u32> = KERNEL_FUNCTIONS
-            .iter()
-            .flat_map(|(_, candidates)| candidates.iter().copied())
+        let functions: HashMap<&'static str, u32> = kernel_functions()
             .filter_map(|name| Some((name, btf.parameter_count(name).ok()?)))
             .collect();
         let offsets = btf::offsets(&btf).map_err(|err| err.to_string());
-        let attach_points: Vec<&str> = functions
-            .keys()
-            .copied()
-            .chain(tracepoint::BTF_TRACEPOINT_TYPES)
-            .chain([AYA_PROBE_FUNCTION])
-            .collect();
-        let skeleton = btf.attach_points_only(&attach_points);
+        let skeleton = btf.attach_points_only(&names);
         drop(btf);
         let aya_btf = aya::Btf::parse(&skeleton, aya::Endianness::Little)
             .map_err(|err| BackendError::Unsupported(format!("reading kernel BTF: {err}")))?;
-        let time_wait_timer_handler = match &offsets {
-            Ok(offsets) if offsets.timer_function != 0 && offsets.tw_timer != 0 => {
+        let time_wait_timer_handler = match (&offsets, kallsyms) {
+            (Ok(offsets), Some(kallsyms))
+                if offsets.timer_function != 0 && offsets.tw_timer != 0 =>
+            {
                 kallsyms.join().unwrap_or(0)
             }
             _ => 0,
@@ -254,6 +254,21 @@ fn unload(ebpf: &mut Ebpf, backend: Backend) {
     }
 }
 
+/// The object loaded for `candidates`, or each of them failed with the reason it did not load.
+fn load_for(
+    candidates: &[Backend],
+    kernel: &Kernel,
+    config: &Config,
+) -> Result<Ebpf, Vec<(Backend, BackendError)>> {
+    load_object(kernel, config).map_err(|err| {
+        let reason = err.to_string();
+        candidates
+            .iter()
+            .map(|&backend| (backend, BackendError::Unsupported(reason.clone())))
+            .collect()
+    })
+}
+
 /// Tries the candidates best first; returns the first that attaches and why each earlier one
 /// did not.
 pub fn attach_best(
@@ -261,16 +276,9 @@ pub fn attach_best(
     config: &Config,
 ) -> (Option<Attached>, Vec<(Backend, BackendError)>) {
     let candidates = Backend::candidates(config.backend);
-    let mut ebpf = match load_object(kernel, config) {
+    let mut ebpf = match load_for(&candidates, kernel, config) {
         Ok(ebpf) => ebpf,
-        Err(err) => {
-            let reason = err.to_string();
-            let failed = candidates
-                .into_iter()
-                .map(|backend| (backend, BackendError::Unsupported(reason.clone())))
-                .collect();
-            return (None, failed);
-        }
+        Err(failed) => return (None, failed),
     };
     let mut passed_over = Vec::new();
     for backend in candidates {
@@ -294,13 +302,12 @@ pub fn attach_best(
 /// Attaches each candidate in turn and detaches it again: what `--check` reports.
 pub fn check(kernel: &Kernel, config: &Config) -> Vec<(Backend, Result<(), BackendError>)> {
     let candidates = Backend::candidates(config.backend);
-    let mut ebpf = match load_object(kernel, config) {
+    let mut ebpf = match load_for(&candidates, kernel, config) {
         Ok(ebpf) => ebpf,
-        Err(err) => {
-            let reason = err.to_string();
-            return candidates
+        Err(failed) => {
+            return failed
                 .into_iter()
-                .map(|backend| (backend, Err(BackendError::Unsupported(reason.clone()))))
+                .map(|(backend, err)| (backend, Err(err)))
                 .collect();
         }
     };
