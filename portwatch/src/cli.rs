@@ -1,9 +1,12 @@
-//! Command-line arguments, parsed by clap into a validated [`Config`]. Raw arguments never leak
+//! Command-line arguments, parsed by clap into a validated [`Command`]. Raw arguments never leak
 //! past this module.
+//!
+//! Tracing is the default command: `portwatch --port 60312` and `portwatch trace --port 60312`
+//! are the same. The one-shot and offline commands are subcommands.
 
 use std::{collections::HashSet, ops::RangeInclusive, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     event::{Kind, Proto},
@@ -17,9 +20,25 @@ use crate::{
     about = "Trace, live, every moment a local TCP/UDP port is claimed or freed, by which process, \
              and every claim that failed and why.",
     after_help = "Examples:\n  sudo portwatch --port 60312\n  sudo portwatch --ephemeral --events fail\n  \
-                  sudo portwatch --port 8000-8100,9000 --json > ports.jsonl"
+                  sudo portwatch --port 8000-8100,9000 --json > ports.jsonl",
+    args_conflicts_with_subcommands = true
 )]
-struct Args {
+struct Cli {
+    #[command(subcommand)]
+    command: Option<CommandArgs>,
+    /// Tracing options when no subcommand is named.
+    #[command(flatten)]
+    trace: TraceArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum CommandArgs {
+    /// Trace port claims, frees and failures (the default command).
+    Trace(TraceArgs),
+}
+
+#[derive(Args, Debug)]
+struct TraceArgs {
     /// Ports to watch: a port, a range A-B or a comma list; may repeat. Default: every port.
     #[arg(short, long = "port", value_name = "PORTS", value_parser = ports::parse_spec)]
     ports: Vec<Vec<RangeInclusive<u16>>>,
@@ -96,6 +115,31 @@ pub enum Format {
     Json,
 }
 
+/// What the user asked portwatch to do, validated.
+#[derive(Debug)]
+pub enum Command {
+    Trace(Config),
+}
+
+impl Command {
+    /// Parses the process arguments; clap prints its own error and exits 2 on bad input.
+    pub fn from_args() -> anyhow::Result<Self> {
+        Self::from_parsed(Cli::parse())
+    }
+
+    #[cfg(test)]
+    fn try_from_iter<I: IntoIterator<Item = &'static str>>(args: I) -> anyhow::Result<Self> {
+        Self::from_parsed(Cli::try_parse_from(args)?)
+    }
+
+    fn from_parsed(cli: Cli) -> anyhow::Result<Self> {
+        match cli.command {
+            None => Ok(Command::Trace(Config::from_parsed(cli.trace)?)),
+            Some(CommandArgs::Trace(args)) => Ok(Command::Trace(Config::from_parsed(args)?)),
+        }
+    }
+}
+
 /// Everything the tracer needs to know, validated.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -119,17 +163,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parses the process arguments; clap prints its own error and exits 2 on bad input.
-    pub fn from_args() -> anyhow::Result<Self> {
-        Self::from_parsed(Args::parse())
-    }
-
-    #[cfg(test)]
-    fn try_from_iter<I: IntoIterator<Item = &'static str>>(args: I) -> anyhow::Result<Self> {
-        Self::from_parsed(Args::try_parse_from(args)?)
-    }
-
-    fn from_parsed(args: Args) -> anyhow::Result<Self> {
+    fn from_parsed(args: TraceArgs) -> anyhow::Result<Self> {
         let mut ranges: Vec<RangeInclusive<u16>> = args.ports.into_iter().flatten().collect();
         if args.dynamic {
             ranges.push(ports::DYNAMIC);
@@ -248,14 +282,27 @@ fn parse_ring_kib(text: &str) -> Result<u32, String> {
 mod tests {
     use super::*;
 
+    fn command(args: &[&'static str]) -> anyhow::Result<Command> {
+        Command::try_from_iter(std::iter::once("portwatch").chain(args.iter().copied()))
+    }
+
     fn config(args: &[&'static str]) -> Config {
-        Config::try_from_iter(std::iter::once("portwatch").chain(args.iter().copied())).unwrap()
+        match command(args).unwrap() {
+            Command::Trace(config) => config,
+            other => panic!("expected a trace command, got {other:?}"),
+        }
     }
 
     fn error(args: &[&'static str]) -> String {
-        Config::try_from_iter(std::iter::once("portwatch").chain(args.iter().copied()))
-            .unwrap_err()
-            .to_string()
+        command(args).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn trace_is_the_default_command() {
+        let explicit = config(&["trace", "--port", "60312"]);
+        let implicit = config(&["--port", "60312"]);
+        assert_eq!(explicit.ports.unwrap().describe(), "60312");
+        assert_eq!(implicit.ports.unwrap().describe(), "60312");
     }
 
     #[test]

@@ -17,14 +17,14 @@ mod trace;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let config = match cli::Config::from_args() {
-        Ok(config) => config,
+    let command = match cli::Command::from_args() {
+        Ok(command) => command,
         Err(err) => {
             eprintln!("portwatch: {err:#}");
             return ExitCode::from(2);
         }
     };
-    match run(config) {
+    match run(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("portwatch: {err:#}");
@@ -33,7 +33,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: cli::Config) -> anyhow::Result<()> {
+fn run(command: cli::Command) -> anyhow::Result<()> {
+    match command {
+        cli::Command::Trace(config) => run_trace(config),
+    }
+}
+
+fn run_trace(config: cli::Config) -> anyhow::Result<()> {
     privileges::check()?;
     privileges::raise_memlock_limit();
     if config.check {
