@@ -2,7 +2,8 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf,
+    bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
+    bpf_probe_read_user_buf,
 };
 use portwatch_ebpf::{EventKind, FAMILY_INET, FAMILY_INET6, PROTO_TCP, PROTO_UDP, RawEvent};
 
@@ -58,17 +59,23 @@ pub fn current_claim(port: u16, how: u8, flags: u8) -> Claim {
             bpf_ktime_get_ns(),
         )
     };
+    // SAFETY: the helper has no preconditions; it returns the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    let parent: u64 = sock::read(task, global!(OFFSETS.task_real_parent));
+    let leader: u64 = sock::read(task, global!(OFFSETS.task_group_leader));
     Claim {
         ts_ns: now,
         cgroup_id,
+        start_ns: sock::read(leader, global!(OFFSETS.task_start_boottime)),
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         uid: uid_gid as u32,
+        ppid: sock::read(parent, global!(OFFSETS.task_tgid)),
         port,
         how,
         state: ClaimState::Held,
         flags,
-        _pad: [0; 7],
+        _pad: [0; 3],
         comm: bpf_get_current_comm().unwrap_or_default(),
     }
 }
@@ -162,10 +169,12 @@ pub fn submit(outcome: &Outcome, who: &Claim) {
             0
         },
         cgroup_id: who.cgroup_id,
+        start_ns: who.start_ns,
         netns: 0,
         pid: who.pid,
         tid: who.tid,
         uid: who.uid,
+        ppid: who.ppid,
         errno: outcome.errno,
         local_port: outcome.port,
         remote_port: 0,
@@ -174,7 +183,7 @@ pub fn submit(outcome: &Outcome, who: &Claim) {
         how: outcome.how,
         proto: outcome.proto as u8,
         flags: outcome.flags | who.flags,
-        _pad: [0; 2],
+        _pad: [0; 6],
         local_addr: [0; 16],
         remote_addr: [0; 16],
         comm: who.comm,

@@ -69,10 +69,15 @@ pub struct RawEvent {
     /// For `free`: nanoseconds since the claim was seen, 0 when it was not.
     pub held_ns: u64,
     pub cgroup_id: u64,
+    /// When the process (thread group leader) started: CLOCK_BOOTTIME nanoseconds. With the pid,
+    /// it names one process even after the pid is reused.
+    pub start_ns: u64,
     pub netns: u32,
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
+    /// The parent's pid, read in the kernel so that even a process gone a millisecond later has one.
+    pub ppid: u32,
     /// For `fail`: the positive errno.
     pub errno: i32,
     pub local_port: u16,
@@ -82,7 +87,7 @@ pub struct RawEvent {
     pub how: u8,
     pub proto: u8,
     pub flags: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
     pub comm: [u8; 16],
@@ -117,6 +122,11 @@ pub struct Offsets {
     pub regs_syscall_nr: u32,
     pub timer_function: u32,
     pub tw_timer: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_group_leader: u32,
+    /// `task_struct.start_boottime` (`real_start_time` before 5.5).
+    pub task_start_boottime: u32,
 }
 
 /// Filters applied in the kernel so that unwatched events never reach userspace.

@@ -62,15 +62,17 @@ pub static IN_FLIGHT: LruHashMap<InFlightKey, InFlight> = LruHashMap::with_max_e
 pub struct Claim {
     pub ts_ns: u64,
     pub cgroup_id: u64,
+    pub start_ns: u64,
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
+    pub ppid: u32,
     pub port: u16,
     pub how: u8,
     pub state: ClaimState,
     /// `FLAG_CLAIMER_UNSEEN` when the claim predates tracing and the identity is a stand-in.
     pub flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
     pub comm: [u8; 16],
 }
 

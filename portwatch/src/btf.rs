@@ -342,6 +342,12 @@ pub fn offsets(btf: &Btf) -> Result<Offsets, BtfError> {
         tw_timer: btf
             .field_offset("inet_timewait_sock", "tw_timer")
             .unwrap_or(0),
+        task_real_parent: btf.field_offset("task_struct", "real_parent")?,
+        task_tgid: btf.field_offset("task_struct", "tgid")?,
+        task_group_leader: btf.field_offset("task_struct", "group_leader")?,
+        task_start_boottime: btf
+            .field_offset("task_struct", "start_boottime")
+            .or_else(|_| btf.field_offset("task_struct", "real_start_time"))?,
     })
 }
 

@@ -4,13 +4,14 @@
 //! Tracing is the default command: `portwatch --port 60312` and `portwatch trace --port 60312`
 //! are the same. The one-shot and offline commands are subcommands.
 
-use std::{collections::HashSet, ops::RangeInclusive, time::Duration};
+use std::{collections::HashSet, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     event::{Kind, Proto},
     ports::{self, PortSet},
+    sink::FileOptions,
 };
 
 #[derive(Parser, Debug)]
@@ -35,6 +36,13 @@ struct Cli {
 enum CommandArgs {
     /// Trace port claims, frees and failures (the default command).
     Trace(TraceArgs),
+    /// Check that capture files are whole: no missing records or parts, every seal matching.
+    /// Exit 0 when whole, 1 when not, 2 when the files cannot be read.
+    Verify {
+        /// The capture's files, in any order (FILE FILE.1.gz ...).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -84,6 +92,27 @@ struct TraceArgs {
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, default_value_t = 1024, value_parser = parse_ring_kib)]
     ring_kib: u32,
+    /// Also write every event as JSON lines to FILE (a capture: header, seq, summary).
+    #[arg(long, value_name = "FILE", help_heading = "Capture files")]
+    output: Option<PathBuf>,
+    /// Start a new part when FILE reaches SIZE (e.g. 100M, 1G): FILE.1, FILE.2, ...
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "output", help_heading = "Capture files")]
+    rotate_size: Option<u64>,
+    /// Rotated parts to keep; older ones are deleted.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), requires = "rotate_size", help_heading = "Capture files")]
+    rotate_keep: u32,
+    /// Gzip rotated parts (FILE.1.gz, ...).
+    #[arg(long, requires = "rotate_size", help_heading = "Capture files")]
+    compress: bool,
+    /// Chain every record of FILE to the one before with BLAKE3 (check with `portwatch verify`).
+    #[arg(long, requires = "output", help_heading = "Capture files")]
+    seal: bool,
+    /// Print nothing on stdout (with --output: the capture file is the only output).
+    #[arg(short, long, requires = "output", help_heading = "Capture files")]
+    quiet: bool,
+    /// Add the process's executable, command line, user, parent, cgroup and container.
+    #[arg(long)]
+    audit: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -118,7 +147,8 @@ pub enum Format {
 /// What the user asked portwatch to do, validated.
 #[derive(Debug)]
 pub enum Command {
-    Trace(Config),
+    Trace(Box<Config>),
+    Verify(Vec<PathBuf>),
 }
 
 impl Command {
@@ -134,8 +164,11 @@ impl Command {
 
     fn from_parsed(cli: Cli) -> anyhow::Result<Self> {
         match cli.command {
-            None => Ok(Command::Trace(Config::from_parsed(cli.trace)?)),
-            Some(CommandArgs::Trace(args)) => Ok(Command::Trace(Config::from_parsed(args)?)),
+            None => Ok(Command::Trace(Box::new(Config::from_parsed(cli.trace)?))),
+            Some(CommandArgs::Trace(args)) => {
+                Ok(Command::Trace(Box::new(Config::from_parsed(args)?)))
+            }
+            Some(CommandArgs::Verify { files }) => Ok(Command::Verify(files)),
         }
     }
 }
@@ -160,6 +193,9 @@ pub struct Config {
     pub backend: BackendArg,
     pub check: bool,
     pub ring_bytes: u32,
+    pub output: Option<FileOptions>,
+    pub quiet: bool,
+    pub audit: bool,
 }
 
 impl Config {
@@ -221,7 +257,37 @@ impl Config {
             backend: args.backend,
             check: args.check,
             ring_bytes: args.ring_kib * 1024,
+            output: args.output.map(|path| FileOptions {
+                path,
+                rotate_size: args.rotate_size,
+                keep: args.rotate_keep,
+                compress: args.compress,
+                seal: args.seal,
+            }),
+            quiet: args.quiet,
+            audit: args.audit,
         })
+    }
+
+    /// The userspace filters as a capture header lists them (`pid=12`, `comm=nginx`,
+    /// `events=claim,fail`), sorted so that equal filters read equal.
+    pub fn filters(&self) -> Vec<String> {
+        let mut filters: Vec<String> = self
+            .pids
+            .iter()
+            .map(|pid| format!("pid={pid}"))
+            .chain(self.comms.iter().map(|comm| format!("comm={comm}")))
+            .collect();
+        filters.sort();
+        if self.kinds.len() < Kind::ALL.len() {
+            let kinds: Vec<&str> = Kind::ALL
+                .iter()
+                .filter(|kind| self.kinds.contains(kind))
+                .map(|kind| kind.name())
+                .collect();
+            filters.push(format!("events={}", kinds.join(",")));
+        }
+        filters
     }
 
     /// What is watched, in words, for the status line.
@@ -241,14 +307,20 @@ impl Config {
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+/// `30s` → (30, "s"); `example` names the kind of value for the error.
+fn number_and_unit<'a>(text: &'a str, example: &str) -> Result<(u64, &'a str), String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: u64 = number
+    let value = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s"))?;
+        .map_err(|_| format!("{text:?} is not {example}"))?;
+    Ok((value, unit))
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (value, unit) = number_and_unit(text, "a duration like 30s")?;
     let duration = match unit {
         "ms" => Duration::from_millis(value),
         "s" | "" => Duration::from_secs(value),
@@ -264,6 +336,27 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("the duration must be longer than zero".into());
     }
     Ok(duration)
+}
+
+/// `100M`, `20m`, `1G`, `512K` or plain bytes; binary units.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (value, unit) = number_and_unit(text, "a size like 100M")?;
+    let scale: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}; use K, M or G")),
+    };
+    let bytes = value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    if bytes < 4096 {
+        return Err(format!(
+            "{text:?}: a part must hold at least 4K, or a header and a record would not fit"
+        ));
+    }
+    Ok(bytes)
 }
 
 fn parse_ring_kib(text: &str) -> Result<u32, String> {
@@ -288,7 +381,7 @@ mod tests {
 
     fn config(args: &[&'static str]) -> Config {
         match command(args).unwrap() {
-            Command::Trace(config) => config,
+            Command::Trace(config) => *config,
             other => panic!("expected a trace command, got {other:?}"),
         }
     }
@@ -375,5 +468,39 @@ mod tests {
         assert!(error(&["-4", "-6"]).contains("cannot be used with"));
         assert!(error(&["--ring-kib", "1000"]).contains("power of two"));
         assert!(error(&["--events", "bogus"]).contains("bogus"));
+        assert!(error(&["--rotate-size", "10M"]).contains("--output"));
+        assert!(error(&["--output", "f", "--rotate-size", "10X"]).contains("unknown unit"));
+        assert!(error(&["--output", "f", "--rotate-size", "100"]).contains("at least 4K"));
+        assert!(error(&["--seal"]).contains("--output"));
+    }
+
+    #[test]
+    fn capture_options_parse() {
+        let config = config(&[
+            "--output",
+            "/var/log/ports.jsonl",
+            "--rotate-size",
+            "20M",
+            "--rotate-keep",
+            "3",
+            "--compress",
+            "--seal",
+            "--pid",
+            "7",
+            "--events",
+            "fail",
+        ]);
+        assert_eq!(
+            config.output,
+            Some(FileOptions {
+                path: "/var/log/ports.jsonl".into(),
+                rotate_size: Some(20 << 20),
+                keep: 3,
+                compress: true,
+                seal: true,
+            })
+        );
+        assert_eq!(config.filters(), ["pid=7", "events=fail"]);
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
     }
 }

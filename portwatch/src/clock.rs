@@ -12,6 +12,15 @@ impl Timestamp {
         Self(nanos)
     }
 
+    pub fn nanos(self) -> u128 {
+        self.0
+    }
+
+    /// Nanoseconds from `earlier` to this time, 0 if `earlier` is later.
+    pub fn nanos_since(self, earlier: Timestamp) -> u128 {
+        self.0.saturating_sub(earlier.0)
+    }
+
     pub fn now() -> Self {
         Self(
             SystemTime::now()
@@ -73,14 +82,23 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// using the offset between the two clocks measured once at start-up.
 pub struct MonotonicClock {
     offset: i128,
+    anchor: (Timestamp, u64),
 }
 
 impl MonotonicClock {
     pub fn new() -> Self {
-        let wall = Timestamp::now().0 as i128;
+        let wall = Timestamp::now();
+        let monotonic = monotonic_now();
         Self {
-            offset: wall - monotonic_now() as i128,
+            offset: wall.0 as i128 - monotonic as i128,
+            anchor: (wall, monotonic),
         }
+    }
+
+    /// The wall time and the monotonic time read together at start-up: the mapping a capture
+    /// file records so kernel timestamps can be checked against it.
+    pub fn anchor(&self) -> (Timestamp, u64) {
+        self.anchor
     }
 
     pub fn to_wall(&self, monotonic_ns: u64) -> Timestamp {

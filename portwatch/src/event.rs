@@ -64,6 +64,52 @@ pub fn how_name(how: How) -> &'static str {
     }
 }
 
+/// The task behind an event: the claimer, or the task that ran when the event happened.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    /// The parent's pid, read in the kernel at the time of the event (0 when unknown).
+    pub ppid: u32,
+    pub comm: String,
+    /// When the process started (CLOCK_BOOTTIME ns; 0 when unknown): with the pid, it names one
+    /// process even after the pid is reused.
+    pub start_ns: u64,
+}
+
+/// `--audit`: what /proc said about the process when portwatch looked it up.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Audit {
+    Found(Box<ProcessInfo>),
+    /// The process was gone (or its pid reused) before it could be looked up.
+    Exited,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProcessInfo {
+    pub exe: Option<String>,
+    /// Arguments, NUL-separated in /proc, joined with spaces; bounded in length.
+    pub cmdline: Option<String>,
+    pub user: Option<String>,
+    pub parent_comm: Option<String>,
+    pub cgroup: Option<String>,
+    /// `docker:<id>`, `containerd:<id>`, `podman:<id>` or `systemd:<unit>`.
+    pub container: Option<String>,
+}
+
+/// Who held a port when a claim on it failed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Holder {
+    pub task: Option<Task>,
+    pub local_addr: IpAddr,
+    pub remote: Option<(IpAddr, u16)>,
+    /// How the holder got the port; None when it held it before tracing began.
+    pub how: Option<How>,
+    /// When the holder claimed it, or when portwatch first saw it hold it.
+    pub since: Timestamp,
+    pub state: &'static str,
+}
+
 /// One port event, as printed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
@@ -74,9 +120,8 @@ pub struct Event {
     pub local_port: u16,
     /// Remote address and port, when the socket has a peer.
     pub remote: Option<(IpAddr, u16)>,
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: String,
+    /// None: no process holds the socket (a TIME_WAIT or kernel socket found at start-up).
+    pub task: Option<Task>,
     pub uid: u32,
     /// Claim and fail: how the port was (to be) obtained. Free: how it had been claimed.
     pub how: Option<How>,
@@ -94,6 +139,13 @@ pub struct Event {
     pub state: Option<&'static str>,
     pub cgroup_id: Option<u64>,
     pub netns: Option<u32>,
+    /// Fail with EADDRINUSE (or EADDRNOTAVAIL for one port): Some(None) when nobody in view held
+    /// the port, None when the question does not apply.
+    pub holder: Option<Option<Holder>>,
+    /// Advice that goes with a failure, in one sentence.
+    pub hint: Option<String>,
+    /// `--audit` only.
+    pub audit: Option<Audit>,
 }
 
 impl Event {
@@ -131,9 +183,13 @@ impl Event {
             local_addr,
             local_port: raw.local_port,
             remote,
-            pid: raw.pid,
-            tid: raw.tid,
-            comm: comm(&raw.comm),
+            task: Some(Task {
+                pid: raw.pid,
+                tid: raw.tid,
+                ppid: raw.ppid,
+                comm: comm(&raw.comm),
+                start_ns: raw.start_ns,
+            }),
             uid: raw.uid,
             how: (how != How::Unknown).then_some(how),
             errno: (kind == Kind::Fail).then_some(raw.errno),
@@ -144,6 +200,9 @@ impl Event {
             state: None,
             cgroup_id: (raw.cgroup_id != 0).then_some(raw.cgroup_id),
             netns: (raw.netns != 0).then_some(raw.netns),
+            holder: None,
+            hint: None,
+            audit: None,
         })
     }
 }
@@ -205,10 +264,12 @@ mod tests {
             ts_ns: 1,
             held_ns: 5_000,
             cgroup_id: 7,
+            start_ns: 99,
             netns: 4026531840,
             pid: 42,
             tid: 43,
             uid: 1000,
+            ppid: 1,
             errno: 98,
             local_port: 60312,
             remote_port: 0,
@@ -217,7 +278,7 @@ mod tests {
             how: How::Bind as u8,
             proto: PROTO_TCP,
             flags: FLAG_TIME_WAIT,
-            _pad: [0; 2],
+            _pad: [0; 6],
             local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             remote_addr: [0; 16],
             comm: *b"server\0\0\0\0\0\0\0\0\0\0",
@@ -231,7 +292,8 @@ mod tests {
         assert_eq!(free.held_ns, Some(5_000));
         assert_eq!(free.errno, None);
         assert!(free.time_wait && free.claimer_seen);
-        assert_eq!(free.comm, "server");
+        let task = free.task.as_ref().unwrap();
+        assert_eq!((task.comm.as_str(), task.pid, task.ppid), ("server", 42, 1));
         assert_eq!(free.local_addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(free.remote, None);
         let fail = Event::from_raw(&raw(EventKind::Fail), Timestamp::from_unix_nanos(0)).unwrap();

@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     clock::Timestamp,
-    event::{Event, Kind, Proto},
+    event::{Event, Kind, Proto, Task},
 };
 
 /// A socket listed in /proc/net/{tcp,udp}{,6}.
@@ -59,9 +59,13 @@ pub fn held(wanted: impl Fn(Proto, &IpAddr, u16) -> bool) -> Vec<Event> {
                 local_addr: socket.local.0,
                 local_port: socket.local.1,
                 remote: (socket.remote.1 != 0).then_some(socket.remote),
-                pid: owner.map_or(0, |owner| owner.pid),
-                tid: owner.map_or(0, |owner| owner.pid),
-                comm: owner.map_or(String::new(), |owner| owner.comm.clone()),
+                task: owner.map(|owner| Task {
+                    pid: owner.pid,
+                    tid: owner.pid,
+                    ppid: 0,
+                    comm: owner.comm.clone(),
+                    start_ns: 0,
+                }),
                 uid: socket.uid,
                 how: None,
                 errno: None,
@@ -72,6 +76,9 @@ pub fn held(wanted: impl Fn(Proto, &IpAddr, u16) -> bool) -> Vec<Event> {
                 state: Some(socket.state),
                 cgroup_id: None,
                 netns,
+                holder: None,
+                hint: None,
+                audit: None,
             }
         })
         .collect()
@@ -228,7 +235,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let held = held(|proto, _, p| proto == Proto::Tcp && p == port);
         assert_eq!(held.len(), 1);
-        assert_eq!(held[0].pid, std::process::id());
+        assert_eq!(held[0].task.as_ref().unwrap().pid, std::process::id());
         assert_eq!(held[0].state, Some("listen"));
     }
 }

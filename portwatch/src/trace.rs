@@ -2,7 +2,7 @@
 //! the count, or a closed stdout ends it.
 
 use std::{
-    collections::HashMap,
+    fs::File,
     io::{self, BufWriter, IsTerminal, Write},
     time::Duration,
 };
@@ -12,11 +12,14 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     backend::{self, Backend, Kernel},
+    capture::{self, Summary},
     cli::{BackendArg, Config, Format},
     clock::{MonotonicClock, Timestamp},
-    event::{Event, Kind, Proto},
+    enrich::AuditCache,
+    event::{Event, Kind},
+    holders::Holders,
     loader::Loaded,
-    sink::{JsonSink, Sink, TableSink},
+    sink::{FileSink, JsonSink, Sink, Sinks, TableSink},
     snapshot,
     stream::Stream,
 };
@@ -24,7 +27,11 @@ use crate::{
 /// How often the lost-event counter is read while events flow.
 const LOST_POLL: Duration = Duration::from_millis(500);
 
-pub async fn run(config: Config, loaded: Loaded) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    loaded: Loaded,
+    output: Option<(File, u64)>,
+) -> anyhow::Result<()> {
     if config.backend == BackendArg::Auto {
         for reason in &loaded.passed_over {
             eprintln!("portwatch: passed over {reason}");
@@ -41,12 +48,22 @@ pub async fn run(config: Config, loaded: Loaded) -> anyhow::Result<()> {
         ..
     } = loaded;
     let mut stream = Stream::new(events, lost)?;
-    let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
-    let sink: Box<dyn Sink> = match config.format {
-        Format::Json => Box::new(JsonSink::new(stdout)),
-        Format::Table => Box::new(TableSink::new(stdout, colour_wanted())),
-    };
-    let mut pipeline = Pipeline::new(sink);
+    let clock = MonotonicClock::new();
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if !config.quiet {
+        let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+        sinks.push(match config.format {
+            Format::Json => Box::new(JsonSink::new(stdout)),
+            Format::Table => Box::new(TableSink::new(stdout, colour_wanted())),
+        });
+    }
+    if let (Some(options), Some(file)) = (&config.output, output) {
+        let header = capture_header(&config, &backend, &clock);
+        let sink = FileSink::start(options.clone(), header, file)
+            .with_context(|| format!("starting the capture in {}", options.path.display()))?;
+        sinks.push(Box::new(sink));
+    }
+    let mut pipeline = Pipeline::new(Sinks(sinks), clock, &config);
     // Holders are read after the hooks attach, so no change falls between snapshot and trace,
     // and before the status line, so "attached" means the current holders are already out.
     let outcome = match pipeline.report_holders(&config) {
@@ -61,10 +78,40 @@ pub async fn run(config: Config, loaded: Loaded) -> anyhow::Result<()> {
     };
     // Detach before the summary: closing the last descriptors removes the hooks.
     drop((stream, attachment));
-    eprintln!("portwatch: summary {}", pipeline.summary());
+    let broken_pipe = matches!(&outcome, Err(err) if is_broken_pipe(err));
+    pipeline.summary.end = match (&outcome, broken_pipe) {
+        (_, true) => "closed-pipe",
+        (Err(_), false) => "error",
+        (Ok(end), _) => end,
+    };
+    eprintln!("portwatch: summary {}", pipeline.summary.counts_line());
+    let finished = pipeline.sink.finish(&pipeline.summary);
     match outcome {
-        Err(err) if is_broken_pipe(&err) => Ok(()),
-        other => other,
+        Err(_) if broken_pipe => Ok(()),
+        Err(err) => Err(err),
+        Ok(_) => match finished {
+            Err(err) if is_broken_pipe_io(&err) => Ok(()),
+            other => other.map_err(Into::into),
+        },
+    }
+}
+
+/// What a capture file's header says about this trace.
+fn capture_header(config: &Config, backend: &str, clock: &MonotonicClock) -> capture::Header {
+    let (kernel, hostname, boot_id) = capture::host_facts();
+    let (started, monotonic_ns) = clock.anchor();
+    capture::Header {
+        capture_id: capture::new_capture_id(),
+        version: env!("CARGO_PKG_VERSION"),
+        backend: backend.to_string(),
+        kernel,
+        hostname,
+        boot_id,
+        watching: config.describe(),
+        filters: config.filters(),
+        started,
+        monotonic_ns,
+        audit: config.audit,
     }
 }
 
@@ -97,59 +144,77 @@ fn colour_wanted() -> bool {
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.downcast_ref::<io::Error>()
-        .is_some_and(|err| err.kind() == io::ErrorKind::BrokenPipe)
+        .is_some_and(is_broken_pipe_io)
 }
 
-/// Filters, enrichment, counting and the sink: everything between decoding and output.
+fn is_broken_pipe_io(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::BrokenPipe
+}
+
+/// Filters, enrichment, counting and the sinks: everything between decoding and output.
 struct Pipeline {
-    sink: Box<dyn Sink>,
+    sink: Sinks,
     clock: MonotonicClock,
-    counts: HashMap<Kind, u64>,
-    lost: u64,
+    summary: Summary,
     emitted: u64,
-    /// Holders found at start-up, to name the claimer of a port freed without a seen claim.
-    holders: HashMap<(Proto, u16), Event>,
+    /// Who holds each watched port now: names the holder behind a failure and the claimer of a
+    /// port freed without a seen claim.
+    holders: Holders,
+    audit: Option<AuditCache>,
 }
 
 impl Pipeline {
-    fn new(sink: Box<dyn Sink>) -> Self {
+    fn new(sink: Sinks, clock: MonotonicClock, config: &Config) -> Self {
         Self {
             sink,
-            clock: MonotonicClock::new(),
-            counts: HashMap::new(),
-            lost: 0,
+            summary: Summary {
+                started: Some(clock.anchor().0),
+                ..Summary::default()
+            },
+            clock,
             emitted: 0,
-            holders: HashMap::new(),
+            holders: Holders::default(),
+            audit: config.audit.then(AuditCache::new),
         }
     }
 
-    async fn run(&mut self, stream: &mut Stream, config: &Config) -> anyhow::Result<()> {
+    /// Runs until something ends the trace; returns what did.
+    async fn run(&mut self, stream: &mut Stream, config: &Config) -> anyhow::Result<&'static str> {
         let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let mut terminate =
             signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
         let deadline =
             tokio::time::sleep(config.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
         tokio::pin!(deadline);
         let mut lost_poll = tokio::time::interval(LOST_POLL);
-        while !self.reached_count(config) {
+        let end = loop {
+            if self.reached_count(config) {
+                break "count";
+            }
             tokio::select! {
                 readable = stream.readable() => {
                     readable?;
                     self.drain(stream, config)?;
                 }
-                _ = lost_poll.tick() => self.report_lost(stream)?,
-                _ = interrupt.recv() => break,
-                _ = terminate.recv() => break,
-                _ = &mut deadline => break,
+                _ = lost_poll.tick() => {
+                    self.report_lost(stream)?;
+                    // However busy the stream, nothing waits in memory longer than this.
+                    self.sink.flush()?;
+                }
+                _ = hangup.recv() => self.sink.reopen()?,
+                _ = interrupt.recv() => break "interrupt",
+                _ = terminate.recv() => break "terminate",
+                _ = &mut deadline => break "duration",
             }
-        }
+        };
         // Whatever the kernel submitted before we stopped still belongs to the trace.
         if !self.reached_count(config) {
             self.drain(stream, config)?;
         }
         self.report_lost(stream)?;
         self.sink.flush()?;
-        Ok(())
+        Ok(end)
     }
 
     fn reached_count(&self, config: &Config) -> bool {
@@ -169,14 +234,9 @@ impl Pipeline {
                     .as_ref()
                     .is_none_or(|ports| ports.contains(port))
         });
-        for event in held {
-            self.deliver(&event, config)?;
-            // Only holders with a process can name a claimer (TIME_WAIT sockets have none).
-            if event.pid != 0 {
-                self.holders
-                    .entry((event.proto, event.local_port))
-                    .or_insert(event);
-            }
+        for mut event in held {
+            self.holders.observe(&event);
+            self.deliver(&mut event, config)?;
         }
         self.sink.flush()?;
         Ok(())
@@ -187,8 +247,8 @@ impl Pipeline {
         stream.drain(|raw| {
             let ts = self.clock.to_wall(raw.ts_ns);
             if let Some(mut event) = Event::from_raw(raw, ts) {
-                self.attribute_unseen_claim(&mut event);
-                result = self.deliver(&event, config);
+                self.understand(&mut event);
+                result = self.deliver(&mut event, config);
             }
             result.is_ok() && !self.reached_count(config)
         });
@@ -198,33 +258,40 @@ impl Pipeline {
         Ok(())
     }
 
-    /// A free whose claim predates tracing carries whoever ran when the port was released; if
-    /// the start-up snapshot knew the holder, name it instead.
-    fn attribute_unseen_claim(&self, event: &mut Event) {
-        if event.claimer_seen || event.kind != Kind::Free {
-            return;
+    /// Adds what only the live holder table knows, then updates it with the event.
+    fn understand(&mut self, event: &mut Event) {
+        match event.kind {
+            // A free whose claim predates tracing carries whoever ran when the port was
+            // released; if the table knows who held that very socket, name it instead.
+            Kind::Free if !event.claimer_seen => {
+                if let Some(claimer) = self.holders.claimer_of(event) {
+                    event.task = Some(claimer);
+                    event.claimer_seen = true;
+                }
+            }
+            Kind::Fail if names_a_holder(event) => {
+                event.holder = Some(self.holders.holder_for(event));
+            }
+            _ => {}
         }
-        if let Some(holder) = self.holders.get(&(event.proto, event.local_port))
-            && holder.pid != 0
-        {
-            event.pid = holder.pid;
-            event.tid = holder.tid;
-            event.comm.clone_from(&holder.comm);
-            event.uid = holder.uid;
-            event.claimer_seen = true;
-        }
+        self.holders.observe(event);
     }
 
-    fn deliver(&mut self, event: &Event, config: &Config) -> anyhow::Result<()> {
+    fn deliver(&mut self, event: &mut Event, config: &Config) -> anyhow::Result<()> {
+        let pid = event.task.as_ref().map(|task| task.pid);
+        let comm = event.task.as_ref().map(|task| task.comm.as_str());
         if !config.kinds.contains(&event.kind)
-            || (!config.pids.is_empty() && !config.pids.contains(&event.pid))
-            || (!config.comms.is_empty() && !config.comms.contains(&event.comm))
+            || (!config.pids.is_empty() && !pid.is_some_and(|pid| config.pids.contains(&pid)))
+            || (!config.comms.is_empty() && !comm.is_some_and(|comm| config.comms.contains(comm)))
             || self.reached_count(config)
         {
             return Ok(());
         }
+        if let (Some(cache), Some(task)) = (&mut self.audit, &event.task) {
+            event.audit = Some(cache.lookup(task, event.uid));
+        }
         self.sink.event(event)?;
-        *self.counts.entry(event.kind).or_default() += 1;
+        *self.summary.counts.entry(event.kind).or_default() += 1;
         self.emitted += 1;
         Ok(())
     }
@@ -232,27 +299,21 @@ impl Pipeline {
     fn report_lost(&mut self, stream: &mut Stream) -> anyhow::Result<()> {
         let lost = stream.newly_lost()?;
         if lost > 0 {
-            self.lost += lost;
+            self.summary.lost += lost;
             self.sink.lost(Timestamp::now(), lost)?;
             self.sink.flush()?;
         }
         Ok(())
     }
+}
 
-    fn summary(&self) -> String {
-        let mut parts: Vec<String> = Kind::ALL
-            .iter()
-            .map(|kind| {
-                format!(
-                    "{}={}",
-                    kind.name(),
-                    self.counts.get(kind).copied().unwrap_or(0)
-                )
-            })
-            .collect();
-        parts.push(format!("lost={}", self.lost));
-        parts.join(" ")
-    }
+/// Failures where one port was wanted and something else has it.
+fn names_a_holder(event: &Event) -> bool {
+    event.local_port != 0
+        && matches!(
+            event.errno,
+            Some(libc::EADDRINUSE) | Some(libc::EADDRNOTAVAIL)
+        )
 }
 
 impl Drop for Pipeline {

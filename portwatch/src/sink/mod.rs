@@ -1,32 +1,80 @@
 //! Printers. Each takes decoded events and writes them to any `Write`; none knows where events
 //! come from. Output is buffered by the caller and flushed when the stream goes idle.
 
-mod json;
+mod file;
+pub mod json;
 mod table;
 
 use std::io;
 
+pub use file::{FileOptions, FileSink, open_output};
 pub use json::JsonSink;
 pub use table::TableSink;
 
-use crate::{clock::Timestamp, event::Event};
+use crate::{capture::Summary, clock::Timestamp, event::Event};
 
 pub trait Sink {
     fn event(&mut self, event: &Event) -> io::Result<()>;
     /// `count` events were dropped because the ring buffer was full.
     fn lost(&mut self, ts: Timestamp, count: u64) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
+    /// SIGHUP: reopen whatever file the sink writes (logrotate moved it away).
+    fn reopen(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// The trace is over; `summary` says how it ended.
+    fn finish(&mut self, _summary: &Summary) -> io::Result<()> {
+        self.flush()
+    }
+}
+
+/// Several sinks fed the same events in order (the terminal and a capture file, say). Every
+/// sink gets every call; the first error is returned after all were tried.
+pub struct Sinks(pub Vec<Box<dyn Sink>>);
+
+impl Sinks {
+    fn each(&mut self, mut call: impl FnMut(&mut dyn Sink) -> io::Result<()>) -> io::Result<()> {
+        let mut first_error = None;
+        for sink in &mut self.0 {
+            if let Err(err) = call(sink.as_mut()) {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Sink for Sinks {
+    fn event(&mut self, event: &Event) -> io::Result<()> {
+        self.each(|sink| sink.event(event))
+    }
+
+    fn lost(&mut self, ts: Timestamp, count: u64) -> io::Result<()> {
+        self.each(|sink| sink.lost(ts, count))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.each(|sink| sink.flush())
+    }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        self.each(|sink| sink.reopen())
+    }
+
+    fn finish(&mut self, summary: &Summary) -> io::Result<()> {
+        self.each(|sink| sink.finish(summary))
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use portwatch_ebpf::How;
 
     use crate::{
         clock::Timestamp,
-        event::{Event, Kind, Proto},
+        event::{Event, Kind, Proto, Task},
     };
 
     /// An event exercising every optional field, with a hostile process name.
@@ -38,9 +86,13 @@ mod tests {
             local_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             local_port: 60312,
             remote: Some((IpAddr::V4(Ipv4Addr::LOCALHOST), 8080)),
-            pid: 42,
-            tid: 43,
-            comm: "we\"ird\n".into(),
+            task: Some(Task {
+                pid: 42,
+                tid: 43,
+                ppid: 1,
+                comm: "we\"ird\n".into(),
+                start_ns: 5,
+            }),
             uid: 0,
             how: Some(How::Connect),
             errno: None,
@@ -51,6 +103,9 @@ mod tests {
             state: None,
             cgroup_id: Some(9),
             netns: Some(4026531840),
+            holder: None,
+            hint: None,
+            audit: None,
         }
     }
 }

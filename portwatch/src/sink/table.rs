@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use super::Sink;
 use crate::{
     clock::Timestamp,
-    event::{Event, Kind, errno_name, how_name},
+    event::{Event, Holder, Kind, errno_name, how_name},
 };
 
 pub struct TableSink<W: Write> {
@@ -69,6 +69,11 @@ fn detail(event: &Event) -> String {
     if let Some(errno) = event.errno {
         parts.push(errno_name(errno));
     }
+    match &event.holder {
+        Some(Some(holder)) => parts.push(held_by(holder)),
+        Some(None) => parts.push("no holder in view".into()),
+        None => {}
+    }
     if let Some(held) = event.held_ns {
         parts.push(format!("held {}", human_duration(held)));
     }
@@ -85,6 +90,17 @@ fn detail(event: &Event) -> String {
         parts.push("claim not seen".into());
     }
     parts.join(", ")
+}
+
+/// `held by nginx[1234] since 10:02:03 (listen)`.
+fn held_by(holder: &Holder) -> String {
+    let who = match &holder.task {
+        Some(task) => format!("{}[{}]", printable(&task.comm), task.pid),
+        None => "a socket with no process".into(),
+    };
+    let time_of_day = holder.since.time_of_day();
+    let time = time_of_day.split('.').next().unwrap_or_default();
+    format!("held by {who} since {time} ({})", holder.state)
 }
 
 /// Process names can hold control characters; one event must stay one line.
@@ -121,8 +137,14 @@ impl<W: Write> Sink for TableSink<W> {
             proto,
             endpoint(&event.local_addr, event.local_port),
             remote,
-            event.pid,
-            printable(&event.comm),
+            event
+                .task
+                .as_ref()
+                .map_or("-".into(), |task| task.pid.to_string()),
+            event
+                .task
+                .as_ref()
+                .map_or("-".into(), |task| printable(&task.comm)),
             detail(event)
         );
         writeln!(self.out, "{}", line.trim_end())

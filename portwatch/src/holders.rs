@@ -1,0 +1,279 @@
+//! The live table of who holds each watched port: seeded by the start-up snapshot, kept by
+//! claims, listens and frees. It answers "who holds this port?" when a claim fails, and names the
+//! claimer of a port freed without a seen claim.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use portwatch_ebpf::How;
+
+use crate::{
+    clock::Timestamp,
+    event::{Event, Holder, Kind, Proto, Task},
+};
+
+/// One socket holding a port.
+#[derive(Clone, Debug)]
+struct Entry {
+    task: Option<Task>,
+    local_addr: IpAddr,
+    remote: Option<(IpAddr, u16)>,
+    how: Option<How>,
+    since: Timestamp,
+    state: &'static str,
+}
+
+impl Entry {
+    fn same_socket(&self, event: &Event) -> bool {
+        same_address(self.local_addr, event.local_addr) && self.remote == event.remote
+    }
+
+    fn holder(&self) -> Holder {
+        Holder {
+            task: self.task.clone(),
+            local_addr: self.local_addr,
+            remote: self.remote,
+            how: self.how,
+            since: self.since,
+            state: self.state,
+        }
+    }
+
+    /// Which holder a failed bind most likely ran into: a listener, then any other full
+    /// socket, then a TIME_WAIT one (SO_REUSEADDR lets a bind pass those).
+    fn rank(&self) -> u8 {
+        match self.state {
+            "listen" => 0,
+            "time_wait" => 2,
+            _ => 1,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Holders {
+    ports: HashMap<(Proto, u16), Vec<Entry>>,
+}
+
+impl Holders {
+    /// Keeps the table in step with one event (before any user filter: the table must see
+    /// everything the kernel reported).
+    pub fn observe(&mut self, event: &Event) {
+        let key = (event.proto, event.local_port);
+        match event.kind {
+            Kind::Held => self.ports.entry(key).or_default().push(Entry {
+                task: event.task.clone(),
+                local_addr: event.local_addr,
+                remote: event.remote,
+                how: None,
+                since: event.ts,
+                state: event.state.unwrap_or("unknown"),
+            }),
+            Kind::Claim => self.ports.entry(key).or_default().push(Entry {
+                task: event.task.clone(),
+                local_addr: event.local_addr,
+                remote: event.remote,
+                how: event.how,
+                since: event.ts,
+                state: claimed_state(event),
+            }),
+            Kind::Listen => {
+                if let Some(entry) = self.find_mut(event) {
+                    entry.state = "listen";
+                }
+            }
+            Kind::Free if event.time_wait => {
+                if let Some(entry) = self.find_mut(event) {
+                    entry.state = "time_wait";
+                }
+            }
+            Kind::Free => self.remove(event),
+            Kind::Fail => {}
+        }
+    }
+
+    /// The task that holds the very socket this event is about (same addresses and peer),
+    /// preferring one with a process.
+    pub fn claimer_of(&self, event: &Event) -> Option<Task> {
+        self.ports
+            .get(&(event.proto, event.local_port))?
+            .iter()
+            .filter(|entry| entry.same_socket(event))
+            .find_map(|entry| entry.task.clone())
+    }
+
+    /// Who holds the port a failed claim wanted: the sockets whose address conflicts with the
+    /// one asked for (equal, or either one a wildcard; IPv4 and IPv4-mapped IPv6 alike).
+    pub fn holder_for(&self, failed: &Event) -> Option<Holder> {
+        let entries = self.ports.get(&(failed.proto, failed.local_port))?;
+        entries
+            .iter()
+            .filter(|entry| addresses_conflict(entry.local_addr, failed.local_addr))
+            .min_by_key(|entry| entry.rank())
+            .or_else(|| entries.iter().min_by_key(|entry| entry.rank()))
+            .map(Entry::holder)
+    }
+
+    fn find_mut(&mut self, event: &Event) -> Option<&mut Entry> {
+        let entries = self.ports.get_mut(&(event.proto, event.local_port))?;
+        let pid = event.task.as_ref().map(|task| task.pid);
+        let same_pid = |entry: &Entry| entry.task.as_ref().map(|task| task.pid) == pid;
+        let at = entries
+            .iter()
+            .position(|entry| entry.same_socket(event) && same_pid(entry))
+            .or_else(|| entries.iter().position(|entry| entry.same_socket(event)))?;
+        entries.get_mut(at)
+    }
+
+    fn remove(&mut self, event: &Event) {
+        let key = (event.proto, event.local_port);
+        let Some(entries) = self.ports.get_mut(&key) else {
+            return;
+        };
+        let pid = event.task.as_ref().map(|task| task.pid);
+        let same_pid = |entry: &Entry| entry.task.as_ref().map(|task| task.pid) == pid;
+        let at = entries
+            .iter()
+            .position(|entry| entry.same_socket(event) && same_pid(entry))
+            .or_else(|| entries.iter().position(|entry| entry.same_socket(event)));
+        if let Some(at) = at {
+            entries.swap_remove(at);
+        }
+        if entries.is_empty() {
+            self.ports.remove(&key);
+        }
+    }
+
+    /// Sockets in the table, for tests and for watching the table's size in a soak.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.ports.values().map(Vec::len).sum()
+    }
+}
+
+/// The state a freshly claimed socket is in, in `ss`'s words.
+fn claimed_state(event: &Event) -> &'static str {
+    match (event.proto, event.how, event.remote.is_some()) {
+        (Proto::Tcp, Some(How::Connect | How::Accept), _) => "established",
+        (Proto::Tcp, _, _) => "bound",
+        (Proto::Udp, _, true) => "connected",
+        (Proto::Udp, _, false) => "unconnected",
+    }
+}
+
+/// An IPv4-mapped IPv6 address is the IPv4 address it maps.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn same_address(a: IpAddr, b: IpAddr) -> bool {
+    canonical(a) == canonical(b)
+}
+
+/// Whether two local addresses on one port collide in the kernel's bind tables: equal, or
+/// either is a wildcard. An IPv6 wildcard (`[::]`, dual-stack unless IPV6_V6ONLY) also covers
+/// IPv4; an IPv4 wildcard covers IPv4 and IPv4-mapped addresses only.
+fn addresses_conflict(held: IpAddr, wanted: IpAddr) -> bool {
+    let (held, wanted) = (canonical(held), canonical(wanted));
+    if held == wanted {
+        return true;
+    }
+    match (held, wanted) {
+        (IpAddr::V6(held), _) if held.is_unspecified() => true,
+        (_, IpAddr::V6(wanted)) if wanted.is_unspecified() => true,
+        (IpAddr::V4(held), IpAddr::V4(_)) if held.is_unspecified() => true,
+        (IpAddr::V4(_), IpAddr::V4(wanted)) if wanted.is_unspecified() => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::sink::tests::sample;
+
+    fn event(kind: Kind, addr: IpAddr, remote: Option<(IpAddr, u16)>, pid: u32) -> Event {
+        let mut event = sample();
+        event.kind = kind;
+        event.local_addr = addr;
+        event.remote = remote;
+        event.time_wait = false;
+        event.how = Some(How::Bind);
+        if let Some(task) = &mut event.task {
+            task.pid = pid;
+        }
+        event
+    }
+
+    const ANY4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    const ANY6: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+    const LO4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const LO6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+    #[test]
+    fn a_listener_is_the_holder_and_leaves_on_free() {
+        let mut holders = Holders::default();
+        holders.observe(&event(Kind::Claim, LO4, None, 10));
+        holders.observe(&event(Kind::Listen, LO4, None, 10));
+        let holder = holders
+            .holder_for(&event(Kind::Fail, LO4, None, 11))
+            .unwrap();
+        assert_eq!((holder.state, holder.task.unwrap().pid), ("listen", 10));
+        holders.observe(&event(Kind::Free, LO4, None, 10));
+        assert!(
+            holders
+                .holder_for(&event(Kind::Fail, LO4, None, 11))
+                .is_none()
+        );
+        assert_eq!(holders.len(), 0);
+    }
+
+    #[test]
+    fn wildcards_and_dual_stack_conflict_like_the_kernel() {
+        assert!(addresses_conflict(ANY6, LO4));
+        assert!(addresses_conflict(ANY4, LO4));
+        assert!(addresses_conflict(LO4, ANY4));
+        assert!(addresses_conflict(LO4, ANY6));
+        assert!(!addresses_conflict(ANY4, LO6));
+        assert!(!addresses_conflict(
+            LO4,
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))
+        ));
+        let mapped = IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped());
+        assert!(addresses_conflict(mapped, LO4));
+    }
+
+    #[test]
+    fn a_time_wait_keeps_holding_until_its_end() {
+        let mut holders = Holders::default();
+        let peer = Some((LO4, 8080));
+        holders.observe(&event(Kind::Claim, LO4, peer, 10));
+        let mut time_wait = event(Kind::Free, LO4, peer, 10);
+        time_wait.time_wait = true;
+        holders.observe(&time_wait);
+        let holder = holders
+            .holder_for(&event(Kind::Fail, ANY4, None, 11))
+            .unwrap();
+        assert_eq!(holder.state, "time_wait");
+        let mut end = event(Kind::Free, LO4, peer, 10);
+        end.time_wait_end = true;
+        holders.observe(&end);
+        assert_eq!(holders.len(), 0);
+    }
+
+    #[test]
+    fn the_claimer_of_a_free_is_found_by_the_whole_socket() {
+        let mut holders = Holders::default();
+        let mut held = event(Kind::Held, LO4, Some((LO4, 20123)), 10);
+        held.state = Some("established");
+        holders.observe(&held);
+        let other = event(Kind::Free, LO4, Some((LO4, 20121)), 0);
+        assert!(holders.claimer_of(&other).is_none());
+        let same = event(Kind::Free, LO4, Some((LO4, 20123)), 0);
+        assert_eq!(holders.claimer_of(&same).unwrap().pid, 10);
+    }
+}
