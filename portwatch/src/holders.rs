@@ -83,7 +83,10 @@ impl Holders {
             }
             Kind::Free if event.time_wait => {
                 if let Some(entry) = self.find_mut(event) {
+                    // The TIME_WAIT socket is known by its connection from now on.
                     entry.state = "time_wait";
+                    entry.local_addr = event.local_addr;
+                    entry.remote = event.remote;
                 }
             }
             Kind::Free => self.remove(event),
@@ -115,12 +118,7 @@ impl Holders {
 
     fn find_mut(&mut self, event: &Event) -> Option<&mut Entry> {
         let entries = self.ports.get_mut(&(event.proto, event.local_port))?;
-        let pid = event.task.as_ref().map(|task| task.pid);
-        let same_pid = |entry: &Entry| entry.task.as_ref().map(|task| task.pid) == pid;
-        let at = entries
-            .iter()
-            .position(|entry| entry.same_socket(event) && same_pid(entry))
-            .or_else(|| entries.iter().position(|entry| entry.same_socket(event)))?;
+        let at = position_of(entries, event)?;
         entries.get_mut(at)
     }
 
@@ -129,13 +127,7 @@ impl Holders {
         let Some(entries) = self.ports.get_mut(&key) else {
             return;
         };
-        let pid = event.task.as_ref().map(|task| task.pid);
-        let same_pid = |entry: &Entry| entry.task.as_ref().map(|task| task.pid) == pid;
-        let at = entries
-            .iter()
-            .position(|entry| entry.same_socket(event) && same_pid(entry))
-            .or_else(|| entries.iter().position(|entry| entry.same_socket(event)));
-        if let Some(at) = at {
+        if let Some(at) = position_of(entries, event) {
             entries.swap_remove(at);
         }
         if entries.is_empty() {
@@ -148,6 +140,27 @@ impl Holders {
     fn len(&self) -> usize {
         self.ports.values().map(Vec::len).sum()
     }
+}
+
+/// The entry an event about a socket refers to: the same socket of the same process, else a
+/// socket of that process claimed before it had a peer (bind, then connect), else the same
+/// socket of whichever process.
+fn position_of(entries: &[Entry], event: &Event) -> Option<usize> {
+    let pid = event.task.as_ref().map(|task| task.pid);
+    let same_pid = |entry: &Entry| entry.task.as_ref().map(|task| task.pid) == pid;
+    // A socket bound to a wildcard gets a specific address when it connects.
+    let same_local = |entry: &Entry| {
+        entry.local_addr.is_unspecified() || same_address(entry.local_addr, event.local_addr)
+    };
+    entries
+        .iter()
+        .position(|entry| entry.same_socket(event) && same_pid(entry))
+        .or_else(|| {
+            entries
+                .iter()
+                .position(|entry| same_local(entry) && entry.remote.is_none() && same_pid(entry))
+        })
+        .or_else(|| entries.iter().position(|entry| entry.same_socket(event)))
 }
 
 /// The state a freshly claimed socket is in, in `ss`'s words.
@@ -260,6 +273,24 @@ mod tests {
             .unwrap();
         assert_eq!(holder.state, "time_wait");
         let mut end = event(Kind::Free, LO4, peer, 10);
+        end.time_wait_end = true;
+        holders.observe(&end);
+        assert_eq!(holders.len(), 0);
+    }
+
+    #[test]
+    fn a_socket_bound_before_it_connected_is_followed_into_time_wait() {
+        let mut holders = Holders::default();
+        holders.observe(&event(Kind::Claim, ANY4, None, 10));
+        let peer = Some((LO4, 8080));
+        let mut time_wait = event(Kind::Free, LO4, peer, 10);
+        time_wait.time_wait = true;
+        holders.observe(&time_wait);
+        let holder = holders
+            .holder_for(&event(Kind::Fail, LO4, None, 11))
+            .unwrap();
+        assert_eq!((holder.state, holder.remote), ("time_wait", peer));
+        let mut end = event(Kind::Free, LO4, peer, 0);
         end.time_wait_end = true;
         holders.observe(&end);
         assert_eq!(holders.len(), 0);

@@ -5,10 +5,12 @@
 //! Environment: PORTWATCH_BIN (default: the binary cargo built), PORTWATCH_BACKEND (default auto).
 
 mod bind;
+mod capture;
 mod cli;
 mod connect;
 mod expect;
 mod failures;
+mod holders;
 mod lifetimes;
 mod tracer;
 mod udp;
@@ -39,6 +41,27 @@ const SCENARIOS: &[Scenario] = &[
     ("udp connect autobind ipv6", udp::udp_connect_autobind_ipv6),
     ("bind EADDRINUSE tcp and udp", failures::bind_eaddrinuse),
     (
+        "EADDRINUSE names its holder",
+        holders::eaddrinuse_names_its_holder,
+    ),
+    (
+        "capture rotates under churn",
+        capture::capture_rotates_under_churn,
+    ),
+    (
+        "SIGHUP reopens the capture",
+        capture::sighup_reopens_the_capture,
+    ),
+    (
+        "full disk ends the capture cleanly",
+        capture::full_disk_ends_the_capture_cleanly,
+    ),
+    (
+        "unsafe output paths are refused",
+        capture::unsafe_output_paths_are_refused,
+    ),
+    ("audit names the process", capture::audit_names_the_process),
+    (
         "SIGKILL releases held ports",
         lifetimes::sigkill_releases_held_ports,
     ),
@@ -68,6 +91,9 @@ const SLOW: &[Scenario] = &[("TIME_WAIT runs out", lifetimes::time_wait_runs_out
 fn main() {
     if let Ok(spec) = std::env::var(lifetimes::HOLDER_ENV) {
         lifetimes::hold(&spec);
+    }
+    if let Ok(spec) = std::env::var(capture::BIND_ONCE_ENV) {
+        capture::bind_once(&spec);
     }
     if std::env::var_os(lifetimes::NO_TIME_WAIT_ENV).is_some() {
         lifetimes::close_without_time_wait();

@@ -95,8 +95,17 @@ impl Tracer {
     }
 
     pub fn resume(&self) {
-        // SAFETY: as above.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+        self.signal(libc::SIGCONT);
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill with a valid pid of our own child and a valid signal number.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Whether the tracer is still running (it has not exited by itself).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Gives in-flight kernel work (softirq closes, timers) a moment, then stops the tracer with

@@ -85,8 +85,29 @@ impl Socket {
         .map(drop)
     }
 
+    /// SO_REUSEPORT: several sockets of one user may share the port.
+    pub fn reuse_port(&self) -> io::Result<()> {
+        let one: i32 = 1;
+        // SAFETY: the option value points at a live i32 of the given size.
+        check(unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEPORT,
+                &one as *const i32 as *const libc::c_void,
+                size_of::<i32>() as libc::socklen_t,
+            )
+        })
+        .map(drop)
+    }
+
     pub fn bind(&self, port: u16) -> io::Result<()> {
-        let (addr, len) = sockaddr(self.family, port);
+        self.bind_to(self.family, port)
+    }
+
+    /// Binds to `addr` (the wildcard, say), which must be of the socket's family.
+    pub fn bind_to(&self, addr: IpAddr, port: u16) -> io::Result<()> {
+        let (addr, len) = sockaddr(addr, port);
         // SAFETY: addr is a valid sockaddr of length len.
         check(unsafe { libc::bind(self.fd, &addr as *const _ as *const libc::sockaddr, len) })
             .map(drop)

@@ -71,6 +71,7 @@ pub fn open_output(path: &Path) -> Result<(File, u64), OpenError> {
             .open(path)
             .map_err(|err| match err.raw_os_error() {
                 Some(libc::ELOOP) => OpenError::Symlink(path.into()),
+                Some(libc::EISDIR) => OpenError::NotRegular(path.into()),
                 _ => OpenError::Io(path.into(), err),
             })?,
         Err(err) => return Err(OpenError::Io(path.into(), err)),
