@@ -118,6 +118,20 @@ fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .collect()
 }
 
+/// A tracer on a fresh port writing the capture FILE in `dir`, with `options` added.
+fn capture(
+    dir: &Path,
+    options: &[&str],
+) -> Result<(Tracer, PathBuf, u16), Box<dyn std::error::Error + Send + Sync>> {
+    let file = dir.join("ports.jsonl");
+    let port = free_port();
+    let mut args = vec!["--port".to_string(), port.to_string(), "--output".into()];
+    args.push(file.to_str().ok_or("path")?.to_string());
+    args.extend(options.iter().map(|option| option.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Ok((Tracer::start(&args)?, file, port))
+}
+
 /// Claims by this process on `port` across all records.
 fn own_claims(records: &[&Value], port: u16) -> usize {
     let me = std::process::id();
@@ -133,13 +147,7 @@ fn own_claims(records: &[&Value], port: u16) -> usize {
 pub fn capture_rotates_under_churn() -> Outcome {
     const ROUNDS: usize = 2000;
     let dir = scratch("rotate")?;
-    let file = dir.join("ports.jsonl");
-    let port = free_port();
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--output",
-        file.to_str().ok_or("path")?,
+    let rotation = [
         "--rotate-size",
         "64K",
         "--rotate-keep",
@@ -147,7 +155,8 @@ pub fn capture_rotates_under_churn() -> Outcome {
         "--compress",
         "--seal",
         "--quiet",
-    ])?;
+    ];
+    let (tracer, _, port) = capture(&dir, &rotation)?;
     churn(port, ROUNDS)?;
     let trace = tracer.stop();
     check(trace.exit_code == Some(0), || {
@@ -207,15 +216,7 @@ pub fn capture_rotates_under_churn() -> Outcome {
 /// loses nothing; the two files verify as one capture.
 pub fn sighup_reopens_the_capture() -> Outcome {
     let dir = scratch("sighup")?;
-    let file = dir.join("ports.jsonl");
-    let port = free_port();
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--output",
-        file.to_str().ok_or("path")?,
-        "--seal",
-    ])?;
+    let (tracer, file, port) = capture(&dir, &["--seal"])?;
     churn(port, 50)?;
     thread::sleep(Duration::from_millis(300));
     fs::rename(&file, dir.join("ports.jsonl.old"))?;
@@ -264,18 +265,9 @@ pub fn full_disk_ends_the_capture_cleanly() -> Outcome {
 }
 
 fn fill_the_disk(dir: &Path) -> Outcome {
-    let file = dir.join("ports.jsonl");
-    let port = free_port();
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--output",
-        file.to_str().ok_or("path")?,
-        "--quiet",
-    ])?;
+    let (mut tracer, file, port) = capture(dir, &["--quiet"])?;
     // 64 KiB holds a few hundred records; keep going until portwatch gives up.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut tracer = tracer;
     while tracer.running() && Instant::now() < deadline {
         churn(port, 50)?;
         thread::sleep(Duration::from_millis(20));

@@ -71,54 +71,86 @@ fn check_holder(
     )
 }
 
+/// One port per case.
+struct Ports {
+    listen: u16,
+    dual: u16,
+    wildcard: u16,
+    time_wait: u16,
+    group: u16,
+    udp: u16,
+    early_tcp: u16,
+    early_udp: u16,
+}
+
+impl Ports {
+    fn pick() -> Self {
+        Self {
+            listen: free_port(),
+            dual: free_port(),
+            wildcard: free_port(),
+            time_wait: free_port(),
+            group: free_port(),
+            udp: free_port(),
+            early_tcp: free_port(),
+            early_udp: free_port(),
+        }
+    }
+
+    fn list(&self) -> String {
+        [
+            self.listen,
+            self.dual,
+            self.wildcard,
+            self.time_wait,
+            self.group,
+            self.udp,
+            self.early_tcp,
+            self.early_udp,
+        ]
+        .map(|port| port.to_string())
+        .join(",")
+    }
+}
+
 /// Listener, dual stack, wildcard, TIME_WAIT, SO_REUSEPORT group, UDP, and holders that were
 /// there before tracing began: each failed bind names the socket that blocked it.
 pub fn eaddrinuse_names_its_holder() -> Outcome {
     let me = std::process::id();
-    let ports: Vec<u16> = (0..8).map(|_| free_port()).collect();
-    let [
-        listen,
-        dual,
-        wildcard,
-        time_wait,
-        group,
-        udp,
-        early_tcp,
-        early_udp,
-    ] = ports[..]
-    else {
-        unreachable!("eight ports")
-    };
+    let ports = Ports::pick();
     // Holders from before the trace: a child process listening on TCP and bound on UDP.
     let mut early = Command::new(std::env::current_exe()?)
-        .env(HOLDER_ENV, format!("{early_tcp},{early_udp}"))
+        .env(
+            HOLDER_ENV,
+            format!("{},{}", ports.early_tcp, ports.early_udp),
+        )
         .stdout(Stdio::piped())
         .spawn()?;
     let mut ready = String::new();
     BufReader::new(early.stdout.take().expect("piped")).read_line(&mut ready)?;
     let early_pid = early.id();
-    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
-    let tracer = Tracer::start(&["--port", &list.join(",")]);
+    let tracer = Tracer::start(&["--port", &ports.list()]);
     let outcome = tracer.map_err(Into::into).and_then(|tracer| {
         let caused = cause_conflicts(&ports);
         let trace = tracer.stop();
         caused?;
-        check_holder(&trace, listen, "tcp", me, "listen", "127.0.0.1")?;
-        check_holder(&trace, dual, "tcp", me, "listen", "::")?;
-        check_holder(&trace, wildcard, "tcp", me, "listen", "0.0.0.0")?;
-        check_holder(&trace, time_wait, "tcp", me, "time_wait", "127.0.0.1")?;
-        check_holder(&trace, group, "tcp", me, "listen", "127.0.0.1")?;
-        check_holder(&trace, udp, "udp", me, "unconnected", "127.0.0.1")?;
-        check_holder(&trace, early_tcp, "tcp", early_pid, "listen", "127.0.0.1")?;
-        check_holder(&trace, early_udp, "udp", early_pid, "unconnected", "::1")
+        let p = &ports;
+        check_holder(&trace, p.listen, "tcp", me, "listen", "127.0.0.1")?;
+        check_holder(&trace, p.dual, "tcp", me, "listen", "::")?;
+        check_holder(&trace, p.wildcard, "tcp", me, "listen", "0.0.0.0")?;
+        check_holder(&trace, p.time_wait, "tcp", me, "time_wait", "127.0.0.1")?;
+        check_holder(&trace, p.group, "tcp", me, "listen", "127.0.0.1")?;
+        check_holder(&trace, p.udp, "udp", me, "unconnected", "127.0.0.1")?;
+        check_holder(&trace, p.early_tcp, "tcp", early_pid, "listen", "127.0.0.1")?;
+        check_holder(&trace, p.early_udp, "udp", early_pid, "unconnected", "::1")
     });
     early.kill()?;
     early.wait()?;
     outcome
 }
 
-fn cause_conflicts(ports: &[u16]) -> Outcome {
-    let &[
+fn cause_conflicts(ports: &Ports) -> Outcome {
+    let &Ports {
         listen,
         dual,
         wildcard,
@@ -127,10 +159,7 @@ fn cause_conflicts(ports: &[u16]) -> Outcome {
         udp,
         early_tcp,
         early_udp,
-    ] = ports
-    else {
-        unreachable!("eight ports")
-    };
+    } = ports;
     let _listener = tcp_listener(V4, listen)?;
     bind_must_fail(Kind::Tcp, V4, V4, listen)?;
 

@@ -71,29 +71,22 @@ impl Socket {
     }
 
     pub fn reuse_address(&self) -> io::Result<()> {
-        let one: i32 = 1;
-        // SAFETY: the option value points at a live i32 of the given size.
-        check(unsafe {
-            libc::setsockopt(
-                self.fd,
-                libc::SOL_SOCKET,
-                libc::SO_REUSEADDR,
-                &one as *const i32 as *const libc::c_void,
-                size_of::<i32>() as libc::socklen_t,
-            )
-        })
-        .map(drop)
+        self.enable(libc::SO_REUSEADDR)
     }
 
     /// SO_REUSEPORT: several sockets of one user may share the port.
     pub fn reuse_port(&self) -> io::Result<()> {
+        self.enable(libc::SO_REUSEPORT)
+    }
+
+    fn enable(&self, option: i32) -> io::Result<()> {
         let one: i32 = 1;
         // SAFETY: the option value points at a live i32 of the given size.
         check(unsafe {
             libc::setsockopt(
                 self.fd,
                 libc::SOL_SOCKET,
-                libc::SO_REUSEPORT,
+                option,
                 &one as *const i32 as *const libc::c_void,
                 size_of::<i32>() as libc::socklen_t,
             )
