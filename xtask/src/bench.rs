@@ -5,7 +5,7 @@
 //! the median round is reported. `--quick` runs one short round per mode and checks that
 //! portwatch delivers every event the load caused, which is what CI runs.
 
-mod binary;
+pub mod binary;
 mod bpftrace;
 mod cpu;
 mod events;

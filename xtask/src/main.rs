@@ -5,6 +5,7 @@
 
 mod bench;
 mod project;
+mod soak;
 mod toolchain;
 mod vm;
 
@@ -39,6 +40,8 @@ enum Command {
     VmTest(vm::VmArgs),
     /// Measure portwatch's overhead against no tracer and bpftrace.
     Bench(bench::BenchArgs),
+    /// A long capture under steady churn: rotation, SIGHUP, verify, RSS and maps over time.
+    Soak(soak::SoakArgs),
 }
 
 fn main() {
@@ -56,5 +59,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lint => project::lint(),
         Command::VmTest(args) => vm::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Soak(args) => soak::run(args),
     }
 }
