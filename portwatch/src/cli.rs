@@ -113,6 +113,9 @@ struct TraceArgs {
     /// Add the process's executable, command line, user, parent, cgroup and container.
     #[arg(long)]
     audit: bool,
+    /// Report when this share of a namespace's ephemeral range is in use (0: never).
+    #[arg(long, value_name = "PCT", default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pressure: u8,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -196,6 +199,8 @@ pub struct Config {
     pub output: Option<FileOptions>,
     pub quiet: bool,
     pub audit: bool,
+    /// Percent of the ephemeral range in use that makes a `pressure` event; 0: off.
+    pub pressure_pct: u8,
 }
 
 impl Config {
@@ -266,6 +271,7 @@ impl Config {
             }),
             quiet: args.quiet,
             audit: args.audit,
+            pressure_pct: args.pressure,
         })
     }
 

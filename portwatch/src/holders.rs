@@ -2,7 +2,7 @@
 //! claims, listens and frees. It answers "who holds this port?" when a claim fails, and names the
 //! claimer of a port freed without a seen claim.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr, ops::RangeInclusive};
 
 use portwatch_ebpf::How;
 
@@ -49,16 +49,23 @@ impl Entry {
     }
 }
 
+/// Sockets conflict only within one network namespace, protocol and port.
+type Key = (Option<u32>, Proto, u16);
+
+fn key(event: &Event) -> Key {
+    (event.netns, event.proto, event.local_port)
+}
+
 #[derive(Default)]
 pub struct Holders {
-    ports: HashMap<(Proto, u16), Vec<Entry>>,
+    ports: HashMap<Key, Vec<Entry>>,
 }
 
 impl Holders {
     /// Keeps the table in step with one event (before any user filter: the table must see
     /// everything the kernel reported).
     pub fn observe(&mut self, event: &Event) {
-        let key = (event.proto, event.local_port);
+        let key = key(event);
         match event.kind {
             Kind::Held => self.ports.entry(key).or_default().push(Entry {
                 task: event.task.clone(),
@@ -98,7 +105,7 @@ impl Holders {
     /// preferring one with a process.
     pub fn claimer_of(&self, event: &Event) -> Option<Task> {
         self.ports
-            .get(&(event.proto, event.local_port))?
+            .get(&key(event))?
             .iter()
             .filter(|entry| entry.same_socket(event))
             .find_map(|entry| entry.task.clone())
@@ -107,7 +114,7 @@ impl Holders {
     /// Who holds the port a failed claim wanted: the sockets whose address conflicts with the
     /// one asked for (equal, or either one a wildcard; IPv4 and IPv4-mapped IPv6 alike).
     pub fn holder_for(&self, failed: &Event) -> Option<Holder> {
-        let entries = self.ports.get(&(failed.proto, failed.local_port))?;
+        let entries = self.ports.get(&key(failed))?;
         entries
             .iter()
             .filter(|entry| addresses_conflict(entry.local_addr, failed.local_addr))
@@ -117,13 +124,13 @@ impl Holders {
     }
 
     fn find_mut(&mut self, event: &Event) -> Option<&mut Entry> {
-        let entries = self.ports.get_mut(&(event.proto, event.local_port))?;
+        let entries = self.ports.get_mut(&key(event))?;
         let at = position_of(entries, event)?;
         entries.get_mut(at)
     }
 
     fn remove(&mut self, event: &Event) {
-        let key = (event.proto, event.local_port);
+        let key = key(event);
         let Some(entries) = self.ports.get_mut(&key) else {
             return;
         };
@@ -133,6 +140,42 @@ impl Holders {
         if entries.is_empty() {
             self.ports.remove(&key);
         }
+    }
+
+    /// The processes holding most ports in `range` of one namespace and protocol, busiest
+    /// first: who is using up the ephemeral range.
+    pub fn top_claimers(
+        &self,
+        netns: Option<u32>,
+        proto: Proto,
+        range: &RangeInclusive<u16>,
+        limit: usize,
+    ) -> Vec<(Option<Task>, usize)> {
+        // Keyed by (pid, comm), None for sockets without a process.
+        type Process<'a> = Option<(u32, &'a str)>;
+        let mut ports_by_process: HashMap<Process, (Option<&Task>, usize)> = HashMap::new();
+        for ((ns, p, port), entries) in &self.ports {
+            if *ns != netns || *p != proto || !range.contains(port) {
+                continue;
+            }
+            for entry in entries {
+                let id = entry
+                    .task
+                    .as_ref()
+                    .map(|task| (task.pid, task.comm.as_str()));
+                ports_by_process
+                    .entry(id)
+                    .or_insert((entry.task.as_ref(), 0))
+                    .1 += 1;
+            }
+        }
+        let mut top: Vec<(Option<Task>, usize)> = ports_by_process
+            .into_values()
+            .map(|(task, count)| (task.cloned(), count))
+            .collect();
+        top.sort_by_key(|(_, ports)| std::cmp::Reverse(*ports));
+        top.truncate(limit);
+        top
     }
 
     /// Sockets in the table, for tests and for watching the table's size in a soak.

@@ -11,6 +11,7 @@ mod event;
 mod holders;
 mod loader;
 mod ports;
+mod pressure;
 mod privileges;
 mod sink;
 mod snapshot;

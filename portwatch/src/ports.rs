@@ -107,7 +107,7 @@ pub fn ephemeral() -> std::io::Result<RangeInclusive<u16>> {
     })
 }
 
-fn parse_ephemeral(text: &str) -> Option<RangeInclusive<u16>> {
+pub fn parse_ephemeral(text: &str) -> Option<RangeInclusive<u16>> {
     let mut fields = text
         .split_whitespace()
         .map(|field| field.parse::<u16>().ok());

@@ -19,6 +19,7 @@ use crate::{
     event::{Event, Kind},
     holders::Holders,
     loader::Loaded,
+    pressure::PressureWatch,
     sink::{FileSink, JsonSink, Sink, Sinks, TableSink},
     snapshot,
     stream::Stream,
@@ -161,6 +162,7 @@ struct Pipeline {
     /// port freed without a seen claim.
     holders: Holders,
     audit: Option<AuditCache>,
+    pressure: Option<PressureWatch>,
 }
 
 impl Pipeline {
@@ -175,6 +177,7 @@ impl Pipeline {
             emitted: 0,
             holders: Holders::default(),
             audit: config.audit.then(AuditCache::new),
+            pressure: (config.pressure_pct > 0).then(|| PressureWatch::new(config.pressure_pct)),
         }
     }
 
@@ -235,7 +238,7 @@ impl Pipeline {
                     .is_none_or(|ports| ports.contains(port))
         });
         for mut event in held {
-            self.holders.observe(&event);
+            self.understand(&mut event)?;
             self.deliver(&mut event, config)?;
         }
         self.sink.flush()?;
@@ -247,8 +250,9 @@ impl Pipeline {
         stream.drain(|raw| {
             let ts = self.clock.to_wall(raw.ts_ns);
             if let Some(mut event) = Event::from_raw(raw, ts) {
-                self.understand(&mut event);
-                result = self.deliver(&mut event, config);
+                result = self
+                    .understand(&mut event)
+                    .and_then(|()| self.deliver(&mut event, config));
             }
             result.is_ok() && !self.reached_count(config)
         });
@@ -258,8 +262,9 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Adds what only the live holder table knows, then updates it with the event.
-    fn understand(&mut self, event: &mut Event) {
+    /// Adds what only the live holder table knows, then updates it (and the pressure counts)
+    /// with the event.
+    fn understand(&mut self, event: &mut Event) -> anyhow::Result<()> {
         match event.kind {
             // A free whose claim predates tracing carries whoever ran when the port was
             // released; if the table knows who held that very socket, name it instead.
@@ -275,6 +280,14 @@ impl Pipeline {
             _ => {}
         }
         self.holders.observe(event);
+        if let Some(crossing) = self
+            .pressure
+            .as_mut()
+            .and_then(|pressure| pressure.observe(event, &self.holders))
+        {
+            self.sink.pressure(&crossing)?;
+        }
+        Ok(())
     }
 
     fn deliver(&mut self, event: &mut Event, config: &Config) -> anyhow::Result<()> {

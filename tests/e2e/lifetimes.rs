@@ -253,7 +253,7 @@ pub fn close_without_time_wait() -> ! {
     std::process::exit(0);
 }
 
-fn bring_loopback_up() {
+pub fn bring_loopback_up() {
     // SAFETY: a plain datagram socket for the interface ioctls, closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
     // SAFETY: ifreq is plain data; all-zero is a valid starting value.

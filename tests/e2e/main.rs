@@ -12,6 +12,7 @@ mod expect;
 mod failures;
 mod holders;
 mod lifetimes;
+mod pressure;
 mod tracer;
 mod udp;
 mod workload;
@@ -62,6 +63,10 @@ const SCENARIOS: &[Scenario] = &[
     ),
     ("audit names the process", capture::audit_names_the_process),
     (
+        "pressure rises and eases",
+        pressure::pressure_rises_and_eases,
+    ),
+    (
         "SIGKILL releases held ports",
         lifetimes::sigkill_releases_held_ports,
     ),
@@ -91,6 +96,9 @@ const SLOW: &[Scenario] = &[("TIME_WAIT runs out", lifetimes::time_wait_runs_out
 fn main() {
     if let Ok(spec) = std::env::var(lifetimes::HOLDER_ENV) {
         lifetimes::hold(&spec);
+    }
+    if std::env::var_os(pressure::FILL_ENV).is_some() {
+        pressure::fill_the_range();
     }
     if let Ok(spec) = std::env::var(capture::BIND_ONCE_ENV) {
         capture::bind_once(&spec);

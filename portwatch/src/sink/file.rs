@@ -17,7 +17,7 @@ use std::{
 
 use super::{
     Sink,
-    json::{event_fields, lost_fields},
+    json::{event_fields, lost_fields, pressure_fields},
 };
 use crate::{
     capture::{
@@ -26,6 +26,7 @@ use crate::{
     },
     clock::Timestamp,
     event::Event,
+    pressure::Pressure,
 };
 
 /// What `--output`, `--rotate-size`, `--rotate-keep`, `--compress` and `--seal` asked for.
@@ -229,6 +230,10 @@ impl Sink for FileSink {
 
     fn lost(&mut self, ts: Timestamp, count: u64) -> io::Result<()> {
         self.record(|out| lost_fields(out, ts, count))
+    }
+
+    fn pressure(&mut self, pressure: &Pressure) -> io::Result<()> {
+        self.record(|out| pressure_fields(out, pressure))
     }
 
     fn flush(&mut self) -> io::Result<()> {

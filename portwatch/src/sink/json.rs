@@ -6,6 +6,7 @@ use super::Sink;
 use crate::{
     clock::Timestamp,
     event::{Audit, Event, Holder, Kind, Task, errno_name, how_name},
+    pressure::Pressure,
 };
 
 pub struct JsonSink<W: Write> {
@@ -164,6 +165,36 @@ pub fn lost_fields(out: &mut impl Write, ts: Timestamp, count: u64) -> io::Resul
     )
 }
 
+/// The keys of a `pressure` record, without braces.
+pub fn pressure_fields(out: &mut impl Write, pressure: &Pressure) -> io::Result<()> {
+    write!(
+        out,
+        "\"ts\":\"{}\",\"event\":\"pressure\",\"proto\":\"{}\",\"state\":\"{}\",\"in_use\":{},\"range\":\"{}-{}\",\"range_size\":{},\"share_pct\":{:.1},\"threshold_pct\":{}",
+        pressure.ts.rfc3339(),
+        pressure.proto.name(),
+        if pressure.high { "high" } else { "normal" },
+        pressure.in_use,
+        pressure.range.start(),
+        pressure.range.end(),
+        pressure.range_size(),
+        pressure.share_pct(),
+        pressure.threshold_pct,
+    )?;
+    if let Some(netns) = pressure.netns {
+        write!(out, ",\"netns\":{netns}")?;
+    }
+    out.write_all(b",\"top\":[")?;
+    for (index, (task, ports)) in pressure.top.iter().enumerate() {
+        if index > 0 {
+            out.write_all(b",")?;
+        }
+        out.write_all(b"{")?;
+        task_fields(out, task.as_ref())?;
+        write!(out, ",\"ports\":{ports}}}")?;
+    }
+    out.write_all(b"]")
+}
+
 impl<W: Write> Sink for JsonSink<W> {
     fn event(&mut self, event: &Event) -> io::Result<()> {
         self.out.write_all(b"{")?;
@@ -174,6 +205,12 @@ impl<W: Write> Sink for JsonSink<W> {
     fn lost(&mut self, ts: Timestamp, count: u64) -> io::Result<()> {
         self.out.write_all(b"{")?;
         lost_fields(&mut self.out, ts, count)?;
+        self.out.write_all(b"}\n")
+    }
+
+    fn pressure(&mut self, pressure: &Pressure) -> io::Result<()> {
+        self.out.write_all(b"{")?;
+        pressure_fields(&mut self.out, pressure)?;
         self.out.write_all(b"}\n")
     }
 

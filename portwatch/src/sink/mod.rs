@@ -11,12 +11,14 @@ pub use file::{FileOptions, FileSink, open_output};
 pub use json::JsonSink;
 pub use table::TableSink;
 
-use crate::{capture::Summary, clock::Timestamp, event::Event};
+use crate::{capture::Summary, clock::Timestamp, event::Event, pressure::Pressure};
 
 pub trait Sink {
     fn event(&mut self, event: &Event) -> io::Result<()>;
     /// `count` events were dropped because the ring buffer was full.
     fn lost(&mut self, ts: Timestamp, count: u64) -> io::Result<()>;
+    /// The ephemeral range of a namespace filled past the threshold, or fell back.
+    fn pressure(&mut self, pressure: &Pressure) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
     /// SIGHUP: reopen whatever file the sink writes (logrotate moved it away).
     fn reopen(&mut self) -> io::Result<()> {
@@ -51,6 +53,10 @@ impl Sink for Sinks {
 
     fn lost(&mut self, ts: Timestamp, count: u64) -> io::Result<()> {
         self.each(|sink| sink.lost(ts, count))
+    }
+
+    fn pressure(&mut self, pressure: &Pressure) -> io::Result<()> {
+        self.each(|sink| sink.pressure(pressure))
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -6,6 +6,7 @@ use super::Sink;
 use crate::{
     clock::Timestamp,
     event::{Event, Holder, Kind, errno_name, how_name},
+    pressure::Pressure,
 };
 
 pub struct TableSink<W: Write> {
@@ -158,6 +159,40 @@ impl<W: Write> Sink for TableSink<W> {
             "{}  {} {count} events dropped: the ring buffer was full",
             ts.time_of_day(),
             kind
+        )
+    }
+
+    fn pressure(&mut self, pressure: &Pressure) -> io::Result<()> {
+        self.header()?;
+        let kind = self.paint("pressure");
+        let top: Vec<String> = pressure
+            .top
+            .iter()
+            .map(|(task, ports)| match task {
+                Some(task) => format!("{}[{}] {ports}", printable(&task.comm), task.pid),
+                None => format!("no process {ports}"),
+            })
+            .collect();
+        writeln!(
+            self.out,
+            "{}  {} {:<6} {}: ephemeral ports {}-{}: {} of {} in use ({:.0}%){}{}",
+            pressure.ts.time_of_day(),
+            kind,
+            pressure.proto.name(),
+            if pressure.high { "high" } else { "eased" },
+            pressure.range.start(),
+            pressure.range.end(),
+            pressure.in_use,
+            pressure.range_size(),
+            pressure.share_pct(),
+            pressure
+                .netns
+                .map_or(String::new(), |netns| format!(" in netns {netns}")),
+            if top.is_empty() {
+                String::new()
+            } else {
+                format!("; top: {}", top.join(", "))
+            }
         )
     }
 
