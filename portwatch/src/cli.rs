@@ -59,8 +59,9 @@ struct TraceArgs {
     /// Only events of these processes (the claimer's pid on frees); may repeat.
     #[arg(long = "pid", value_name = "PID", value_delimiter = ',')]
     pids: Vec<u32>,
-    /// Only events of processes with this command name; may repeat.
-    #[arg(long = "comm", value_name = "NAME", value_delimiter = ',')]
+    /// Only events of processes with this command name (taken whole, commas included); may
+    /// repeat.
+    #[arg(long = "comm", value_name = "NAME")]
     comms: Vec<String>,
     /// Only this protocol.
     #[arg(long, value_enum)]
@@ -478,6 +479,15 @@ mod tests {
         assert!(error(&["--output", "f", "--rotate-size", "10X"]).contains("unknown unit"));
         assert!(error(&["--output", "f", "--rotate-size", "100"]).contains("at least 4K"));
         assert!(error(&["--seal"]).contains("--output"));
+    }
+
+    #[test]
+    fn a_process_name_is_taken_whole() {
+        let config = config(&["--comm", "a,b", "--comm", "nginx"]);
+        assert_eq!(
+            config.comms,
+            HashSet::from(["a,b".to_string(), "nginx".to_string()])
+        );
     }
 
     #[test]

@@ -4,11 +4,18 @@
 use std::{
     fs::File,
     io::{self, BufWriter, IsTerminal, Write},
+    os::{
+        fd::{AsFd as _, OwnedFd},
+        unix::fs::FileTypeExt as _,
+    },
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
 
 use crate::{
     backend::{self, Backend, Kernel},
@@ -191,6 +198,8 @@ impl Pipeline {
             tokio::time::sleep(config.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
         tokio::pin!(deadline);
         let mut lost_poll = tokio::time::interval(LOST_POLL);
+        let reader_gone = stdout_reader_gone(config);
+        tokio::pin!(reader_gone);
         let end = loop {
             if self.reached_count(config) {
                 break "count";
@@ -206,6 +215,7 @@ impl Pipeline {
                     self.sink.flush()?;
                 }
                 _ = hangup.recv() => self.sink.reopen()?,
+                () = &mut reader_gone => break "closed-pipe",
                 _ = interrupt.recv() => break "interrupt",
                 _ = terminate.recv() => break "terminate",
                 _ = &mut deadline => break "duration",
@@ -318,6 +328,39 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// Resolves when stdout is a pipe or socket whose reader went away (`| head` is done), so
+/// portwatch ends then and not at its next write; never resolves for a terminal or a file.
+async fn stdout_reader_gone(config: &Config) {
+    let watched = if config.quiet {
+        None
+    } else {
+        io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(File::from)
+            .filter(is_pipe_or_socket)
+            .and_then(|file| {
+                // SAFETY: the AsyncFd owns this duplicate of stdout, which stays open and is
+                // only watched (never read or written) until the AsyncFd is dropped.
+                unsafe { AsyncFd::register_with_interest(OwnedFd::from(file), Interest::ERROR) }
+                    .ok()
+            })
+    };
+    match watched {
+        // The write end of a pipe reports an error condition once the read end is closed.
+        Some(fd) => {
+            let _ = fd.ready(Interest::ERROR).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn is_pipe_or_socket(file: &File) -> bool {
+    file.metadata()
+        .is_ok_and(|meta| meta.file_type().is_fifo() || meta.file_type().is_socket())
 }
 
 /// Failures where one port was wanted and something else has it.

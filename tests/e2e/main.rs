@@ -4,6 +4,7 @@
 //!
 //! Environment: PORTWATCH_BIN (default: the binary cargo built), PORTWATCH_BACKEND (default auto).
 
+mod attribution;
 mod bind;
 mod capture;
 mod cli;
@@ -91,7 +92,13 @@ const SCENARIOS: &[Scenario] = &[
 ];
 
 /// Scenarios that spend their time waiting, run in a thread beside the rest.
-const SLOW: &[Scenario] = &[("TIME_WAIT runs out", lifetimes::time_wait_runs_out)];
+const SLOW: &[Scenario] = &[
+    ("TIME_WAIT runs out", lifetimes::time_wait_runs_out),
+    (
+        "TIME_WAIT end is not credited to another holder",
+        attribution::time_wait_end_is_not_credited_to_another_holder,
+    ),
+];
 
 fn main() {
     if let Ok(spec) = std::env::var(lifetimes::HOLDER_ENV) {

@@ -13,9 +13,12 @@ pub struct TableSink<W: Write> {
     out: W,
     colour: bool,
     header_written: bool,
+    /// Width of the LOCAL and REMOTE columns: room for an IPv4 endpoint with a peer, widened
+    /// (and the header printed again) when a longer IPv6 endpoint comes.
+    endpoint_width: usize,
 }
 
-const HEADER: &str = "TIME(UTC)        EVENT   PROTO  LOCAL                        REMOTE                       PID      COMM             DETAIL";
+const ENDPOINT_WIDTH: usize = 28;
 
 impl<W: Write> TableSink<W> {
     pub fn new(out: W, colour: bool) -> Self {
@@ -23,6 +26,7 @@ impl<W: Write> TableSink<W> {
             out,
             colour,
             header_written: false,
+            endpoint_width: ENDPOINT_WIDTH,
         }
     }
 
@@ -34,9 +38,27 @@ impl<W: Write> TableSink<W> {
     fn header(&mut self) -> io::Result<()> {
         if !self.header_written {
             self.header_written = true;
-            writeln!(self.out, "{HEADER}")?;
+            let width = self.endpoint_width;
+            writeln!(
+                self.out,
+                "TIME(UTC)        EVENT   PROTO  {:<width$} {:<width$} PID      COMM             DETAIL",
+                "LOCAL", "REMOTE"
+            )?;
         }
         Ok(())
+    }
+
+    /// Widens the endpoint columns to fit, starting a new header when they grow.
+    fn fit(&mut self, endpoints: &[&str]) {
+        let needed = endpoints
+            .iter()
+            .map(|text| text.len() + 1)
+            .max()
+            .unwrap_or(0);
+        if needed > self.endpoint_width {
+            self.endpoint_width = needed;
+            self.header_written = false;
+        }
     }
 
     fn paint(&self, kind: &str) -> String {
@@ -121,22 +143,25 @@ fn human_duration(nanos: u64) -> String {
 
 impl<W: Write> Sink for TableSink<W> {
     fn event(&mut self, event: &Event) -> io::Result<()> {
+        let local = endpoint(&event.local_addr, event.local_port);
+        let remote = event
+            .remote
+            .map_or("-".to_string(), |(addr, port)| endpoint(&addr, port));
+        self.fit(&[&local, &remote]);
         self.header()?;
         let proto = format!(
             "{}{}",
             event.proto.name(),
             if event.local_addr.is_ipv4() { "4" } else { "6" }
         );
-        let remote = event
-            .remote
-            .map_or("-".to_string(), |(addr, port)| endpoint(&addr, port));
         let kind = self.paint(event.kind.name());
+        let width = self.endpoint_width;
         let line = format!(
-            "{}  {} {:<6} {:<28} {:<28} {:<8} {:<16} {}",
+            "{}  {} {:<6} {:<width$} {:<width$} {:<8} {:<16} {}",
             event.ts.time_of_day(),
             kind,
             proto,
-            endpoint(&event.local_addr, event.local_port),
+            local,
             remote,
             event
                 .task
@@ -206,6 +231,8 @@ mod tests {
     use super::*;
     use crate::sink::tests::sample;
 
+    const HEADER: &str = "TIME(UTC)        EVENT   PROTO  LOCAL                        REMOTE                       PID      COMM             DETAIL";
+
     #[test]
     fn aligns_columns_under_the_header() {
         let mut sink = TableSink::new(Vec::new(), false);
@@ -220,6 +247,25 @@ mod tests {
         );
         assert_eq!(lines[1].find("free"), HEADER.find("EVENT"));
         assert_eq!(lines[1].find("127.0.0.1:60312"), HEADER.find("LOCAL"));
+    }
+
+    #[test]
+    fn long_ipv6_endpoints_widen_the_columns_under_a_new_header() {
+        let mut sink = TableSink::new(Vec::new(), false);
+        sink.event(&sample()).unwrap();
+        let mut long = sample();
+        let address: std::net::IpAddr = "fe80:1234:5678:9abc:def0:1234:5678:9abc".parse().unwrap();
+        long.local_addr = address;
+        long.remote = Some((address, 65535));
+        sink.event(&long).unwrap();
+        let text = String::from_utf8(sink.into_inner()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        let (header, line) = (lines[2], lines[3]);
+        assert!(header.starts_with("TIME(UTC)"));
+        assert_eq!(line.find("[fe80:"), header.find("LOCAL"));
+        assert_eq!(line.rfind("[fe80:"), header.find("REMOTE"));
+        assert_eq!(line.find("42 "), header.find("PID"));
     }
 
     #[test]
