@@ -4,9 +4,9 @@
 //! Tracing is the default command: `portwatch --port 60312` and `portwatch trace --port 60312`
 //! are the same. The one-shot and offline commands are subcommands.
 
-use std::{collections::HashSet, ops::RangeInclusive, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, ops::RangeInclusive, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::{
     event::{Kind, Proto},
@@ -35,6 +35,15 @@ struct Cli {
 enum CommandArgs {
     /// Trace port claims, frees and failures (the default command).
     Trace(TraceArgs),
+    /// Print a shell completion script for portwatch (for packaging).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print portwatch's man page in roff (for packaging).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Args, Debug)]
@@ -84,6 +93,9 @@ struct TraceArgs {
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, default_value_t = 1024, value_parser = parse_ring_kib)]
     ring_kib: u32,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9834.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -119,6 +131,9 @@ pub enum Format {
 #[derive(Debug)]
 pub enum Command {
     Trace(Config),
+    /// Generated from these definitions, so packaged docs never drift from the binary.
+    Completions(clap_complete::Shell),
+    Man,
 }
 
 impl Command {
@@ -136,8 +151,20 @@ impl Command {
         match cli.command {
             None => Ok(Command::Trace(Config::from_parsed(cli.trace)?)),
             Some(CommandArgs::Trace(args)) => Ok(Command::Trace(Config::from_parsed(args)?)),
+            Some(CommandArgs::Completions { shell }) => Ok(Command::Completions(shell)),
+            Some(CommandArgs::Man) => Ok(Command::Man),
         }
     }
+}
+
+/// Writes the completion script for `shell` to `out`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, &mut Cli::command(), "portwatch", out);
+}
+
+/// Writes the man page (roff) to `out`.
+pub fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(Cli::command()).render(out)
 }
 
 /// Everything the tracer needs to know, validated.
@@ -160,6 +187,8 @@ pub struct Config {
     pub backend: BackendArg,
     pub check: bool,
     pub ring_bytes: u32,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -221,6 +250,7 @@ impl Config {
             backend: args.backend,
             check: args.check,
             ring_bytes: args.ring_kib * 1024,
+            metrics: args.metrics,
         })
     }
 

@@ -7,6 +7,7 @@ mod cli;
 mod clock;
 mod event;
 mod loader;
+mod metrics_server;
 mod ports;
 mod privileges;
 mod sink;
@@ -36,6 +37,11 @@ fn main() -> ExitCode {
 fn run(command: cli::Command) -> anyhow::Result<()> {
     match command {
         cli::Command::Trace(config) => run_trace(config),
+        cli::Command::Completions(shell) => {
+            cli::completions(shell, &mut std::io::stdout());
+            Ok(())
+        }
+        cli::Command::Man => Ok(cli::man_page(&mut std::io::stdout())?),
     }
 }
 
@@ -45,11 +51,13 @@ fn run_trace(config: cli::Config) -> anyhow::Result<()> {
     if config.check {
         return trace::check(&config);
     }
+    // Bound with the privileges portwatch started with, and before the slow load.
+    let metrics = config.metrics.map(metrics_server::bind).transpose()?;
     // Before the runtime starts: the loader forks, which is only sound single-threaded.
     let loaded = loader::load(&config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|err| anyhow::anyhow!("starting the async runtime: {err}"))?;
-    runtime.block_on(trace::run(config, loaded))
+    runtime.block_on(trace::run(config, loaded, metrics))
 }

@@ -16,7 +16,8 @@ use crate::{
     clock::{MonotonicClock, Timestamp},
     event::{Event, Kind, Proto},
     loader::Loaded,
-    sink::{JsonSink, Sink, TableSink},
+    metrics_server, ports,
+    sink::{FanOut, JsonSink, MetricsSink, Sink, TableSink},
     snapshot,
     stream::Stream,
 };
@@ -24,7 +25,12 @@ use crate::{
 /// How often the lost-event counter is read while events flow.
 const LOST_POLL: Duration = Duration::from_millis(500);
 
-pub async fn run(config: Config, loaded: Loaded) -> anyhow::Result<()> {
+/// `metrics`: the bound `--metrics` listener, if one was asked for.
+pub async fn run(
+    config: Config,
+    loaded: Loaded,
+    metrics: Option<std::net::TcpListener>,
+) -> anyhow::Result<()> {
     if config.backend == BackendArg::Auto {
         for reason in &loaded.passed_over {
             eprintln!("portwatch: passed over {reason}");
@@ -42,10 +48,16 @@ pub async fn run(config: Config, loaded: Loaded) -> anyhow::Result<()> {
     } = loaded;
     let mut stream = Stream::new(events, lost)?;
     let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
-    let sink: Box<dyn Sink> = match config.format {
+    let mut sink: Box<dyn Sink> = match config.format {
         Format::Json => Box::new(JsonSink::new(stdout)),
         Format::Table => Box::new(TableSink::new(stdout, colour_wanted())),
     };
+    if let Some(listener) = metrics {
+        let (metrics, registry) = MetricsSink::new(&backend, ports::ephemeral().ok())
+            .context("setting up the metrics")?;
+        metrics_server::serve(listener, registry)?;
+        sink = Box::new(FanOut(vec![sink, Box::new(metrics)]));
+    }
     let mut pipeline = Pipeline::new(sink);
     // Holders are read after the hooks attach, so no change falls between snapshot and trace,
     // and before the status line, so "attached" means the current holders are already out.

@@ -1,12 +1,14 @@
-//! Printers. Each takes decoded events and writes them to any `Write`; none knows where events
-//! come from. Output is buffered by the caller and flushed when the stream goes idle.
+//! Sinks: the printers, which write decoded events to any `Write`, and the metrics. None knows
+//! where events come from. Output is buffered by the caller and flushed when the stream goes idle.
 
 mod json;
+mod metrics;
 mod table;
 
 use std::io;
 
 pub use json::JsonSink;
+pub use metrics::MetricsSink;
 pub use table::TableSink;
 
 use crate::{clock::Timestamp, event::Event};
@@ -16,6 +18,23 @@ pub trait Sink {
     /// `count` events were dropped because the ring buffer was full.
     fn lost(&mut self, ts: Timestamp, count: u64) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
+}
+
+/// Hands every event to several sinks in turn, so the printer and the metrics see one stream.
+pub struct FanOut(pub Vec<Box<dyn Sink>>);
+
+impl Sink for FanOut {
+    fn event(&mut self, event: &Event) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|sink| sink.event(event))
+    }
+
+    fn lost(&mut self, ts: Timestamp, count: u64) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|sink| sink.lost(ts, count))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|sink| sink.flush())
+    }
 }
 
 #[cfg(test)]
