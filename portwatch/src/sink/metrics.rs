@@ -198,7 +198,9 @@ impl Sink for MetricsSink {
                 self.time_waits.with_label_values(&[proto]).inc();
             }
             Kind::Free => {
-                self.frees.with_label_values(&[proto, how_label(event)]).inc();
+                self.frees
+                    .with_label_values(&[proto, how_label(event)])
+                    .inc();
                 self.given_back(event);
             }
             Kind::Fail => {
@@ -275,7 +277,8 @@ mod tests {
     #[test]
     fn a_port_stays_in_use_through_time_wait_until_its_end() {
         let (mut sink, registry) = MetricsSink::new("tracepoint", Some(32768..=60999)).unwrap();
-        sink.event(&event(Kind::Claim, 50000, How::Connect)).unwrap();
+        sink.event(&event(Kind::Claim, 50000, How::Connect))
+            .unwrap();
         assert_eq!(in_use(&registry, "tcp", "dynamic"), 1.0);
         assert_eq!(in_use(&registry, "tcp", "ephemeral"), 1.0);
         assert_eq!(in_use(&registry, "tcp", "registered"), 0.0);
@@ -297,7 +300,10 @@ mod tests {
             value(&registry, "portwatch_claims_total", &labels),
             Some(1.0)
         );
-        assert_eq!(value(&registry, "portwatch_frees_total", &labels), Some(1.0));
+        assert_eq!(
+            value(&registry, "portwatch_frees_total", &labels),
+            Some(1.0)
+        );
         assert_eq!(
             value(
                 &registry,
