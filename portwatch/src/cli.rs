@@ -161,14 +161,18 @@ impl Command {
     }
 }
 
-/// Writes the completion script for `shell` to `out`.
-pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
-    clap_complete::generate(shell, &mut Cli::command(), "portwatch", out);
+/// The completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "portwatch", &mut script);
+    script
 }
 
-/// Writes the man page (roff) to `out`.
-pub fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    clap_mangen::Man::new(Cli::command()).render(out)
+/// The man page, in roff.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+    Ok(page)
 }
 
 /// Everything the tracer needs to know, validated.
@@ -409,5 +413,22 @@ mod tests {
         assert!(error(&["-4", "-6"]).contains("cannot be used with"));
         assert!(error(&["--ring-kib", "1000"]).contains("power of two"));
         assert!(error(&["--events", "bogus"]).contains("bogus"));
+        assert!(error(&["--metrics", "9834"]).contains("invalid socket address"));
+    }
+
+    #[test]
+    fn metrics_takes_an_address_and_port() {
+        let with = config(&["--metrics", "127.0.0.1:9834"]);
+        assert_eq!(with.metrics, Some("127.0.0.1:9834".parse().unwrap()));
+        assert_eq!(config(&[]).metrics, None);
+    }
+
+    #[test]
+    fn packaging_output_is_generated_from_these_definitions() {
+        let bash = String::from_utf8(completions(clap_complete::Shell::Bash)).unwrap();
+        assert!(bash.contains("--metrics"));
+        let man = String::from_utf8(man_page().unwrap()).unwrap();
+        assert!(man.starts_with(".ie") || man.contains(".TH portwatch"));
+        assert!(man.contains("metrics"));
     }
 }

@@ -15,7 +15,7 @@ mod snapshot;
 mod stream;
 mod trace;
 
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 fn main() -> ExitCode {
     let command = match cli::Command::from_args() {
@@ -37,11 +37,16 @@ fn main() -> ExitCode {
 fn run(command: cli::Command) -> anyhow::Result<()> {
     match command {
         cli::Command::Trace(config) => run_trace(config),
-        cli::Command::Completions(shell) => {
-            cli::completions(shell, &mut std::io::stdout());
-            Ok(())
-        }
-        cli::Command::Man => Ok(cli::man_page(&mut std::io::stdout())?),
+        cli::Command::Completions(shell) => print(&cli::completions(shell)),
+        cli::Command::Man => print(&cli::man_page()?),
+    }
+}
+
+/// Writes generated text to stdout; a reader that stops early (`| head`) is not an error.
+fn print(text: &[u8]) -> anyhow::Result<()> {
+    match std::io::stdout().write_all(text) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(err.into()),
+        _ => Ok(()),
     }
 }
 
