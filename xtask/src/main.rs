@@ -4,6 +4,7 @@
 //! starts without it and the userspace build embeds the kernel programs.
 
 mod bench;
+mod dist;
 mod project;
 mod toolchain;
 mod vm;
@@ -39,6 +40,8 @@ enum Command {
     VmTest(vm::VmArgs),
     /// Measure portwatch's overhead against no tracer and bpftrace.
     Bench(bench::BenchArgs),
+    /// Build the Debian package (binary, systemd unit, completions, man page) into target/dist.
+    Dist(dist::DistArgs),
 }
 
 fn main() {
@@ -56,5 +59,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lint => project::lint(),
         Command::VmTest(args) => vm::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Dist(args) => dist::run(args),
     }
 }
