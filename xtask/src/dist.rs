@@ -57,6 +57,11 @@ fn build() -> anyhow::Result<PathBuf> {
         let text = output(Command::new(&binary).args(args))?;
         std::fs::write(generated.join(file), text).with_context(|| format!("writing {file}"))?;
     }
+    // Debian installs man pages gzip-compressed; -n keeps the package reproducible.
+    let mut gzip = Command::new("gzip");
+    gzip.args(["-9", "-n", "-f"])
+        .arg(generated.join("portwatch.1"));
+    project::succeed(gzip)?;
     ensure_cargo_deb()?;
     // Old packages would make "the package" ambiguous for whoever installs from here.
     for old in debs(&out)? {
