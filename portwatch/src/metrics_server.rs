@@ -82,3 +82,75 @@ fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
         .body(Full::new(Bytes::from(text.to_owned())))
         .expect("a static header is valid")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (status, content type, body) of one request.
+    type Answer = (u16, String, String);
+
+    fn answer(mut response: hyper::Response<ureq::Body>) -> Answer {
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|value| value.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = response.body_mut().read_to_string().unwrap();
+        (response.status().as_u16(), content_type, body)
+    }
+
+    #[test]
+    fn serves_the_registry_at_metrics_and_nothing_else() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let registry = Registry::new();
+        let counter = prometheus::IntCounter::new("test_events_total", "Events.").unwrap();
+        registry.register(Box::new(counter.clone())).unwrap();
+        counter.inc_by(3);
+        let client = std::thread::spawn(move || {
+            let url = |path: &str| format!("http://{addr}{path}");
+            let get = |path: &str| {
+                let request = ureq::get(url(path)).config().http_status_as_error(false);
+                answer(request.build().call().unwrap())
+            };
+            let post = ureq::post(url("/metrics"))
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .send_empty()
+                .unwrap();
+            (get("/metrics"), get("/"), answer(post))
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            serve(listener, registry).unwrap();
+            while !client.is_finished() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let (metrics, root, post) = client.join().unwrap();
+        assert_eq!(metrics.0, 200);
+        assert_eq!(metrics.1, "text/plain; version=0.0.4");
+        assert!(
+            metrics.2.contains("\ntest_events_total 3\n"),
+            "{}",
+            metrics.2
+        );
+        assert_eq!(root.0, 404);
+        assert_eq!(post.0, 405);
+    }
+
+    #[test]
+    fn a_taken_address_is_one_clear_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = bind(taken.local_addr().unwrap()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cannot listen there"),
+            "{err:#}"
+        );
+    }
+}

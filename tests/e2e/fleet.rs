@@ -120,10 +120,8 @@ fn other_free_port(taken: u16) -> u16 {
     }
 }
 
-/// Claims, a failure, connections and a TIME_WAIT on one watched port: every counter and the
-/// in-use gauge move exactly as caused, and `promtool check metrics` accepts the text.
-pub fn metrics_count_own_traffic() -> Outcome {
-    let port = free_port();
+/// A tracer watching `port` and serving metrics on another free port, which it returns.
+fn tracer_with_metrics(port: u16) -> Result<(Tracer, u16), String> {
     let metrics_port = other_free_port(port);
     let tracer = Tracer::start(&[
         "--port",
@@ -131,6 +129,14 @@ pub fn metrics_count_own_traffic() -> Outcome {
         "--metrics",
         &format!("127.0.0.1:{metrics_port}"),
     ])?;
+    Ok((tracer, metrics_port))
+}
+
+/// Claims, a failure, connections and a TIME_WAIT on one watched port: every counter and the
+/// in-use gauge move exactly as caused, and `promtool check metrics` accepts the text.
+pub fn metrics_count_own_traffic() -> Outcome {
+    let port = free_port();
+    let (tracer, metrics_port) = tracer_with_metrics(port)?;
     let endpoint = Endpoint::new(metrics_port)?;
     // free_port picks from 20000-29999: IANA's registered range, outside the ephemeral one.
     let tcp_in_use = series(
@@ -241,19 +247,13 @@ pub fn prometheus_scrapes_metrics() -> Outcome {
         return Ok(());
     };
     let port = free_port();
-    let metrics_port = other_free_port(port);
+    let (tracer, metrics_port) = tracer_with_metrics(port)?;
     let api_port = loop {
         let candidate = other_free_port(port);
         if candidate != metrics_port {
             break candidate;
         }
     };
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--metrics",
-        &format!("127.0.0.1:{metrics_port}"),
-    ])?;
     let listener = tcp_listener(V4, port)?;
     let dir = scratch_dir()?;
     std::fs::write(
