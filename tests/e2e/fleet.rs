@@ -132,10 +132,13 @@ fn tracer_with_metrics(port: u16) -> Result<(Tracer, u16), String> {
     Ok((tracer, metrics_port))
 }
 
-/// Claims, a failure, connections and a TIME_WAIT on one watched port: every counter and the
-/// in-use gauge move exactly as caused, and `promtool check metrics` accepts the text.
+/// A holder from before the start, claims, a failure, connections and a TIME_WAIT on one
+/// watched port: every counter and the in-use gauge move exactly as caused, and `promtool check
+/// metrics` accepts the text.
 pub fn metrics_count_own_traffic() -> Outcome {
     let port = free_port();
+    let early = Socket::new(Kind::Udp, V4)?;
+    early.bind(port)?;
     let (tracer, metrics_port) = tracer_with_metrics(port)?;
     let endpoint = Endpoint::new(metrics_port)?;
     // free_port picks from 20000-29999: IANA's registered range, outside the ephemeral one.
@@ -155,20 +158,27 @@ pub fn metrics_count_own_traffic() -> Outcome {
         &[("proto", "tcp"), ("how", "bind"), ("errno", "EADDRINUSE")],
     );
 
+    // The start-up snapshot seeds the gauge: the UDP port is in use before any claim is seen.
+    let seeded = endpoint.baseline.get(&udp_in_use).copied();
+    check(seeded == Some(1.0), || {
+        format!("{udp_in_use} is {seeded:?} at start, with one holder")
+    })?;
+
     let listener = tcp_listener(V4, port)?;
     let refused = Socket::new(Kind::Tcp, V4)?.bind(port);
     check(refused.is_err(), || "a second bind succeeded".into())?;
     let udp = Socket::new(Kind::Udp, V6)?;
     udp.bind(port)?;
     let (client, accepted, _) = tcp_connection(&listener)?;
-    // A listener and its accepted connection share one port: in use once, claimed twice.
+    // Ports, not sockets: a listener and its accepted connection share one port, and the
+    // second UDP socket joins a port already in use.
     endpoint.expect(&[
         (claims("tcp", "bind"), 1.0),
         (claims("tcp", "accept"), 1.0),
         (claims("udp", "bind"), 1.0),
         (bind_in_use.clone(), 1.0),
         (tcp_in_use.clone(), 1.0),
-        (udp_in_use.clone(), 1.0),
+        (udp_in_use.clone(), 0.0),
     ])?;
 
     // The client closes first: the accepted end closes passively and frees at once.
@@ -188,10 +198,12 @@ pub fn metrics_count_own_traffic() -> Outcome {
         (frees("udp", "bind"), 1.0),
         (time_waits, 1.0),
         (bind_in_use, 1.0),
-        // The TIME_WAIT socket still holds the port; UDP's is free.
+        // The TIME_WAIT socket still holds the TCP port, the first UDP socket the UDP one.
         (tcp_in_use, 1.0),
-        (udp_in_use, 0.0),
+        (udp_in_use.clone(), 0.0),
     ])?;
+    early.close();
+    endpoint.expect(&[(udp_in_use, -1.0)])?;
     drop(tracer.stop());
     promtool_check(&text)
 }
