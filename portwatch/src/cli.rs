@@ -4,7 +4,13 @@
 //! Tracing is the default command: `portwatch --port 60312` and `portwatch trace --port 60312`
 //! are the same. The one-shot and offline commands are subcommands.
 
-use std::{collections::HashSet, net::SocketAddr, ops::RangeInclusive, time::Duration};
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    ops::RangeInclusive,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
@@ -41,9 +47,12 @@ enum CommandArgs {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print portwatch's man page in roff (for packaging).
+    /// Write portwatch's man pages, one per command, into DIR (for packaging).
     #[command(hide = true)]
-    Man,
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -137,7 +146,8 @@ pub enum Command {
     Trace(Config),
     /// Generated from these definitions, so packaged docs never drift from the binary.
     Completions(clap_complete::Shell),
-    Man,
+    /// The directory to write the man pages into.
+    Man(PathBuf),
 }
 
 impl Command {
@@ -156,7 +166,7 @@ impl Command {
             None => Ok(Command::Trace(Config::from_parsed(cli.trace)?)),
             Some(CommandArgs::Trace(args)) => Ok(Command::Trace(Config::from_parsed(args)?)),
             Some(CommandArgs::Completions { shell }) => Ok(Command::Completions(shell)),
-            Some(CommandArgs::Man) => Ok(Command::Man),
+            Some(CommandArgs::Man { dir }) => Ok(Command::Man(dir)),
         }
     }
 }
@@ -168,11 +178,9 @@ pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
     script
 }
 
-/// The man page, in roff.
-pub fn man_page() -> std::io::Result<Vec<u8>> {
-    let mut page = Vec::new();
-    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
-    Ok(page)
+/// Writes `portwatch.1` and one page per visible subcommand (`portwatch-trace.1`...) into `dir`.
+pub fn man_pages(dir: &Path) -> std::io::Result<()> {
+    clap_mangen::generate_to(Cli::command(), dir)
 }
 
 /// Everything the tracer needs to know, validated.
@@ -427,8 +435,13 @@ mod tests {
     fn packaging_output_is_generated_from_these_definitions() {
         let bash = String::from_utf8(completions(clap_complete::Shell::Bash)).unwrap();
         assert!(bash.contains("--metrics"));
-        let man = String::from_utf8(man_page().unwrap()).unwrap();
-        assert!(man.starts_with(".ie") || man.contains(".TH portwatch"));
-        assert!(man.contains("metrics"));
+        let dir = std::env::temp_dir().join(format!("portwatch-man-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        man_pages(&dir).unwrap();
+        let page = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        assert!(page("portwatch.1").contains(".TH portwatch 1"));
+        assert!(page("portwatch-trace.1").contains("metrics"));
+        assert!(!dir.join("portwatch-completions.1").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -38,7 +38,8 @@ fn run(command: cli::Command) -> anyhow::Result<()> {
     match command {
         cli::Command::Trace(config) => run_trace(config),
         cli::Command::Completions(shell) => print(&cli::completions(shell)),
-        cli::Command::Man => print(&cli::man_page()?),
+        cli::Command::Man(dir) => cli::man_pages(&dir)
+            .map_err(|err| anyhow::anyhow!("writing man pages to {}: {err}", dir.display())),
     }
 }
 
