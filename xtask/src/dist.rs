@@ -167,7 +167,10 @@ fn check_installed() -> anyhow::Result<()> {
 
 fn apt(args: &[&str]) -> anyhow::Result<()> {
     let mut apt = Command::new("apt-get");
-    apt.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    // Other jobs on the machine may hold dpkg's lock for a while: wait for it, don't fail.
+    apt.args(["-o", "DPkg::Lock::Timeout=300"])
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive");
     project::succeed(apt)
 }
 
