@@ -4,9 +4,15 @@
 //! Tracing is the default command: `portwatch --port 60312` and `portwatch trace --port 60312`
 //! are the same. The one-shot and offline commands are subcommands.
 
-use std::{collections::HashSet, ops::RangeInclusive, path::PathBuf, time::Duration};
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    ops::RangeInclusive,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::{
     event::{Kind, Proto},
@@ -42,6 +48,18 @@ enum CommandArgs {
         /// The capture's files, in any order (FILE FILE.1.gz ...).
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+    },
+    /// Print a shell completion script for portwatch (for packaging).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write portwatch's man pages, one per command, into DIR (for packaging).
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
@@ -117,6 +135,9 @@ struct TraceArgs {
     /// Report when this share of a namespace's ephemeral range is in use (0: never).
     #[arg(long, value_name = "PCT", default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
     pressure: u8,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9834.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -153,6 +174,10 @@ pub enum Format {
 pub enum Command {
     Trace(Box<Config>),
     Verify(Vec<PathBuf>),
+    /// Generated from these definitions, so packaged docs never drift from the binary.
+    Completions(clap_complete::Shell),
+    /// The directory to write the man pages into.
+    Man(PathBuf),
 }
 
 impl Command {
@@ -173,8 +198,22 @@ impl Command {
                 Ok(Command::Trace(Box::new(Config::from_parsed(args)?)))
             }
             Some(CommandArgs::Verify { files }) => Ok(Command::Verify(files)),
+            Some(CommandArgs::Completions { shell }) => Ok(Command::Completions(shell)),
+            Some(CommandArgs::Man { dir }) => Ok(Command::Man(dir)),
         }
     }
+}
+
+/// The completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "portwatch", &mut script);
+    script
+}
+
+/// Writes `portwatch.1` and one page per visible subcommand (`portwatch-trace.1`...) into `dir`.
+pub fn man_pages(dir: &Path) -> std::io::Result<()> {
+    clap_mangen::generate_to(Cli::command(), dir)
 }
 
 /// Everything the tracer needs to know, validated.
@@ -202,6 +241,8 @@ pub struct Config {
     pub audit: bool,
     /// Percent of the ephemeral range in use that makes a `pressure` event; 0: off.
     pub pressure_pct: u8,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -273,6 +314,7 @@ impl Config {
             quiet: args.quiet,
             audit: args.audit,
             pressure_pct: args.pressure,
+            metrics: args.metrics,
         })
     }
 
@@ -479,6 +521,7 @@ mod tests {
         assert!(error(&["--output", "f", "--rotate-size", "10X"]).contains("unknown unit"));
         assert!(error(&["--output", "f", "--rotate-size", "100"]).contains("at least 4K"));
         assert!(error(&["--seal"]).contains("--output"));
+        assert!(error(&["--metrics", "9834"]).contains("invalid socket address"));
     }
 
     #[test]
@@ -518,5 +561,26 @@ mod tests {
         );
         assert_eq!(config.filters(), ["pid=7", "events=fail"]);
         assert_eq!(parse_size("1g"), Ok(1 << 30));
+    }
+
+    #[test]
+    fn metrics_takes_an_address_and_port() {
+        let with = config(&["--metrics", "127.0.0.1:9834"]);
+        assert_eq!(with.metrics, Some("127.0.0.1:9834".parse().unwrap()));
+        assert_eq!(config(&[]).metrics, None);
+    }
+
+    #[test]
+    fn packaging_output_is_generated_from_these_definitions() {
+        let bash = String::from_utf8(completions(clap_complete::Shell::Bash)).unwrap();
+        assert!(bash.contains("--metrics"));
+        let dir = std::env::temp_dir().join(format!("portwatch-man-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        man_pages(&dir).unwrap();
+        let page = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        assert!(page("portwatch.1").contains(".TH portwatch 1"));
+        assert!(page("portwatch-trace.1").contains("metrics"));
+        assert!(!dir.join("portwatch-completions.1").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,6 +10,7 @@ mod enrich;
 mod event;
 mod holders;
 mod loader;
+mod metrics_server;
 mod ports;
 mod pressure;
 mod privileges;
@@ -19,7 +20,7 @@ mod stream;
 mod trace;
 mod verify;
 
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 fn main() -> ExitCode {
     let command = match cli::Command::from_args() {
@@ -30,10 +31,7 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        cli::Command::Trace(config) => match run_trace(*config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => fail(&err, ExitCode::FAILURE),
-        },
+        cli::Command::Trace(config) => exit_code(run_trace(*config)),
         cli::Command::Verify(files) => match verify::verify(&files) {
             Ok(verify::Verdict::Whole(report)) => {
                 println!("portwatch verify: {report}");
@@ -45,6 +43,18 @@ fn main() -> ExitCode {
             }
             Err(err) => fail(&err.into(), ExitCode::from(2)),
         },
+        cli::Command::Completions(shell) => exit_code(print(&cli::completions(shell))),
+        cli::Command::Man(dir) => exit_code(
+            cli::man_pages(&dir)
+                .map_err(|err| anyhow::anyhow!("writing man pages to {}: {err}", dir.display())),
+        ),
+    }
+}
+
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err, ExitCode::FAILURE),
     }
 }
 
@@ -54,23 +64,33 @@ fn fail(err: &anyhow::Error, code: ExitCode) -> ExitCode {
     code
 }
 
+/// Writes generated text to stdout; a reader that stops early (`| head`) is not an error.
+fn print(text: &[u8]) -> anyhow::Result<()> {
+    match std::io::stdout().write_all(text) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(err.into()),
+        _ => Ok(()),
+    }
+}
+
 fn run_trace(config: cli::Config) -> anyhow::Result<()> {
     privileges::check()?;
     privileges::raise_memlock_limit();
     if config.check {
         return trace::check(&config);
     }
-    // Before any eBPF work: a capture file that cannot be written is one sentence, at once.
+    // Before any eBPF work: a capture file that cannot be written or a metrics address that
+    // cannot be bound is one sentence, at once.
     let output = config
         .output
         .as_ref()
         .map(|options| sink::open_output(&options.path))
         .transpose()?;
+    let metrics = config.metrics.map(metrics_server::bind).transpose()?;
     // Before the runtime starts: the loader forks, which is only sound single-threaded.
     let loaded = loader::load(&config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|err| anyhow::anyhow!("starting the async runtime: {err}"))?;
-    runtime.block_on(trace::run(config, loaded, output))
+    runtime.block_on(trace::run(config, loaded, output, metrics))
 }

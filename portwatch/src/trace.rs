@@ -26,8 +26,9 @@ use crate::{
     event::{Event, Kind},
     holders::Holders,
     loader::Loaded,
+    metrics_server, ports,
     pressure::PressureWatch,
-    sink::{FileSink, JsonSink, Sink, Sinks, TableSink},
+    sink::{FileSink, JsonSink, MetricsSink, Sink, Sinks, TableSink},
     snapshot,
     stream::Stream,
 };
@@ -35,10 +36,13 @@ use crate::{
 /// How often the lost-event counter is read while events flow.
 const LOST_POLL: Duration = Duration::from_millis(500);
 
+/// `output`: the capture file opened for `--output`; `metrics`: the bound `--metrics`
+/// listener. Both are opened before loading, so a bad path or address fails at once.
 pub async fn run(
     config: Config,
     loaded: Loaded,
     output: Option<(File, u64)>,
+    metrics: Option<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
     if config.backend == BackendArg::Auto {
         for reason in &loaded.passed_over {
@@ -70,6 +74,12 @@ pub async fn run(
         let sink = FileSink::start(options.clone(), header, file)
             .with_context(|| format!("starting the capture in {}", options.path.display()))?;
         sinks.push(Box::new(sink));
+    }
+    if let Some(listener) = metrics {
+        let (metrics, registry) = MetricsSink::new(&backend, ports::ephemeral().ok())
+            .context("setting up the metrics")?;
+        metrics_server::serve(listener, registry)?;
+        sinks.push(Box::new(metrics));
     }
     let mut pipeline = Pipeline::new(Sinks(sinks), clock, &config);
     // Holders are read after the hooks attach, so no change falls between snapshot and trace,

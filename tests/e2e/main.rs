@@ -11,6 +11,7 @@ mod cli;
 mod connect;
 mod expect;
 mod failures;
+mod fleet;
 mod holders;
 mod lifetimes;
 mod pressure;
@@ -85,6 +86,14 @@ const SCENARIOS: &[Scenario] = &[
         lifetimes::ring_buffer_overflow_is_counted,
     ),
     ("--count stops the trace", cli::count_stops_the_trace),
+    (
+        "metrics count own traffic",
+        fleet::metrics_count_own_traffic,
+    ),
+    (
+        "prometheus scrapes metrics",
+        fleet::prometheus_scrapes_metrics,
+    ),
     (
         "closed pipe is a clean exit",
         cli::closed_pipe_is_a_clean_exit,

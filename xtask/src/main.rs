@@ -4,6 +4,7 @@
 //! starts without it and the userspace build embeds the kernel programs.
 
 mod bench;
+mod dist;
 mod project;
 mod soak;
 mod toolchain;
@@ -42,6 +43,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// A long capture under steady churn: rotation, SIGHUP, verify, RSS and maps over time.
     Soak(soak::SoakArgs),
+    /// Build the Debian package (binary, systemd unit, completions, man page) into target/dist.
+    Dist(dist::DistArgs),
 }
 
 fn main() {
@@ -60,5 +63,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::VmTest(args) => vm::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Soak(args) => soak::run(args),
+        Command::Dist(args) => dist::run(args),
     }
 }

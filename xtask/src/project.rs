@@ -26,7 +26,7 @@ pub fn cargo(toolchain_arg: Option<&str>) -> Command {
     command
 }
 
-fn succeed(mut command: Command) -> anyhow::Result<()> {
+pub fn succeed(mut command: Command) -> anyhow::Result<()> {
     let status = command
         .status()
         .with_context(|| format!("running {command:?}"))?;
@@ -36,7 +36,7 @@ fn succeed(mut command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

@@ -1,14 +1,16 @@
-//! Printers. Each takes decoded events and writes them to any `Write`; none knows where events
-//! come from. Output is buffered by the caller and flushed when the stream goes idle.
+//! Sinks: the printers, which write decoded events to any `Write`, and the metrics. None knows
+//! where events come from. Output is buffered by the caller and flushed when the stream goes idle.
 
 mod file;
 pub mod json;
+mod metrics;
 mod table;
 
 use std::io;
 
 pub use file::{FileOptions, FileSink, open_output};
 pub use json::JsonSink;
+pub use metrics::MetricsSink;
 pub use table::TableSink;
 
 use crate::{capture::Summary, clock::Timestamp, event::Event, pressure::Pressure};
