@@ -31,6 +31,11 @@ impl PortSet {
         Self { ranges: merged }
     }
 
+    /// Sorted, disjoint and not adjacent.
+    pub fn ranges(&self) -> &[RangeInclusive<u16>] {
+        &self.ranges
+    }
+
     pub fn contains(&self, port: u16) -> bool {
         self.ranges.iter().any(|range| range.contains(&port))
     }

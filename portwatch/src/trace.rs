@@ -17,7 +17,7 @@ use crate::{
     event::{Event, Kind, Proto},
     loader::Loaded,
     sink::{JsonSink, Sink, TableSink},
-    snapshot,
+    snapshot::{self, Family},
     stream::Stream,
 };
 
@@ -157,19 +157,18 @@ impl Pipeline {
     }
 
     fn report_holders(&mut self, config: &Config) -> anyhow::Result<()> {
-        let held = snapshot::held(|proto, addr, port| {
-            config.protos.contains(&proto)
-                && (if addr.is_ipv4() {
-                    config.ipv4
-                } else {
-                    config.ipv6
-                })
-                && config
-                    .ports
-                    .as_ref()
-                    .is_none_or(|ports| ports.contains(port))
+        let held = snapshot::held(&snapshot::Query {
+            ports: config.ports.clone(),
+            protos: config.protos.iter().copied().collect(),
+            families: [(config.ipv4, Family::Ipv4), (config.ipv6, Family::Ipv6)]
+                .into_iter()
+                .filter_map(|(wanted, family)| wanted.then_some(family))
+                .collect(),
         });
-        for event in held {
+        for note in &held.notes {
+            eprintln!("portwatch: note: {note}");
+        }
+        for event in held.events {
             self.deliver(&event, config)?;
             // Only holders with a process can name a claimer (TIME_WAIT sockets have none).
             if event.pid != 0 {
