@@ -13,6 +13,7 @@ mod sink;
 mod snapshot;
 mod stream;
 mod trace;
+mod who;
 
 use std::process::ExitCode;
 
@@ -24,19 +25,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("portwatch: {err:#}");
-            ExitCode::FAILURE
-        }
+    match command {
+        cli::Command::Trace(config) => exit_code(run_trace(config).map(|()| ExitCode::SUCCESS), 1),
+        cli::Command::Who(config) => exit_code(who::run(&config), who::ERROR),
     }
 }
 
-fn run(command: cli::Command) -> anyhow::Result<()> {
-    match command {
-        cli::Command::Trace(config) => run_trace(config),
-    }
+/// The command's own exit code, or `on_error` after printing the error in one sentence.
+fn exit_code(outcome: anyhow::Result<ExitCode>, on_error: u8) -> ExitCode {
+    outcome.unwrap_or_else(|err| {
+        eprintln!("portwatch: {err:#}");
+        ExitCode::from(on_error)
+    })
 }
 
 fn run_trace(config: cli::Config) -> anyhow::Result<()> {

@@ -126,7 +126,7 @@ mod tests {
                 BC_JMP => OP_LEN,
                 other => return Err(format!("unexpected op {other} at {at}")),
             };
-            if no < min_len || no > len + 4 || no % 4 != 0 {
+            if no < min_len || no > len + 4 || !no.is_multiple_of(4) {
                 return Err(format!("bad no {no} at {at}"));
             }
             if no < len && !on_yes_chain(at + no) {
@@ -135,7 +135,7 @@ mod tests {
                     at + no
                 ));
             }
-            if yes < min_len || yes > len + 4 || yes % 4 != 0 {
+            if yes < min_len || yes > len + 4 || !yes.is_multiple_of(4) {
                 return Err(format!("bad yes {yes} at {at}"));
             }
             at += yes;

@@ -19,9 +19,12 @@ use crate::{
 
 /// `TCP_NEW_SYN_RECV`: a connection request still being handshaken, on its listener's port.
 const TCP_NEW_SYN_RECV: u8 = 12;
-/// `TCP_BOUND_INACTIVE`: bound, neither listening nor connected. Reported since Linux 6.8
-/// ("tcp: Dump bound-only sockets in inet_diag"); /proc/net/tcp never lists these.
+/// `TCP_BOUND_INACTIVE`: asks for sockets bound but neither listening nor connected, which
+/// sock_diag lists since Linux 6.8 ("tcp: Dump bound-only sockets in inet_diag") and
+/// /proc/net/tcp never does. Such sockets come back in state `TCP_CLOSE` (7), the only TCP
+/// sockets in that state a dump returns.
 const TCP_BOUND_INACTIVE: u8 = 13;
+const TCP_CLOSE: u8 = 7;
 const BOUND_INACTIVE_SINCE: (u32, u32) = (6, 8);
 
 /// Which sockets to ask for.
@@ -125,12 +128,19 @@ pub fn take(query: &Query) -> Result<Snapshot, SnapshotError> {
             owners: owners.by_inode.remove(&socket.inode).unwrap_or_default(),
         })
         .collect();
+    // Per port and protocol: listeners and other unconnected sockets, then connections, then
+    // TIME_WAIT, as a person reads them.
+    let rank = |state: &str| match state {
+        "listen" | "unconnected" | "bound_inactive" => 0,
+        "time_wait" => 2,
+        _ => 1,
+    };
     sockets.sort_by_key(|socket| {
         (
             socket.local.port(),
             socket.proto.name(),
+            rank(socket.state),
             socket.local,
-            socket.state,
             socket.remote,
         )
     });
@@ -209,12 +219,11 @@ pub fn state_name(proto: Proto, code: u8) -> &'static str {
         (_, 4) => "fin_wait1",
         (_, 5) => "fin_wait2",
         (_, 6) => "time_wait",
-        (_, 7) => "close",
+        (_, TCP_CLOSE | TCP_BOUND_INACTIVE) => "bound_inactive",
         (_, 8) => "close_wait",
         (_, 9) => "last_ack",
         (_, 10) => "listen",
         (_, 11) => "closing",
-        (_, TCP_BOUND_INACTIVE) => "bound_inactive",
         _ => "unknown",
     }
 }
@@ -309,7 +318,7 @@ mod tests {
     #[test]
     fn names_states_per_protocol() {
         assert_eq!(state_name(Proto::Udp, 7), "unconnected");
-        assert_eq!(state_name(Proto::Tcp, 7), "close");
+        assert_eq!(state_name(Proto::Tcp, 7), "bound_inactive");
         assert_eq!(state_name(Proto::Tcp, 13), "bound_inactive");
         assert_eq!(state_name(Proto::Tcp, 12), "syn_recv");
         assert_eq!(tcp_states(), 0x3ffe);
