@@ -130,6 +130,7 @@ pub fn who_time_wait() -> Outcome {
             ("remote_addr", "127.0.0.1".into()),
             ("remote_port", server_port.into()),
             ("pid", Value::Null),
+            ("uid", Value::Null),
             ("no_process", "kernel".into()),
         ],
     )

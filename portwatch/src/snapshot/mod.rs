@@ -19,6 +19,7 @@ use crate::{
 
 /// `TCP_NEW_SYN_RECV`: a connection request still being handshaken, on its listener's port.
 const TCP_NEW_SYN_RECV: u8 = 12;
+const TCP_TIME_WAIT: u8 = 6;
 /// `TCP_BOUND_INACTIVE`: asks for sockets bound but neither listening nor connected, which
 /// sock_diag lists since Linux 6.8 ("tcp: Dump bound-only sockets in inet_diag") and
 /// /proc/net/tcp never does. Such sockets come back in state `TCP_CLOSE` (7), the only TCP
@@ -43,8 +44,9 @@ pub struct Socket {
     pub state: &'static str,
     pub local: SocketAddr,
     pub remote: Option<SocketAddr>,
-    /// The socket's owner (its creator's uid), known even when its process is not.
-    pub uid: u32,
+    /// The socket's owner (its creator's uid), known even when its process is not; None for
+    /// TIME_WAIT sockets and connection requests, for which the kernel reports no owner.
+    pub uid: Option<u32>,
     /// 0 when no file refers to the socket (TIME_WAIT, connection requests, orphans).
     pub inode: u32,
     /// Every process holding the socket, in ascending pid order; empty when none was found.
@@ -123,7 +125,7 @@ pub fn take(query: &Query) -> Result<Snapshot, SnapshotError> {
             state: state_name(socket.proto, socket.state),
             local: socket.local,
             remote: socket.remote,
-            uid: socket.uid,
+            uid: (!matches!(socket.state, TCP_TIME_WAIT | TCP_NEW_SYN_RECV)).then_some(socket.uid),
             inode: socket.inode,
             owners: owners.by_inode.remove(&socket.inode).unwrap_or_default(),
         })
@@ -185,7 +187,7 @@ pub fn held(query: &Query) -> Held {
                 pid: owner.map_or(0, |owner| owner.pid),
                 tid: owner.map_or(0, |owner| owner.pid),
                 comm: owner.map_or(String::new(), |owner| owner.comm.clone()),
-                uid: socket.uid,
+                uid: socket.uid.unwrap_or(0),
                 how: None,
                 errno: None,
                 held_ns: None,
@@ -218,7 +220,7 @@ pub fn state_name(proto: Proto, code: u8) -> &'static str {
         (_, 3) | (_, TCP_NEW_SYN_RECV) => "syn_recv",
         (_, 4) => "fin_wait1",
         (_, 5) => "fin_wait2",
-        (_, 6) => "time_wait",
+        (_, TCP_TIME_WAIT) => "time_wait",
         (_, TCP_CLOSE | TCP_BOUND_INACTIVE) => "bound_inactive",
         (_, 8) => "close_wait",
         (_, 9) => "last_ack",

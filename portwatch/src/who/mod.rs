@@ -125,7 +125,7 @@ fn gather(ports: &[u16]) -> anyhow::Result<Report> {
                 hidden += usize::from(missing == Some(Missing::Hidden));
                 Holder {
                     socket: socket.clone(),
-                    user: process::user_name(socket.uid),
+                    user: socket.uid.and_then(process::user_name),
                     processes: socket
                         .owners
                         .iter()

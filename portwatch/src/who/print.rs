@@ -120,7 +120,8 @@ fn row(holder: &Holder, out: &mut impl Write) -> io::Result<()> {
     let user = holder
         .user
         .clone()
-        .unwrap_or_else(|| socket.uid.to_string());
+        .or_else(|| socket.uid.map(|uid| uid.to_string()))
+        .unwrap_or_else(|| "-".to_string());
     writeln!(
         out,
         "{proto:<6} {:<15} {:<28} {remote:<28} {pid:<8} {comm:<16} {user:<10} {up}",
@@ -200,7 +201,7 @@ mod tests {
                 state: "listen",
                 local: "127.0.0.1:60312".parse().unwrap(),
                 remote: None,
-                uid: 0,
+                uid: Some(0),
                 inode: 42,
                 owners: Vec::new(),
             },
@@ -218,11 +219,11 @@ mod tests {
                 state: "time_wait",
                 local: "[::1]:60312".parse().unwrap(),
                 remote: Some("[::1]:41000".parse().unwrap()),
-                uid: 0,
+                uid: None,
                 inode: 0,
                 owners: Vec::new(),
             },
-            user: Some("root".into()),
+            user: None,
             processes: Vec::new(),
             missing: Some(Missing::Kernel),
         };
@@ -306,6 +307,7 @@ mod tests {
         assert_eq!(ports[0]["sockets"][0]["remote_addr"], Value::Null);
         assert_eq!(ports[0]["sockets"][1]["pid"], Value::Null);
         assert_eq!(ports[0]["sockets"][1]["no_process"], "kernel");
+        assert_eq!(ports[0]["sockets"][1]["uid"], Value::Null);
         assert_eq!(ports[0]["sockets"][1]["remote_port"], 41000);
         assert_eq!(ports[1]["held"], false);
         assert_eq!(ports[1]["hint"], Value::Null);
