@@ -102,9 +102,6 @@ pub fn take(query: &Query) -> Result<Snapshot, SnapshotError> {
     }
     let mut notes = Vec::new();
     if query.protos.contains(&Proto::Tcp)
-        && !found
-            .iter()
-            .any(|socket| socket.state == TCP_BOUND_INACTIVE)
         && let Some(release) = kernel_release().filter(|release| !lists_bound_inactive(release))
     {
         notes.push(format!(

@@ -34,7 +34,7 @@ pub struct Report {
 pub struct PortReport {
     pub port: u16,
     pub class: IanaClass,
-    /// None when this host has no /etc/services.
+    /// None when this host has no readable /etc/services.
     pub services: Option<Vec<services::Service>>,
     pub holders: Vec<Holder>,
 }
@@ -107,6 +107,10 @@ fn gather(ports: &[u16]) -> anyhow::Result<Report> {
     let policy = EphemeralPolicy::read()
         .map_err(|err| notes.push(format!("this host's ephemeral range is unknown: {err}")))
         .ok();
+    let services_table = services::read()
+        .map_err(|err| notes.push(format!("{err}; no service names")))
+        .ok()
+        .flatten();
     let hidden_possible = snapshot.unreadable_processes > 0;
     let mut hidden = 0;
     let mut reports = Vec::new();
@@ -142,7 +146,9 @@ fn gather(ports: &[u16]) -> anyhow::Result<Report> {
         reports.push(PortReport {
             port,
             class: IanaClass::of(port),
-            services: services::named(port)?,
+            services: services_table
+                .as_deref()
+                .map(|table| services::on_port(table, port)),
             holders,
         });
     }

@@ -12,10 +12,10 @@ pub struct Service {
     pub aliases: Vec<String>,
 }
 
-/// The services named for `port`, or None when the file does not exist.
-pub fn named(port: u16) -> io::Result<Option<Vec<Service>>> {
+/// This host's services table, or None when the file does not exist.
+pub fn read() -> io::Result<Option<String>> {
     match fs::read_to_string(SERVICES_FILE) {
-        Ok(text) => Ok(Some(on_port(&text, port))),
+        Ok(text) => Ok(Some(text)),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(io::Error::new(
             err.kind(),
@@ -24,8 +24,10 @@ pub fn named(port: u16) -> io::Result<Option<Vec<Service>>> {
     }
 }
 
-fn on_port(text: &str, port: u16) -> Vec<Service> {
-    text.lines()
+/// The services `table` names for `port`.
+pub fn on_port(table: &str, port: u16) -> Vec<Service> {
+    table
+        .lines()
         .filter_map(parse_line)
         .filter(|(p, _)| *p == port)
         .map(|(_, s)| s)
