@@ -149,13 +149,15 @@ pub fn who_free_port() -> Outcome {
     )
 }
 
-/// Whether this kernel's sock_diag lists bound-only TCP sockets (Linux 6.8 and later).
-fn lists_bound_inactive() -> bool {
+/// Whether portwatch can see bound-only TCP sockets here: sock_diag lists them since Linux 6.8,
+/// unless portwatch had to fall back to /proc/net/tcp (said in `stderr`), which never does.
+fn lists_bound_inactive(stderr: &str) -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut numbers = release
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|part| part.parse::<u32>().ok());
     (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (6, 8)
+        && !stderr.contains("/proc/net/tcp")
 }
 
 /// A TCP socket bound but neither listening nor connected: shown where the kernel lists such
@@ -165,7 +167,7 @@ pub fn who_bound_not_listening() -> Outcome {
     let socket = Socket::new(Kind::Tcp, V4)?;
     socket.bind(port)?;
     let answer = who(port, false)?;
-    if lists_bound_inactive() {
+    if lists_bound_inactive(&answer.stderr) {
         only_socket(
             &answer,
             &[
@@ -216,7 +218,7 @@ pub fn held_bound_not_listening() -> Outcome {
     socket.close();
     let trace = tracer.stop();
     let events = trace.on_port(port);
-    if !lists_bound_inactive() {
+    if !lists_bound_inactive(&trace.stderr.join("\n")) {
         return check(
             trace
                 .stderr

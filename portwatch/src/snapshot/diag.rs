@@ -42,6 +42,15 @@ pub enum Family {
     Ipv6,
 }
 
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6",
+        }
+    }
+}
+
 /// Dumps the sockets of `proto` and `family` in any of `states` (a bitmask of `1 << state`)
 /// that pass `bytecode` (None: every socket).
 pub fn dump(

@@ -5,6 +5,7 @@
 mod bytecode;
 mod diag;
 mod owners;
+mod procnet;
 
 use std::{collections::HashSet, net::SocketAddr};
 
@@ -63,11 +64,11 @@ pub struct Snapshot {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("asking the kernel for {} {family:?} sockets (sock_diag netlink): {source}", proto.name())]
+#[error("reading this namespace's {} {} sockets: {cause}", proto.name(), family.name())]
 pub struct SnapshotError {
     proto: Proto,
     family: Family,
-    source: std::io::Error,
+    cause: std::io::Error,
 }
 
 /// The sockets matching `query` now, sorted by port, protocol, address and state.
@@ -76,32 +77,61 @@ pub fn take(query: &Query) -> Result<Snapshot, SnapshotError> {
         .ports
         .as_ref()
         .map(|ports| bytecode::local_port_in(ports.ranges()));
+    let wanted = |port: u16| {
+        query
+            .ports
+            .as_ref()
+            .is_none_or(|ports| ports.contains(port))
+    };
     let mut found = Vec::new();
+    let mut without_sock_diag = Vec::new();
     for &proto in &query.protos {
         for &family in &query.families {
             let states = match proto {
                 Proto::Tcp => tcp_states(),
                 Proto::Udp => u32::MAX,
             };
-            let dumped =
-                diag::dump(proto, family, states, program.as_deref()).map_err(|source| {
-                    SnapshotError {
-                        proto,
-                        family,
-                        source,
+            let dumped = match diag::dump(proto, family, states, program.as_deref()) {
+                // No sock_diag handler for this protocol on this kernel.
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
+                    if !without_sock_diag.contains(&proto) {
+                        without_sock_diag.push(proto);
                     }
-                })?;
+                    procnet::dump(proto, family, wanted)
+                }
+                other => other,
+            }
+            .map_err(|cause| SnapshotError {
+                proto,
+                family,
+                cause,
+            })?;
             // A covering program may pass a few ports around the wanted ones.
-            found.extend(dumped.into_iter().filter(|socket| {
-                query
-                    .ports
-                    .as_ref()
-                    .is_none_or(|ports| ports.contains(socket.local.port()))
-            }));
+            found.extend(
+                dumped
+                    .into_iter()
+                    .filter(|socket| wanted(socket.local.port())),
+            );
         }
     }
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = without_sock_diag
+        .iter()
+        .map(|proto| {
+            let name = proto.name();
+            format!(
+                "this kernel's sock_diag cannot list {name} sockets (no inet_diag/{name}_diag \
+                 module loaded, and none could be): read /proc/net/{name} instead{}",
+                if *proto == Proto::Tcp {
+                    ", which lists no TCP sockets that are bound but neither listening nor \
+                     connected"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
     if query.protos.contains(&Proto::Tcp)
+        && !without_sock_diag.contains(&Proto::Tcp)
         && let Some(release) = kernel_release().filter(|release| !lists_bound_inactive(release))
     {
         notes.push(format!(
