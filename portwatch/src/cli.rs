@@ -61,6 +61,19 @@ enum CommandArgs {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+    /// What these ports are and who holds them now (one shot, no eBPF). Exit 0: something
+    /// holds a port; 1: all are free; 2: error.
+    Who(WhoArgs),
+}
+
+#[derive(Args, Debug)]
+struct WhoArgs {
+    /// Ports to look up.
+    #[arg(value_name = "PORT", required = true, value_parser = ports::parse_port)]
+    ports: Vec<u16>,
+    /// One JSON object per port instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -178,6 +191,7 @@ pub enum Command {
     Completions(clap_complete::Shell),
     /// The directory to write the man pages into.
     Man(PathBuf),
+    Who(WhoConfig),
 }
 
 impl Command {
@@ -200,6 +214,34 @@ impl Command {
             Some(CommandArgs::Verify { files }) => Ok(Command::Verify(files)),
             Some(CommandArgs::Completions { shell }) => Ok(Command::Completions(shell)),
             Some(CommandArgs::Man { dir }) => Ok(Command::Man(dir)),
+            Some(CommandArgs::Who(args)) => Ok(Command::Who(WhoConfig::from_parsed(args))),
+        }
+    }
+}
+
+/// What `who` looks up, validated.
+#[derive(Clone, Debug)]
+pub struct WhoConfig {
+    /// In the order given, each once.
+    pub ports: Vec<u16>,
+    pub format: Format,
+}
+
+impl WhoConfig {
+    fn from_parsed(args: WhoArgs) -> Self {
+        let mut ports = Vec::new();
+        for port in args.ports {
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        WhoConfig {
+            ports,
+            format: if args.json {
+                Format::Json
+            } else {
+                Format::Table
+            },
         }
     }
 }
@@ -504,6 +546,20 @@ mod tests {
         assert_eq!(config.count, Some(3));
         assert_eq!(config.format, Format::Json);
         assert_eq!(config.backend, BackendArg::Tracepoint);
+    }
+
+    #[test]
+    fn who_takes_ports_once_each_in_order() {
+        match command(&["who", "60312", "80", "60312", "--json"]).unwrap() {
+            Command::Who(config) => {
+                assert_eq!(config.ports, [60312, 80]);
+                assert_eq!(config.format, Format::Json);
+            }
+            other => panic!("expected who, got {other:?}"),
+        }
+        assert!(error(&["who"]).contains("PORT"));
+        assert!(error(&["who", "0"]).contains("port 0"));
+        assert!(error(&["who", "80-90"]).contains("not a port number"));
     }
 
     #[test]

@@ -26,13 +26,11 @@ pub struct AuditCache {
 
 impl AuditCache {
     pub fn new() -> Self {
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         Self {
             entries: HashMap::new(),
             order: VecDeque::new(),
             users: read_users(),
-            ticks_per_second: u64::try_from(ticks).unwrap_or(100).max(1),
+            ticks_per_second: ticks_per_second(),
         }
     }
 
@@ -91,12 +89,31 @@ impl AuditCache {
     }
 }
 
-/// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot. The
+/// Fields 4 (ppid) and 22 (start time in clock ticks since boot) of /proc/<pid>/stat. The
 /// command name (field 2) may hold spaces and parentheses, so fields count from the last ')'.
-fn start_ticks(pid: u32) -> Option<u64> {
+fn stat_fields(pid: u32) -> Option<(u32, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let ppid = fields.nth(1)?.parse().ok()?;
+    let start = fields.nth(17)?.parse().ok()?;
+    Some((ppid, start))
+}
+
+fn start_ticks(pid: u32) -> Option<u64> {
+    stat_fields(pid).map(|(_, start)| start)
+}
+
+fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).unwrap_or(100).max(1)
+}
+
+/// A process's parent and start time (CLOCK_BOOTTIME ns, to the clock tick), for sockets found
+/// at start-up, whose claim the kernel programs never saw.
+pub fn parent_and_start(pid: u32) -> Option<(u32, u64)> {
+    let (ppid, ticks) = stat_fields(pid)?;
+    Some((ppid, ticks * (1_000_000_000 / ticks_per_second())))
 }
 
 fn read_cmdline(path: &str) -> Option<String> {

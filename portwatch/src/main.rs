@@ -19,6 +19,7 @@ mod snapshot;
 mod stream;
 mod trace;
 mod verify;
+mod who;
 
 use std::{io::Write as _, process::ExitCode};
 
@@ -31,37 +32,42 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        cli::Command::Trace(config) => exit_code(run_trace(*config)),
-        cli::Command::Verify(files) => match verify::verify(&files) {
-            Ok(verify::Verdict::Whole(report)) => {
-                println!("portwatch verify: {report}");
-                ExitCode::SUCCESS
-            }
-            Ok(verify::Verdict::Broken { path, line, reason }) => {
-                println!("portwatch verify: {path}:{line}: {reason}");
-                ExitCode::FAILURE
-            }
-            Err(err) => fail(&err.into(), ExitCode::from(2)),
-        },
-        cli::Command::Completions(shell) => exit_code(print(&cli::completions(shell))),
+        cli::Command::Trace(config) => exit_code(run_trace(*config).map(|()| ExitCode::SUCCESS), 1),
+        cli::Command::Verify(files) => exit_code(run_verify(&files), 2),
+        cli::Command::Who(config) => exit_code(who::run(&config), who::ERROR),
+        cli::Command::Completions(shell) => exit_code(
+            print(&cli::completions(shell)).map(|()| ExitCode::SUCCESS),
+            1,
+        ),
         cli::Command::Man(dir) => exit_code(
             cli::man_pages(&dir)
+                .map(|()| ExitCode::SUCCESS)
                 .map_err(|err| anyhow::anyhow!("writing man pages to {}: {err}", dir.display())),
+            1,
         ),
     }
 }
 
-fn exit_code(result: anyhow::Result<()>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => fail(&err, ExitCode::FAILURE),
-    }
+/// The command's own exit code, or `on_error` after printing the error in one sentence.
+fn exit_code(outcome: anyhow::Result<ExitCode>, on_error: u8) -> ExitCode {
+    outcome.unwrap_or_else(|err| {
+        eprintln!("portwatch: {err:#}");
+        ExitCode::from(on_error)
+    })
 }
 
-/// One sentence on stderr, and the command's exit code for errors.
-fn fail(err: &anyhow::Error, code: ExitCode) -> ExitCode {
-    eprintln!("portwatch: {err:#}");
-    code
+/// 0 when the capture is whole, 1 at the first place it is not.
+fn run_verify(files: &[std::path::PathBuf]) -> anyhow::Result<ExitCode> {
+    match verify::verify(files)? {
+        verify::Verdict::Whole(report) => {
+            println!("portwatch verify: {report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        verify::Verdict::Broken { path, line, reason } => {
+            println!("portwatch verify: {path}:{line}: {reason}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// Writes generated text to stdout; a reader that stops early (`| head`) is not an error.

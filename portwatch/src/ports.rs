@@ -9,6 +9,7 @@ use portwatch_ebpf::PORT_BITMAP_WORDS;
 pub const DYNAMIC: RangeInclusive<u16> = 49152..=65535;
 
 const EPHEMERAL_RANGE_FILE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+const RESERVED_PORTS_FILE: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
 /// A set of ports, as the kernel-side bitmap wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +30,11 @@ impl PortSet {
             }
         }
         Self { ranges: merged }
+    }
+
+    /// Sorted, disjoint and not adjacent.
+    pub fn ranges(&self) -> &[RangeInclusive<u16>] {
+        &self.ranges
     }
 
     pub fn contains(&self, port: u16) -> bool {
@@ -86,7 +92,8 @@ fn parse_item(item: &str) -> Result<RangeInclusive<u16>, String> {
     }
 }
 
-fn parse_port(text: &str) -> Result<u16, String> {
+/// One port, 1-65535, with the reason when it is not.
+pub fn parse_port(text: &str) -> Result<u16, String> {
     match text.trim().parse::<u32>() {
         Ok(0) => Err("port 0 is not a port (the kernel picks one for bind(0)); use 1-65535".into()),
         Ok(port) if port <= 65535 => Ok(port as u16),
@@ -113,6 +120,114 @@ pub fn parse_ephemeral(text: &str) -> Option<RangeInclusive<u16>> {
         .map(|field| field.parse::<u16>().ok());
     let (low, high) = (fields.next()??, fields.next()??);
     Some(low.min(high)..=low.max(high))
+}
+
+/// IANA's three port ranges (RFC 6335).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IanaClass {
+    WellKnown,
+    Registered,
+    Dynamic,
+}
+
+impl IanaClass {
+    pub fn of(port: u16) -> Self {
+        match port {
+            0..=1023 => IanaClass::WellKnown,
+            1024..=49151 => IanaClass::Registered,
+            _ => IanaClass::Dynamic,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IanaClass::WellKnown => "well-known",
+            IanaClass::Registered => "registered",
+            IanaClass::Dynamic => "dynamic",
+        }
+    }
+
+    pub fn range(self) -> RangeInclusive<u16> {
+        match self {
+            IanaClass::WellKnown => 0..=1023,
+            IanaClass::Registered => 1024..=49151,
+            IanaClass::Dynamic => DYNAMIC,
+        }
+    }
+}
+
+/// Where the kernel picks ports for bind(0), connect and autobind on this host: the ephemeral
+/// range minus the reserved ports. A server on a port the kernel may pick can find it taken by
+/// an outgoing connection: an intermittent `EADDRINUSE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EphemeralPolicy {
+    pub range: RangeInclusive<u16>,
+    /// `net.ipv4.ip_local_reserved_ports` (it covers IPv6 too), as written there.
+    pub reserved: Vec<RangeInclusive<u16>>,
+}
+
+impl EphemeralPolicy {
+    pub fn read() -> std::io::Result<Self> {
+        let reserved_text = std::fs::read_to_string(RESERVED_PORTS_FILE)?;
+        let reserved = parse_reserved(&reserved_text).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{RESERVED_PORTS_FILE} is not a list of ports and ranges"),
+            )
+        })?;
+        Ok(Self {
+            range: ephemeral()?,
+            reserved,
+        })
+    }
+
+    pub fn is_reserved(&self, port: u16) -> bool {
+        self.reserved.iter().any(|range| range.contains(&port))
+    }
+
+    /// Whether the kernel may hand `port` to a bind(0), connect or autobind.
+    pub fn kernel_may_pick(&self, port: u16) -> bool {
+        self.range.contains(&port) && !self.is_reserved(port)
+    }
+
+    /// What to tell a user about a server port the kernel may hand out: the classic cause of
+    /// an intermittent `EADDRINUSE`, and the command that prevents it. None for other ports.
+    pub fn reserve_hint(&self, port: u16) -> Option<String> {
+        self.kernel_may_pick(port).then(|| {
+            format!(
+                "the kernel may give port {port} to any outgoing connection or bind(0) on this \
+                 host, so a server starting on it can fail with EADDRINUSE now and then; reserve \
+                 it with `{}` (and in /etc/sysctl.d/ to keep it across reboots)",
+                self.reserve_command(port)
+            )
+        })
+    }
+
+    /// The sysctl command reserving `port` while keeping the ports reserved already (writing
+    /// the sysctl replaces the whole list).
+    pub fn reserve_command(&self, port: u16) -> String {
+        let mut ranges = self.reserved.clone();
+        ranges.push(port..=port);
+        format!(
+            "sysctl -w net.ipv4.ip_local_reserved_ports={}",
+            PortSet::new(ranges).describe()
+        )
+    }
+}
+
+/// `8080,9000-9010` as the kernel prints `ip_local_reserved_ports`; empty when none.
+fn parse_reserved(text: &str) -> Option<Vec<RangeInclusive<u16>>> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    text.split(',')
+        .map(|item| {
+            let (start, end) = item.split_once('-').unwrap_or((item, item));
+            let (start, end) = (start.trim().parse().ok()?, end.trim().parse().ok()?);
+            (start <= end).then_some(start..=end)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -156,6 +271,49 @@ mod tests {
         assert_eq!(words[1], 1);
         assert_eq!(words[1023], 1 << 63);
         assert_eq!(words.iter().map(|word| word.count_ones()).sum::<u32>(), 4);
+    }
+
+    #[test]
+    fn classes_follow_iana() {
+        assert_eq!(IanaClass::of(0), IanaClass::WellKnown);
+        assert_eq!(IanaClass::of(1023), IanaClass::WellKnown);
+        assert_eq!(IanaClass::of(1024), IanaClass::Registered);
+        assert_eq!(IanaClass::of(49151), IanaClass::Registered);
+        assert_eq!(IanaClass::of(49152), IanaClass::Dynamic);
+        assert_eq!(IanaClass::of(60312).name(), "dynamic");
+        assert_eq!(IanaClass::of(65535).range(), 49152..=65535);
+    }
+
+    #[test]
+    fn reads_the_reserved_ports_format() {
+        assert_eq!(parse_reserved("\n"), Some(vec![]));
+        assert_eq!(
+            parse_reserved("8080,9000-9010\n"),
+            Some(vec![8080..=8080, 9000..=9010])
+        );
+        assert_eq!(parse_reserved("60312"), Some(vec![60312..=60312]));
+        assert_eq!(parse_reserved("9010-9000"), None);
+        assert_eq!(parse_reserved("80,x"), None);
+        assert_eq!(parse_reserved("70000"), None);
+    }
+
+    #[test]
+    fn the_kernel_may_pick_only_unreserved_ephemeral_ports() {
+        let policy = EphemeralPolicy {
+            range: 32768..=60999,
+            reserved: vec![8080..=8080, 40000..=40010],
+        };
+        assert!(policy.kernel_may_pick(60312 - 1000));
+        assert!(!policy.kernel_may_pick(60312 + 1000));
+        assert!(!policy.kernel_may_pick(40005));
+        assert!(policy.is_reserved(8080) && !policy.kernel_may_pick(8080));
+        assert!(policy.reserve_hint(40005).is_none());
+        assert!(policy.reserve_hint(59312).unwrap().contains("EADDRINUSE"));
+        assert_eq!(
+            policy.reserve_command(60312),
+            "sysctl -w net.ipv4.ip_local_reserved_ports=8080,40000-40010,60312"
+        );
+        assert!(EphemeralPolicy::read().is_ok());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::{
     metrics_server, ports,
     pressure::PressureWatch,
     sink::{FileSink, JsonSink, MetricsSink, Sink, Sinks, TableSink},
-    snapshot,
+    snapshot::{self, Family},
     stream::Stream,
 };
 
@@ -245,19 +245,18 @@ impl Pipeline {
     }
 
     fn report_holders(&mut self, config: &Config) -> anyhow::Result<()> {
-        let held = snapshot::held(|proto, addr, port| {
-            config.protos.contains(&proto)
-                && (if addr.is_ipv4() {
-                    config.ipv4
-                } else {
-                    config.ipv6
-                })
-                && config
-                    .ports
-                    .as_ref()
-                    .is_none_or(|ports| ports.contains(port))
+        let held = snapshot::held(&snapshot::Query {
+            ports: config.ports.clone(),
+            protos: config.protos.iter().copied().collect(),
+            families: [(config.ipv4, Family::Ipv4), (config.ipv6, Family::Ipv6)]
+                .into_iter()
+                .filter_map(|(wanted, family)| wanted.then_some(family))
+                .collect(),
         });
-        for mut event in held {
+        for note in &held.notes {
+            eprintln!("portwatch: note: {note}");
+        }
+        for mut event in held.events {
             self.understand(&mut event)?;
             self.deliver(&mut event, config)?;
         }

@@ -17,6 +17,7 @@ mod lifetimes;
 mod pressure;
 mod tracer;
 mod udp;
+mod who;
 mod workload;
 
 /// A scenario's result: the first thing that did not hold, socket errors included.
@@ -85,6 +86,13 @@ const SCENARIOS: &[Scenario] = &[
         "ring buffer overflow is counted",
         lifetimes::ring_buffer_overflow_is_counted,
     ),
+    ("who tcp listener", who::who_tcp_listener),
+    ("who udp socket", who::who_udp_socket),
+    ("who TIME_WAIT socket", who::who_time_wait),
+    ("who free port", who::who_free_port),
+    ("who bound not listening", who::who_bound_not_listening),
+    ("who unprivileged", who::who_unprivileged),
+    ("held bound not listening", who::held_bound_not_listening),
     ("--count stops the trace", cli::count_stops_the_trace),
     (
         "metrics count own traffic",

@@ -27,6 +27,8 @@ pub struct Tracer {
     child: Child,
     stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
+    /// What portwatch said before its status line (notes about this kernel).
+    before_attach: Vec<String>,
     /// The backend named on the status line.
     pub backend: String,
 }
@@ -75,6 +77,7 @@ impl Tracer {
                             child,
                             stdout,
                             stderr,
+                            before_attach: seen,
                             backend,
                         });
                     }
@@ -141,7 +144,11 @@ impl Tracer {
         Trace {
             backend: self.backend,
             events,
-            stderr: collect(&self.stderr),
+            stderr: self
+                .before_attach
+                .into_iter()
+                .chain(collect(&self.stderr))
+                .collect(),
             exit_code: status.and_then(|s| s.code()),
         }
     }

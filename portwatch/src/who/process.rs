@@ -1,0 +1,90 @@
+//! What `who` tells about a holder beyond its pid and comm: its user's name and how long the
+//! process has existed.
+
+use std::{ffi::CStr, fs, time::Duration};
+
+/// The account name of `uid` through the C library (so NSS sources such as LDAP count), or
+/// None when it has none.
+pub fn user_name(uid: u32) -> Option<String> {
+    let mut entry = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut buffer = vec![0 as libc::c_char; 4096];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call: `entry` is writable passwd storage,
+    // `buffer` is writable for its length, and `found` is a writable out-pointer.
+    let status = unsafe {
+        libc::getpwuid_r(
+            uid,
+            entry.as_mut_ptr(),
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if status != 0 || found.is_null() {
+        return None;
+    }
+    // SAFETY: on success `found` points at `entry`, whose pw_name points into `buffer` as a
+    // NUL-terminated string; both outlive this borrow.
+    let name = unsafe { CStr::from_ptr((*found).pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// How long process `pid` has existed, from its start time in /proc/<pid>/stat and the uptime.
+pub fn age(pid: u32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let uptime = fs::read_to_string("/proc/uptime").ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    age_from(&stat, &uptime, u64::try_from(ticks_per_second).ok()?)
+}
+
+fn age_from(stat: &str, uptime: &str, ticks_per_second: u64) -> Option<Duration> {
+    // The command name is in parentheses and may hold spaces and parentheses itself; the fields
+    // after the last ')' start with the state (field 3); the start time is field 22.
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let start_ticks: u64 = after_comm.split_whitespace().nth(22 - 3)?.parse().ok()?;
+    let uptime: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    let started = start_ticks as f64 / ticks_per_second.max(1) as f64;
+    Some(Duration::from_secs_f64((uptime - started).max(0.0)))
+}
+
+/// `3d04h`, `5m03s`, `12s`: the two largest units.
+pub fn human(age: Duration) -> String {
+    let seconds = age.as_secs();
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m{:02}s", seconds / 60, seconds % 60),
+        3600..86400 => format!("{}h{:02}m", seconds / 3600, seconds % 3600 / 60),
+        _ => format!("{}d{:02}h", seconds / 86400, seconds % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_start_time_after_an_awkward_comm() {
+        let stat = "4242 (my (odd) cmd) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
+                    5000 123456 789 18446744073709551615";
+        assert_eq!(
+            age_from(stat, "150.50 300.00\n", 100),
+            Some(Duration::from_millis(100_500))
+        );
+        assert_eq!(age_from("garbage", "1.0 1.0", 100), None);
+    }
+
+    #[test]
+    fn this_process_is_young_and_root_is_root() {
+        assert!(age(std::process::id()).is_some_and(|age| age < Duration::from_secs(3600)));
+        assert_eq!(user_name(0).as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn ages_read_in_two_units() {
+        assert_eq!(human(Duration::from_secs(12)), "12s");
+        assert_eq!(human(Duration::from_secs(303)), "5m03s");
+        assert_eq!(human(Duration::from_secs(7260)), "2h01m");
+        assert_eq!(human(Duration::from_secs(3 * 86400 + 4 * 3600)), "3d04h");
+    }
+}
