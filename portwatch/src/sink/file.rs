@@ -12,7 +12,7 @@ use std::{
     io::{self, Write},
     os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
-    thread::JoinHandle,
+    sync::mpsc,
 };
 
 use super::{
@@ -95,6 +95,9 @@ pub fn open_output(path: &Path) -> Result<(File, u64), OpenError> {
     Ok((file, metadata.len()))
 }
 
+/// Records held in memory before they are written regardless of the stream going idle.
+const PENDING_MAX: usize = 256 * 1024;
+
 pub struct FileSink {
     options: FileOptions,
     header: Header,
@@ -108,7 +111,9 @@ pub struct FileSink {
     seq: u64,
     part: u32,
     chain: Option<Chain>,
-    compressing: Option<JoinHandle<io::Result<()>>>,
+    /// Started at the first rotation with `--compress`, then reused: one thread for the whole
+    /// capture, so a capture that runs for weeks does not start one per part.
+    compressor: Option<Compressor>,
 }
 
 impl FileSink {
@@ -130,7 +135,7 @@ impl FileSink {
             seq: 0,
             part: 0,
             chain,
-            compressing: None,
+            compressor: None,
         };
         sink.begin_part("started")?;
         Ok(sink)
@@ -166,6 +171,11 @@ impl FileSink {
     }
 
     fn append(&mut self, fields: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> io::Result<()> {
+        // A burst (a full ring buffer drained at once) must not grow the buffer, and with it the
+        // tracer's memory for the rest of the capture.
+        if self.pending.len() >= PENDING_MAX {
+            self.flush()?;
+        }
         let start = self.pending.len();
         self.seq += 1;
         write!(self.pending, "{{\"seq\":{},", self.seq)?;
@@ -200,7 +210,9 @@ impl FileSink {
         let rotated = numbered(1, false);
         // FILE may be gone already (moved by logrotate before its SIGHUP): nothing to rotate.
         if rename_if_present(path, &rotated)? && self.options.compress {
-            self.compressing = Some(std::thread::spawn(move || gzip(&rotated)));
+            self.compressor
+                .get_or_insert_with(Compressor::start)
+                .compress(rotated)?;
         }
         self.reopen_file()?;
         self.begin_part("rotated")
@@ -213,13 +225,11 @@ impl FileSink {
         Ok(())
     }
 
+    /// Waits until the part given to the compressor last is compressed.
     fn finish_compressing(&mut self) -> io::Result<()> {
-        match self.compressing.take() {
-            Some(handle) => handle
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("the compression thread panicked"))),
-            None => Ok(()),
-        }
+        self.compressor
+            .as_mut()
+            .map_or(Ok(()), Compressor::wait)
     }
 }
 
@@ -298,6 +308,51 @@ fn rename_if_present(from: &Path, to: &Path) -> io::Result<bool> {
         Ok(()) => Ok(true),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(err) => Err(context(err, "rotating", from)),
+    }
+}
+
+/// A thread that gzips rotated parts, one at a time.
+struct Compressor {
+    parts: mpsc::Sender<PathBuf>,
+    done: mpsc::Receiver<io::Result<()>>,
+    /// A part was handed over and its outcome not yet collected.
+    pending: bool,
+}
+
+impl Compressor {
+    fn start() -> Self {
+        let (parts, todo) = mpsc::channel::<PathBuf>();
+        let (report, done) = mpsc::channel();
+        std::thread::spawn(move || {
+            for part in todo {
+                if report.send(gzip(&part)).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            parts,
+            done,
+            pending: false,
+        }
+    }
+
+    fn compress(&mut self, part: PathBuf) -> io::Result<()> {
+        self.wait()?;
+        self.parts
+            .send(part)
+            .map_err(|_| io::Error::other("the compression thread ended"))?;
+        self.pending = true;
+        Ok(())
+    }
+
+    fn wait(&mut self) -> io::Result<()> {
+        if !std::mem::take(&mut self.pending) {
+            return Ok(());
+        }
+        self.done
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the compression thread ended")))
     }
 }
 
