@@ -17,7 +17,7 @@ use crate::{
     clock::Timestamp,
     event::{Event, Kind, Proto, Task},
     holders::Holders,
-    ports,
+    ports, snapshot,
 };
 
 /// How many claimers a pressure event names.
@@ -67,7 +67,7 @@ impl PressureWatch {
             threshold_pct,
             usage: HashMap::new(),
             ranges: HashMap::new(),
-            own_netns: own_netns(),
+            own_netns: snapshot::own_netns(),
         }
     }
 
@@ -135,12 +135,6 @@ impl PressureWatch {
         self.ranges.insert(event.netns, range.clone());
         range
     }
-}
-
-fn own_netns() -> Option<u32> {
-    std::fs::metadata("/proc/self/ns/net")
-        .ok()
-        .map(|meta| meta.ino() as u32)
 }
 
 /// `net.ipv4.ip_local_port_range` as network namespace `netns` sees it, read by a thread that

@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use portwatch_ebpf::How;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -23,10 +24,11 @@ use crate::{
     cli::{BackendArg, Config, Format},
     clock::{MonotonicClock, Timestamp},
     enrich::AuditCache,
-    event::{Event, Kind},
+    event::{Event, Holder, Kind},
     holders::Holders,
     loader::Loaded,
-    metrics_server, ports,
+    metrics_server,
+    ports::{self, EphemeralPolicy},
     pressure::PressureWatch,
     sink::{FileSink, JsonSink, MetricsSink, Sink, Sinks, TableSink},
     snapshot::{self, Family},
@@ -180,6 +182,10 @@ struct Pipeline {
     holders: Holders,
     audit: Option<AuditCache>,
     pressure: Option<PressureWatch>,
+    /// This host's ephemeral range and reserved ports, for the hint on a failure whose holder
+    /// got the port as an ephemeral one.
+    ephemeral: Option<EphemeralPolicy>,
+    own_netns: Option<u32>,
 }
 
 impl Pipeline {
@@ -195,6 +201,8 @@ impl Pipeline {
             holders: Holders::default(),
             audit: config.audit.then(AuditCache::new),
             pressure: (config.pressure_pct > 0).then(|| PressureWatch::new(config.pressure_pct)),
+            ephemeral: EphemeralPolicy::read().ok(),
+            own_netns: snapshot::own_netns(),
         }
     }
 
@@ -294,7 +302,15 @@ impl Pipeline {
                 }
             }
             Kind::Fail if names_a_holder(event) => {
-                event.holder = Some(self.holders.holder_for(event));
+                let holder = self.holders.holder_for(event);
+                // The policy is this namespace's; others have their own range.
+                let here = event.netns.is_none() || event.netns == self.own_netns;
+                event.hint = holder
+                    .as_ref()
+                    .filter(|holder| here && got_it_as_ephemeral(holder))
+                    .zip(self.ephemeral.as_ref())
+                    .and_then(|(_, policy)| policy.reserve_hint(event.local_port));
+                event.holder = Some(holder);
             }
             _ => {}
         }
@@ -370,6 +386,14 @@ async fn stdout_reader_gone(config: &Config) {
 fn is_pipe_or_socket(file: &File) -> bool {
     file.metadata()
         .is_ok_and(|meta| meta.file_type().is_fifo() || meta.file_type().is_socket())
+}
+
+/// Whether the kernel handed the holder its port from the ephemeral range.
+fn got_it_as_ephemeral(holder: &Holder) -> bool {
+    matches!(
+        holder.how,
+        Some(How::Connect | How::Autobind | How::BindAny)
+    )
 }
 
 /// Failures where one port was wanted and something else has it.

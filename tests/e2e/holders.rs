@@ -205,3 +205,27 @@ fn cause_conflicts(ports: &Ports) -> Outcome {
     drop((members, server));
     Ok(())
 }
+
+/// A server port inside the ephemeral range, taken by a bind(0) that the kernel happened to
+/// give it: the failure says so and how to reserve the port.
+pub fn ephemeral_holder_comes_with_a_hint() -> Outcome {
+    let me = std::process::id();
+    let taker = Socket::new(Kind::Tcp, V4)?;
+    let tracer = Tracer::start(&["--ephemeral", "--pid", &me.to_string()])?;
+    taker.bind(0)?;
+    let port = taker.local_port()?;
+    bind_must_fail(Kind::Tcp, V4, V4, port)?;
+    let trace = tracer.stop();
+    let fail = trace
+        .on_port(port)
+        .into_iter()
+        .find(|event| event["event"] == "fail")
+        .ok_or_else(|| format!("no fail on {port}: {:?}", trace.events))?;
+    check(
+        fail["holder"]["how"] == "bind-any"
+            && fail["hint"].as_str().is_some_and(|hint| {
+                hint.contains("ip_local_reserved_ports") && hint.contains(&port.to_string())
+            }),
+        || format!("the failure carries no reservation hint: {fail}"),
+    )
+}

@@ -49,6 +49,10 @@ const SCENARIOS: &[Scenario] = &[
         holders::eaddrinuse_names_its_holder,
     ),
     (
+        "ephemeral holder comes with a hint",
+        holders::ephemeral_holder_comes_with_a_hint,
+    ),
+    (
         "capture rotates under churn",
         capture::capture_rotates_under_churn,
     ),

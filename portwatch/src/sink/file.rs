@@ -227,9 +227,7 @@ impl FileSink {
 
     /// Waits until the part given to the compressor last is compressed.
     fn finish_compressing(&mut self) -> io::Result<()> {
-        self.compressor
-            .as_mut()
-            .map_or(Ok(()), Compressor::wait)
+        self.compressor.as_mut().map_or(Ok(()), Compressor::wait)
     }
 }
 

@@ -286,7 +286,8 @@ fn lists_bound_inactive(release: &str) -> bool {
     }
 }
 
-fn own_netns() -> Option<u32> {
+/// The inode of portwatch's own network namespace, as events carry it in `netns`.
+pub fn own_netns() -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self/ns/net")
         .ok()
