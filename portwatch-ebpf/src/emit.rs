@@ -1,5 +1,6 @@
 //! The one place that filters, fills identity, reserves ring-buffer space and submits.
 
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
     bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf,
@@ -194,5 +195,12 @@ pub fn submit(outcome: &Outcome, who: &Claim) {
     // After the socket's own endpoints: a failed bind's socket never got the address it asked
     // for, so the request is what the event shows.
     read_requested_address(outcome.requested, outcome.family, &mut event.local_addr);
-    entry.submit(0);
+    // Batched delivery: waking the reader for every event would cost it a context switch each.
+    let wakeup = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= global!(SETTINGS.wakeup_bytes) as u64
+    {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wakeup as u64);
 }

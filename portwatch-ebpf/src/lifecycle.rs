@@ -150,6 +150,10 @@ pub fn left_time_wait(tw: u64) {
 /// Reports a free once per socket and returns the claim it reported, with `flags` added.
 #[inline(always)]
 fn released_with(sk: u64, port_now: u16, repeat: Repeat, flags: u8) -> Option<Claim> {
+    // A socket whose port reads unwatched never made a claim worth a map lookup.
+    if port_now != 0 && !emit::port_watched(port_now) {
+        return None;
+    }
     let (claim, claimed_at) = match CLAIMS.get_ptr(sk) {
         // SAFETY: map value pointers stay valid for the duration of the program.
         Some(claim) => match unsafe { (*claim).state } {

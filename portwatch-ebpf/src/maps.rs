@@ -92,11 +92,12 @@ pub struct InFlightKey {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct InFlight {
     pub sk: u64,
     pub arg: u64,
     pub port_before: u16,
     pub requested_port: u16,
-    pub _pad: u32,
+    /// For a bind: its file descriptor, walked to the socket only if the bind fails.
+    pub fd: u32,
 }

@@ -4,6 +4,7 @@
 
 mod fentry;
 mod kprobe;
+mod tracefs;
 mod tracepoint;
 
 use std::collections::HashMap;
@@ -125,13 +126,6 @@ pub struct Kernel {
 const AYA_PROBE_FUNCTION: &str = "bpf_fentry_test1";
 
 impl Kernel {
-    /// Whether the syscall hooks cannot read their arguments (no x86-64 register names).
-    fn syscall_registers_unknown(&self) -> bool {
-        self.offsets
-            .as_ref()
-            .is_ok_and(|offsets| offsets.regs_arg0 == 0 && offsets.regs_arg1 == 0)
-    }
-
     /// Takes what we need from our own BTF parse, then gives aya a skeleton of the kernel's BTF
     /// that holds only the attach points (see [`Btf::attach_points_only`]).
     pub fn read(candidates: &[Backend]) -> Result<Self, BackendError> {
@@ -246,7 +240,7 @@ fn unload(ebpf: &mut Ebpf, backend: Backend) {
             Some(Program::FEntry(program)) => program.unload(),
             Some(Program::FExit(program)) => program.unload(),
             Some(Program::KProbe(program)) => program.unload(),
-            Some(Program::RawTracePoint(program)) => program.unload(),
+            Some(Program::TracePoint(program)) => program.unload(),
             Some(Program::BtfTracePoint(program)) => program.unload(),
             Some(Program::CgroupSock(program)) => program.unload(),
             _ => Ok(()),
@@ -321,6 +315,10 @@ pub fn check(kernel: &Kernel, config: &Config) -> Vec<(Backend, Result<(), Backe
         .collect()
 }
 
+/// The reader is woken early once the ring is this fraction full (1/8: at the default 1 MiB,
+/// about 1,100 events), far enough from full that a burst arriving meanwhile still fits.
+const WAKEUP_FILL_DIVISOR: u32 = 8;
+
 fn settings(config: &Config) -> Settings {
     Settings {
         all_ports: config.ports.is_none() as u8,
@@ -330,6 +328,7 @@ fn settings(config: &Config) -> Settings {
         ipv4: config.ipv4 as u8,
         ipv6: config.ipv6 as u8,
         _pad: [0; 2],
+        wakeup_bytes: config.ring_bytes / WAKEUP_FILL_DIVISOR,
     }
 }
 
