@@ -60,7 +60,8 @@ pub async fn run(config: Config, loaded: Loaded) -> anyhow::Result<()> {
         Err(err) => Err(err),
     };
     // Detach before the summary: closing the last descriptors removes the hooks.
-    drop((stream, attachment));
+    drop(stream);
+    backend::detach(attachment);
     eprintln!("portwatch: summary {}", pipeline.summary());
     match outcome {
         Err(err) if is_broken_pipe(&err) => Ok(()),

@@ -293,6 +293,21 @@ pub fn attach_best(
     (None, passed_over)
 }
 
+/// Closes an attachment's descriptors, concurrently: the kernel waits for an RCU grace period
+/// as each tracepoint's perf event goes (tens of milliseconds each, over a second for the
+/// syscall tracepoints one after another), and concurrent waits share their grace periods.
+pub fn detach(attachment: Vec<std::os::fd::OwnedFd>) {
+    const CLOSERS: usize = 16;
+    let per_closer = attachment.len().div_ceil(CLOSERS).max(1);
+    let mut descriptors = attachment.into_iter().peekable();
+    std::thread::scope(|scope| {
+        while descriptors.peek().is_some() {
+            let batch: Vec<_> = descriptors.by_ref().take(per_closer).collect();
+            scope.spawn(move || drop(batch));
+        }
+    });
+}
+
 /// Attaches each candidate in turn and detaches it again: what `--check` reports.
 pub fn check(kernel: &Kernel, config: &Config) -> Vec<(Backend, Result<(), BackendError>)> {
     let candidates = Backend::candidates(config.backend);
