@@ -102,14 +102,12 @@ pub fn before_listen_start(sk: u64) {
 
 #[inline(always)]
 pub fn after_listen_start(sk: u64, ret: i32) {
-    let was_unbound = take(Hook::ListenStart).is_some();
-    if ret != 0 {
-        return;
-    }
-    if was_unbound {
-        lifecycle::claimed(sk, How::Autobind);
-    }
-    lifecycle::listening(sk);
+    let port_before = if take(Hook::ListenStart).is_some() {
+        0
+    } else {
+        sock::local_port(sk)
+    };
+    lifecycle::listen_returned(sk, port_before, ret);
 }
 
 /// `inet_csk_accept` returned the accepted socket (or NULL).

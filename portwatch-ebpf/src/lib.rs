@@ -95,6 +95,7 @@ pub struct RawEvent {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Offsets {
     pub skc_family: u32,
+    pub skc_state: u32,
     pub skc_num: u32,
     pub skc_dport: u32,
     pub skc_rcv_saddr: u32,

@@ -35,6 +35,7 @@ const EADDRNOTAVAIL: i32 = 99;
 const TCP_FIN_WAIT2: i32 = 5;
 const TCP_CLOSE: i32 = 7;
 const TCP_CLOSING: i32 = 11;
+const TCP_LISTEN: u8 = 10;
 const AF_UNSPEC: u16 = 0;
 
 /// Where a syscall tracepoint's record keeps the syscall number, and its arguments (enter) or
@@ -143,8 +144,11 @@ fn socket_call_entered(call: Call, fd: u64, uaddr: u64) {
         Call::Connect => {
             port_before == 0 || (proto == PROTO_UDP as u16 && requested(uaddr).0 == AF_UNSPEC)
         }
-        // A listen reports on its own port, or autobinds one.
-        Call::Listen => port_before == 0 || emit::port_watched(port_before),
+        // A listen reports on its own port, or autobinds one; listening again changes nothing
+        // (the kernel only adjusts the backlog).
+        Call::Listen => {
+            (port_before == 0 || emit::port_watched(port_before)) && sock::state(sk) != TCP_LISTEN
+        }
         // Only a UDP send on an unbound socket claims a port (not the hot path of a server).
         _ => port_before == 0 && proto == PROTO_UDP as u16,
     };
@@ -222,14 +226,7 @@ fn on_exit(call: Call, entered: InFlight, ret: i64) {
                 }
             }
         }
-        Call::Listen => {
-            if ret == 0 {
-                if entered.port_before == 0 {
-                    lifecycle::claimed(sk, How::Autobind);
-                }
-                lifecycle::listening(sk);
-            }
-        }
+        Call::Listen => lifecycle::listen_returned(sk, entered.port_before, ret as i32),
         Call::Accept => {}
     }
 }

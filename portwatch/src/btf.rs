@@ -317,6 +317,7 @@ pub fn offsets(btf: &Btf) -> Result<Offsets, BtfError> {
     };
     Ok(Offsets {
         skc_family: common("skc_family")?,
+        skc_state: common("skc_state")?,
         skc_num: common("skc_num")?,
         skc_dport: common("skc_dport")?,
         skc_rcv_saddr: common("skc_rcv_saddr")?,

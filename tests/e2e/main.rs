@@ -10,6 +10,7 @@ mod connect;
 mod expect;
 mod failures;
 mod lifetimes;
+mod parity;
 mod tracer;
 mod udp;
 mod workload;
@@ -54,6 +55,14 @@ const SCENARIOS: &[Scenario] = &[
     (
         "ring buffer overflow is counted",
         lifetimes::ring_buffer_overflow_is_counted,
+    ),
+    (
+        "listen twice is one listen",
+        parity::listen_twice_is_one_listen,
+    ),
+    (
+        "listen without its port fails",
+        parity::listen_without_its_port_fails,
     ),
     ("--count stops the trace", cli::count_stops_the_trace),
     (

@@ -27,13 +27,15 @@ pub const BTF_TRACEPOINT_TYPES: [&str; 4] = [
 const TIME_WAIT_TIMER_HANDLER: &str = "tw_timer_handler";
 
 /// The address of the TIME_WAIT timer handler, by which the timer hooks recognise TIME_WAIT
-/// sockets; 0 when /proc/kallsyms does not show it (kernel.kptr_restrict).
+/// sockets; 0 when /proc/kallsyms does not show it (kernel.kptr_restrict). The kernel formats
+/// the listing as it is read (tens of milliseconds), so reading stops at the symbol.
 pub fn time_wait_timer_handler() -> u64 {
-    let Ok(symbols) = std::fs::read_to_string("/proc/kallsyms") else {
+    let Ok(symbols) = File::open("/proc/kallsyms") else {
         return 0;
     };
-    symbols
+    BufReader::with_capacity(64 * 1024, symbols)
         .lines()
+        .map_while(Result::ok)
         .find_map(|line| {
             let mut fields = line.split_whitespace();
             let (address, _, name) = (fields.next()?, fields.next()?, fields.next()?);

@@ -69,6 +69,8 @@ const MIN_EVENTS_FOR_RATE: u64 = 10_000;
 #[derive(Default)]
 pub struct Results {
     samples: Vec<(Workload, Mode, Sample)>,
+    /// Milliseconds from a lone bind to its printed claim (empty when not measured).
+    pub latency_ms: Vec<f64>,
 }
 
 impl Results {
@@ -333,6 +335,17 @@ impl Results {
                     verdict(cpu <= 0.5)
                 ));
             }
+        }
+        if let (Some(typical), Some(worst)) = (
+            median(self.latency_ms.clone()),
+            self.latency_ms.iter().copied().reduce(f64::max),
+        ) {
+            lines.push(format!(
+                "a lone event printed within 50 ms: median {typical:.1} ms, worst {worst:.1} ms \
+                 of {} binds, {}",
+                self.latency_ms.len(),
+                verdict(worst <= 50.0)
+            ));
         }
         if modes.contains(&Mode::Bpftrace) {
             for workload in Workload::ALL {
