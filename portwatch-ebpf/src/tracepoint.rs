@@ -26,7 +26,7 @@ use crate::{
     globals::global,
     kfunc::{self, Hook},
     lifecycle::{self, Repeat},
-    maps::{InFlight, TIME_WAIT_ARMED},
+    maps::{InFlight, TIME_WAIT_ARMED, TIME_WAIT_HANDLER},
     sock,
 };
 
@@ -36,6 +36,7 @@ const TCP_FIN_WAIT2: i32 = 5;
 const TCP_CLOSE: i32 = 7;
 const TCP_CLOSING: i32 = 11;
 const TCP_LISTEN: u8 = 10;
+const TCP_TIME_WAIT: u8 = 6;
 const AF_UNSPEC: u16 = 0;
 
 /// Where a syscall tracepoint's record keeps the syscall number, and its arguments (enter) or
@@ -283,33 +284,48 @@ pub fn tcp_set_state(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Whether a TIME_WAIT socket was made for this closing connection: exactly, when its timer is
-/// recognisable (it was armed moments ago); otherwise assumed, as the kernel makes one unless
-/// its TIME_WAIT table is full.
+/// Whether a TIME_WAIT socket was made for this closing connection: its timer was armed moments
+/// ago (none is made when the kernel's TIME_WAIT table is full). That timer also confirms which
+/// handler TIME_WAIT timers run, so that their expiry can be recognised.
 #[inline(always)]
 fn time_wait_took_over(sk: u64, port: u16) -> bool {
-    if global!(TW_TIMER_HANDLER) == 0 {
-        return true;
+    let connection = sock::connection(sk, port);
+    // SAFETY: map value pointers stay valid for the duration of the program.
+    let Some(handler) = TIME_WAIT_ARMED.get_ptr(connection).map(|h| unsafe { *h }) else {
+        return false;
+    };
+    let _ = TIME_WAIT_ARMED.remove(connection);
+    if let Some(slot) = TIME_WAIT_HANDLER.get_ptr_mut(0) {
+        // SAFETY: the pointer comes from this array's only slot, valid and aligned.
+        unsafe { *slot = handler };
     }
-    TIME_WAIT_ARMED.remove(sock::connection(sk, port)).is_ok()
+    true
 }
 
-/// Whether a kernel timer is a TIME_WAIT socket's, and if so that socket.
+/// The handler TIME_WAIT timers run, once a TIME_WAIT start has shown it; 0 before.
 #[inline(always)]
-fn time_wait_socket(timer: u64) -> Option<u64> {
-    let handler: u64 = sock::read(timer, global!(OFFSETS.timer_function));
-    (handler != 0 && handler == global!(TW_TIMER_HANDLER))
-        .then(|| timer - global!(OFFSETS.tw_timer) as u64)
+fn time_wait_handler() -> u64 {
+    TIME_WAIT_HANDLER.get(0).copied().unwrap_or(0)
 }
 
-/// A timer is armed: for a TIME_WAIT socket, that is the moment it takes over a port.
+/// A timer is armed: for a TIME_WAIT socket, that is the moment it takes over a port. Until the
+/// handler is known, any timer whose would-be socket reads as TIME_WAIT is a candidate: a wrong
+/// guess only records a connection that no closing socket will look up.
 #[btf_tracepoint(function = "timer_start")]
 pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
-    if let Some(tw) = time_wait_socket(ctx.arg(0)) {
-        let port = sock::local_port(tw);
-        if port != 0 && emit::port_watched(port) {
-            let _ = TIME_WAIT_ARMED.insert(sock::connection(tw, port), 1, 0);
-        }
+    let timer: u64 = ctx.arg(0);
+    let handler: u64 = sock::read(timer, global!(OFFSETS.timer_function));
+    let known = time_wait_handler();
+    if handler == 0 || (known != 0 && handler != known) {
+        return 0;
+    }
+    let tw = timer - global!(OFFSETS.tw_timer) as u64;
+    if known == 0 && sock::state(tw) != TCP_TIME_WAIT {
+        return 0;
+    }
+    let port = sock::local_port(tw);
+    if port != 0 && emit::port_watched(port) {
+        let _ = TIME_WAIT_ARMED.insert(sock::connection(tw, port), handler, 0);
     }
     0
 }
@@ -326,8 +342,10 @@ pub fn tcp_destroy(ctx: BtfTracePointContext) -> i32 {
 /// marks the end of TIME_WAIT itself, but its timer is recognisable by its handler.
 #[btf_tracepoint(function = "timer_expire_entry")]
 pub fn timer_expire(ctx: BtfTracePointContext) -> i32 {
-    if let Some(tw) = time_wait_socket(ctx.arg(0)) {
-        lifecycle::left_time_wait(tw);
+    let timer: u64 = ctx.arg(0);
+    let known = time_wait_handler();
+    if known != 0 && sock::read::<u64>(timer, global!(OFFSETS.timer_function)) == known {
+        lifecycle::left_time_wait(timer - global!(OFFSETS.tw_timer) as u64);
     }
     0
 }

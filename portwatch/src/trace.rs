@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    backend::{self, Backend, Kernel},
+    backend::{self, Kernel},
     cli::{BackendArg, Config, Format},
     clock::{MonotonicClock, Timestamp},
     event::{Event, Kind, Proto},
@@ -71,8 +71,7 @@ pub async fn run(config: Config, loaded: Loaded) -> anyhow::Result<()> {
 
 /// `--check`: attach each candidate once, report, detach.
 pub fn check(config: &Config) -> anyhow::Result<()> {
-    let kernel = Kernel::read(&Backend::candidates(config.backend))
-        .context("reading the kernel's type information")?;
+    let kernel = Kernel::read().context("reading the kernel's type information")?;
     let mut picked = None;
     for (backend, outcome) in backend::check(&kernel, config) {
         match outcome {

@@ -118,22 +118,23 @@ pub struct Kernel {
     pub aya_btf: aya::Btf,
     /// The BTF aya parsed: the kernel's type ids, with only the attach points named.
     pub skeleton: Vec<u8>,
-    /// Where TIME_WAIT sockets' timer handler is, 0 if unknown (see the tracepoint backend).
-    time_wait_timer_handler: u64,
 }
 
 /// A function aya's feature probes look up in the kernel's BTF.
 const AYA_PROBE_FUNCTION: &str = "bpf_fentry_test1";
 
 impl Kernel {
+    /// Whether this kernel's BTF locates a timer's handler and a TIME_WAIT socket's timer, by
+    /// which the tracepoint backend recognises TIME_WAIT timers.
+    fn time_wait_timers_located(&self) -> bool {
+        self.offsets
+            .as_ref()
+            .is_ok_and(|offsets| offsets.timer_function != 0 && offsets.tw_timer != 0)
+    }
+
     /// Takes what we need from our own BTF parse, then gives aya a skeleton of the kernel's BTF
     /// that holds only the attach points (see [`Btf::attach_points_only`]).
-    pub fn read(candidates: &[Backend]) -> Result<Self, BackendError> {
-        // Only the tracepoint backend needs /proc/kallsyms, which takes the kernel tens of
-        // milliseconds to list: read it meanwhile.
-        let kallsyms = candidates
-            .contains(&Backend::Tracepoint)
-            .then(|| std::thread::spawn(tracepoint::time_wait_timer_handler));
+    pub fn read() -> Result<Self, BackendError> {
         let kernel_functions = || {
             KERNEL_FUNCTIONS
                 .iter()
@@ -152,20 +153,11 @@ impl Kernel {
         drop(btf);
         let aya_btf = aya::Btf::parse(&skeleton, aya::Endianness::Little)
             .map_err(|err| BackendError::Unsupported(format!("reading kernel BTF: {err}")))?;
-        let time_wait_timer_handler = match (&offsets, kallsyms) {
-            (Ok(offsets), Some(kallsyms))
-                if offsets.timer_function != 0 && offsets.tw_timer != 0 =>
-            {
-                kallsyms.join().unwrap_or(0)
-            }
-            _ => 0,
-        };
         Ok(Self {
             offsets,
             functions,
             aya_btf,
             skeleton,
-            time_wait_timer_handler,
         })
     }
 }
@@ -188,7 +180,6 @@ fn load_object(kernel: &Kernel, config: &Config) -> Result<Ebpf, BackendError> {
         .override_global("OFFSETS", &offsets, true)
         .override_global("SETTINGS", &settings(config), true)
         .override_global("SYSCALLS", &syscalls(), true)
-        .override_global("TW_TIMER_HANDLER", &kernel.time_wait_timer_handler, true)
         .map_max_entries("EVENTS", config.ring_bytes)
         .load(OBJECT)?;
     if let Some(ports) = &config.ports {

@@ -23,27 +23,6 @@ pub const BTF_TRACEPOINT_TYPES: [&str; 4] = [
     "btf_trace_timer_expire_entry",
 ];
 
-/// The kernel function every TIME_WAIT socket's timer runs.
-const TIME_WAIT_TIMER_HANDLER: &str = "tw_timer_handler";
-
-/// The address of the TIME_WAIT timer handler, by which the timer hooks recognise TIME_WAIT
-/// sockets; 0 when /proc/kallsyms does not show it (kernel.kptr_restrict). The kernel formats
-/// the listing as it is read (tens of milliseconds), so reading stops at the symbol.
-pub fn time_wait_timer_handler() -> u64 {
-    let Ok(symbols) = File::open("/proc/kallsyms") else {
-        return 0;
-    };
-    BufReader::with_capacity(64 * 1024, symbols)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (address, _, name) = (fields.next()?, fields.next()?, fields.next()?);
-            (name == TIME_WAIT_TIMER_HANDLER).then(|| u64::from_str_radix(address, 16).ok())?
-        })
-        .unwrap_or(0)
-}
-
 /// Every program of this backend, by name in the object.
 pub const PROGRAMS: [&str; 9] = [
     "sys_enter",
@@ -93,14 +72,16 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<Vec<String>, BackendEr
         ("tcp_destroy", "tcp_destroy_sock"),
     ];
     let mut notes = Vec::new();
-    if kernel.time_wait_timer_handler != 0 {
+    if kernel.time_wait_timers_located() {
         btf_tracepoints.push(("timer_start", "timer_start"));
         btf_tracepoints.push(("timer_expire", "timer_expire_entry"));
     } else {
-        notes.push(format!(
-            "the end of TIME_WAIT is not observable and its start is assumed from the TCP state: \
-             {TIME_WAIT_TIMER_HANDLER} is not in /proc/kallsyms (kernel.kptr_restrict?)"
-        ));
+        notes.push(
+            "the end of TIME_WAIT is not observable and every close from FIN_WAIT2 or CLOSING \
+             counts as an immediate free: this kernel's BTF lacks timer_list.function or \
+             inet_timewait_sock.tw_timer"
+                .to_owned(),
+        );
     }
     for (program, tracepoint) in btf_tracepoints {
         let Some(Program::BtfTracePoint(btf_tp)) = ebpf.program_mut(program) else {
