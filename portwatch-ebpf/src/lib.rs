@@ -132,8 +132,8 @@ pub struct Settings {
     pub ipv4: u8,
     pub ipv6: u8,
     pub _pad: [u8; 2],
-    /// Events are submitted without waking the reader, which polls on a short timer, until the
-    /// ring holds this many bytes; then a submit wakes it.
+    /// Events are submitted without waking the reader, which polls on a short timer, except
+    /// when the unread data passes a multiple of this many bytes.
     pub wakeup_bytes: u32,
 }
 

@@ -321,9 +321,11 @@ pub fn check(kernel: &Kernel, config: &Config) -> Vec<(Backend, Result<(), Backe
         .collect()
 }
 
-/// The reader is woken early once the ring is this fraction full (1/32: at the default 1 MiB,
-/// about 270 events, one wakeup per 270 events at most). Waking it later leaves too little room
-/// for what arrives while a busy host schedules it: at 100k events/s, 1 MiB lasts 75 ms.
+/// The reader is woken each time another 1/32 of the ring fills while unread (at the default
+/// 1 MiB, every 270 events or so), and otherwise polls on a timer. Waking it later leaves too
+/// little room for what arrives while a busy host schedules it: at 100k events/s, 1 MiB lasts
+/// 75 ms. Waking it for every event while it is behind would cost every producing CPU an
+/// interrupt per event.
 const WAKEUP_FILL_DIVISOR: u32 = 32;
 
 fn settings(config: &Config) -> Settings {
