@@ -1,5 +1,6 @@
 //! The one place that filters, fills identity, reserves ring-buffer space and submits.
 
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
     bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
@@ -149,6 +150,9 @@ fn read_requested_address(requested: Requested, family: u16, out: &mut [u8; 16])
     }
 }
 
+/// What one event takes in the ring: its 8-byte record header, then the event padded to 8 bytes.
+const RECORD_BYTES: u64 = 8 + (core::mem::size_of::<RawEvent>() as u64).div_ceil(8) * 8;
+
 /// Reserves and submits one event; counts it as lost when the ring buffer is full.
 #[inline(always)]
 pub fn submit(outcome: &Outcome, who: &Claim) {
@@ -203,5 +207,15 @@ pub fn submit(outcome: &Outcome, who: &Claim) {
     // After the socket's own endpoints: a failed bind's socket never got the address it asked
     // for, so the request is what the event shows.
     read_requested_address(outcome.requested, outcome.family, &mut event.local_addr);
-    entry.submit(0);
+    // Batched delivery: the reader polls on a short timer and is woken only each time the unread
+    // data passes another multiple of `wakeup_bytes`, so a busy ring costs it (and the CPUs that
+    // send the wakeup interrupt) one wakeup per batch, however far behind it is.
+    let unread = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let every = global!(SETTINGS.wakeup_bytes) as u64;
+    let wakeup = if every != 0 && unread / every != unread.saturating_sub(RECORD_BYTES) / every {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wakeup as u64);
 }

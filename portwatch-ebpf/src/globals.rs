@@ -15,11 +15,6 @@ pub(crate) static SETTINGS: Settings = unsafe { core::mem::zeroed() };
 #[unsafe(no_mangle)]
 pub(crate) static SYSCALLS: Syscalls = unsafe { core::mem::zeroed() };
 
-/// The address of `tw_timer_handler` (from /proc/kallsyms), which marks TIME_WAIT sockets'
-/// timers; 0 when unknown.
-#[unsafe(no_mangle)]
-pub(crate) static TW_TIMER_HANDLER: u64 = 0;
-
 /// Reads one field of a global through a volatile load so the compiler cannot fold in the
 /// zero it was compiled with.
 macro_rules! global {

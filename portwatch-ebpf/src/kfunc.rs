@@ -38,11 +38,13 @@ pub fn remember(hook: Hook, state: InFlight) {
     let _ = IN_FLIGHT.insert(in_flight_key(hook), state, 0);
 }
 
-/// Drops whatever an earlier call on this thread left behind, so a syscall exit never pairs with
-/// a stale entry (from a thread that died mid-call and whose id was reused).
+/// What the hook's entry left, without removing it (the exit still takes it).
 #[inline(always)]
-pub fn forget(hook: Hook) {
-    let _ = IN_FLIGHT.remove(in_flight_key(hook));
+pub fn peek(hook: Hook) -> Option<InFlight> {
+    // SAFETY: map value pointers stay valid for the duration of the program.
+    IN_FLIGHT
+        .get_ptr(in_flight_key(hook))
+        .map(|state| unsafe { *state })
 }
 
 #[inline(always)]
@@ -92,10 +94,7 @@ pub fn before_listen_start(sk: u64) {
             Hook::ListenStart,
             InFlight {
                 sk,
-                arg: 0,
-                port_before: 0,
-                requested_port: 0,
-                _pad: 0,
+                ..InFlight::default()
             },
         );
     }
@@ -103,14 +102,12 @@ pub fn before_listen_start(sk: u64) {
 
 #[inline(always)]
 pub fn after_listen_start(sk: u64, ret: i32) {
-    let was_unbound = take(Hook::ListenStart).is_some();
-    if ret != 0 {
-        return;
-    }
-    if was_unbound {
-        lifecycle::claimed(sk, How::Autobind);
-    }
-    lifecycle::listening(sk);
+    let port_before = if take(Hook::ListenStart).is_some() {
+        0
+    } else {
+        sock::local_port(sk)
+    };
+    lifecycle::listen_returned(sk, port_before, ret);
 }
 
 /// `inet_csk_accept` returned the accepted socket (or NULL).

@@ -20,9 +20,7 @@ fn park(ctx: &ProbeContext, hook: Hook, sk_arg: usize) {
         InFlight {
             sk: ctx.arg(sk_arg).unwrap_or(0),
             arg: ctx.arg(1).unwrap_or(0),
-            port_before: 0,
-            requested_port: 0,
-            _pad: 0,
+            ..InFlight::default()
         },
     );
 }

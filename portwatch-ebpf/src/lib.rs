@@ -100,6 +100,7 @@ pub struct RawEvent {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Offsets {
     pub skc_family: u32,
+    pub skc_state: u32,
     pub skc_num: u32,
     pub skc_dport: u32,
     pub skc_rcv_saddr: u32,
@@ -117,9 +118,6 @@ pub struct Offsets {
     pub file_private_data: u32,
     pub socket_file: u32,
     pub socket_sk: u32,
-    pub regs_arg0: u32,
-    pub regs_arg1: u32,
-    pub regs_syscall_nr: u32,
     pub timer_function: u32,
     pub tw_timer: u32,
     pub task_real_parent: u32,
@@ -144,10 +142,13 @@ pub struct Settings {
     pub ipv4: u8,
     pub ipv6: u8,
     pub _pad: [u8; 2],
+    /// Events are submitted without waking the reader, which polls on a short timer, except
+    /// when the unread data passes a multiple of this many bytes.
+    pub wakeup_bytes: u32,
 }
 
-/// This architecture's syscall numbers, for the syscall-tracepoint backend (the object file is
-/// architecture-neutral; userspace knows the numbers).
+/// This architecture's syscall numbers, by which the syscall-tracepoint programs (one for every
+/// enter, one for every exit) tell the calls apart; the object file is architecture-neutral.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Syscalls {

@@ -14,6 +14,8 @@ use crate::{
     sock,
 };
 
+const EADDRINUSE: i32 = 98;
+
 /// The socket now holds a port the kernel (or the caller) chose. Reported once per socket.
 #[inline(always)]
 pub fn claimed(sk: u64, how: How) {
@@ -69,6 +71,26 @@ pub fn bind_returned(sk: u64, requested_port: u16, requested: Requested, ret: i3
         claimed(sk, how);
     } else {
         failed(sk, how, -ret, requested_port, requested);
+    }
+}
+
+/// A listen returned. `port_before` is the socket's port before it (0: unbound, so a success
+/// autobound one). Listening needs the port in the listening hash, which fails with EADDRINUSE
+/// when another listener holds it (both bound with SO_REUSEADDR) or no port is left to autobind.
+#[inline(always)]
+pub fn listen_returned(sk: u64, port_before: u16, ret: i32) {
+    if ret == 0 {
+        if port_before == 0 {
+            claimed(sk, How::Autobind);
+        }
+        listening(sk);
+    } else if ret == -EADDRINUSE {
+        let how = if port_before == 0 {
+            How::Autobind
+        } else {
+            How::Bind
+        };
+        failed(sk, how, EADDRINUSE, port_before, Requested::Nothing);
     }
 }
 
@@ -150,6 +172,10 @@ pub fn left_time_wait(tw: u64) {
 /// Reports a free once per socket and returns the claim it reported, with `flags` added.
 #[inline(always)]
 fn released_with(sk: u64, port_now: u16, repeat: Repeat, flags: u8) -> Option<Claim> {
+    // A socket whose port reads unwatched never made a claim worth a map lookup.
+    if port_now != 0 && !emit::port_watched(port_now) {
+        return None;
+    }
     let (claim, claimed_at) = match CLAIMS.get_ptr(sk) {
         // SAFETY: map value pointers stay valid for the duration of the program.
         Some(claim) => match unsafe { (*claim).state } {

@@ -30,12 +30,17 @@ pub static CLAIMS: LruHashMap<u64, Claim> = LruHashMap::with_max_entries(65536, 
 #[map]
 pub static TIME_WAITS: LruHashMap<Connection, Claim> = LruHashMap::with_max_entries(65536, 0);
 
-/// Connections whose TIME_WAIT socket just armed its timer. The syscall-tracepoint backend sees
+/// Connections whose TIME_WAIT socket just armed its timer, with the timer's handler. The syscall-tracepoint backend sees
 /// a closing socket only as a transition into CLOSE, which looks the same whether or not a
 /// TIME_WAIT socket took over (none is made when `tcp_max_tw_buckets` is reached); the timer,
 /// armed just before that transition, tells them apart.
 #[map]
-pub static TIME_WAIT_ARMED: LruHashMap<Connection, u8> = LruHashMap::with_max_entries(8192, 0);
+pub static TIME_WAIT_ARMED: LruHashMap<Connection, u64> = LruHashMap::with_max_entries(8192, 0);
+
+/// The handler every TIME_WAIT socket's timer runs (`tw_timer_handler`), learnt from the first
+/// TIME_WAIT start since loading; 0 until then.
+#[map]
+pub static TIME_WAIT_HANDLER: Array<u64> = Array::with_max_entries(1, 0);
 
 /// A TCP connection, as both its full socket and its TIME_WAIT socket describe it.
 #[repr(C)]
@@ -94,11 +99,12 @@ pub struct InFlightKey {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct InFlight {
     pub sk: u64,
     pub arg: u64,
     pub port_before: u16,
     pub requested_port: u16,
-    pub _pad: u32,
+    /// For a bind: its file descriptor, walked to the socket only if the bind fails.
+    pub fd: u32,
 }

@@ -20,6 +20,12 @@ pub fn family(sk: u64) -> u16 {
     read(sk, global!(OFFSETS.skc_family))
 }
 
+/// The TCP state (`TCP_LISTEN` and so on).
+#[inline(always)]
+pub fn state(sk: u64) -> u8 {
+    read(sk, global!(OFFSETS.skc_state))
+}
+
 #[inline(always)]
 pub fn protocol(sk: u64) -> u16 {
     read(sk, global!(OFFSETS.sk_protocol))

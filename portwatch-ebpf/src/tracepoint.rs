@@ -1,25 +1,32 @@
 //! The tracepoint backend, for kernels without kprobes or BTF trampolines (this project's CI host
-//! among them). Raw syscall tracepoints see claims and failures in the calling process, walking
-//! the file descriptor to its socket; tp_btf TCP tracepoints and a cgroup `sock_release` hook see
-//! releases, including those at process exit, where no syscall runs.
+//! among them). It hooks only what runs for socket calls, so the rest of the host pays nothing
+//! beyond the kernel's slow syscall path that any syscall tracepoint switches on:
+//!
+//! * the per-syscall tracepoints of bind, connect, listen, accept(4) and the sends, which walk
+//!   a file descriptor to its socket only when the call can change what a watched port holds;
+//! * cgroup `post_bind4/6`, which hands a successful bind its socket directly, so a bind needs
+//!   no descriptor walk unless it fails;
+//! * tp_btf TCP tracepoints and a cgroup `sock_release` hook for releases, including those at
+//!   process exit, where no syscall runs.
 //!
 //! The end of TIME_WAIT shows only as the expiry of the TIME_WAIT socket's timer. It cannot see
-//! sockets bound by the kernel itself, binds through io_uring, or a TIME_WAIT cut short (by a
-//! reused connection or an RST).
+//! claims by connects or sends through io_uring, or a TIME_WAIT cut short (by a reused
+//! connection or an RST).
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::bpf_probe_read_user,
-    macros::{btf_tracepoint, cgroup_sock, raw_tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext, SockContext},
+    macros::{btf_tracepoint, cgroup_sock, tracepoint},
+    programs::{BtfTracePointContext, SockContext, TracePointContext},
 };
-use portwatch_ebpf::{How, PROTO_TCP, PROTO_UDP};
+use portwatch_ebpf::{FAMILY_INET, FAMILY_INET6, How, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     emit::{self, Requested},
     globals::global,
     kfunc::{self, Hook},
     lifecycle::{self, Repeat},
-    maps::{InFlight, TIME_WAIT_ARMED},
+    maps::{InFlight, TIME_WAIT_ARMED, TIME_WAIT_HANDLER},
     sock,
 };
 
@@ -28,6 +35,15 @@ const EADDRNOTAVAIL: i32 = 99;
 const TCP_FIN_WAIT2: i32 = 5;
 const TCP_CLOSE: i32 = 7;
 const TCP_CLOSING: i32 = 11;
+const TCP_LISTEN: u8 = 10;
+const TCP_TIME_WAIT: u8 = 6;
+const AF_UNSPEC: u16 = 0;
+
+/// Where a syscall tracepoint's record keeps the syscall number, and its arguments (enter) or
+/// return value (exit): the same on every kernel and architecture
+/// (`/sys/kernel/tracing/events/syscalls/*/format`).
+const RECORD_NR: usize = 8;
+const RECORD_ARGS: usize = 16;
 
 /// The syscalls this backend follows, named so the enter and exit sides agree.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -59,79 +75,117 @@ fn classify(nr: u32) -> Option<Call> {
     }
 }
 
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
-    let regs: u64 = ctx.arg(0);
-    let nr: u64 = ctx.arg(1);
-    if let Some(call) = classify(nr as u32) {
-        on_enter(call, regs);
+/// A 64-bit word of the tracepoint's record: the syscall number's slot, an argument, or the
+/// return value.
+#[inline(always)]
+fn record<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: tracepoint programs may read their record directly; every offset used here is
+    // inside the smallest syscall record (nr at 8, the first two arguments at 16 and 24).
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset).cast::<T>()) }
+}
+
+/// Attached to `syscalls:sys_enter_*` of bind, connect, listen and the sends.
+#[tracepoint]
+pub fn sys_enter(ctx: TracePointContext) -> u32 {
+    let nr: i32 = record(&ctx, RECORD_NR);
+    let arg0: u64 = record(&ctx, RECORD_ARGS);
+    let arg1: u64 = record(&ctx, RECORD_ARGS + 8);
+    match classify(nr as u32) {
+        Some(Call::Bind) => bind_entered(arg0, arg1),
+        Some(call @ (Call::Connect | Call::Listen | Call::Send)) => {
+            socket_call_entered(call, arg0, arg1)
+        }
+        _ => {}
     }
     0
 }
 
+/// The family and port a caller's sockaddr asks for; `sin_port` and `sin6_port` both sit at
+/// byte 2, after the family.
 #[inline(always)]
-fn on_enter(call: Call, regs: u64) {
-    if call == Call::Accept {
-        kfunc::remember(
-            Hook::Syscall,
-            InFlight {
-                sk: 0,
-                arg: 0,
-                port_before: 0,
-                requested_port: 0,
-                _pad: 0,
-            },
-        );
+fn requested(uaddr: u64) -> (u16, u16) {
+    // SAFETY: bpf_probe_read_user validates the user address and fails instead of faulting.
+    let head: [u16; 2] =
+        unsafe { bpf_probe_read_user(uaddr as *const [u16; 2]) }.unwrap_or([0xffff, 0]);
+    (head[0], u16::from_be(head[1]))
+}
+
+/// A bind is entered. Its claim is reported by `post_bind`, which has the socket; only a bind
+/// that could fail on a watched port (or, asking for port 0, be a port-less failure) is
+/// remembered, with what its failure event needs.
+#[inline(always)]
+fn bind_entered(fd: u64, uaddr: u64) {
+    let (family, port) = requested(uaddr);
+    if !matches!(family, AF_UNSPEC | FAMILY_INET | FAMILY_INET6) || !emit::port_watched(port) {
         return;
     }
-    let fd: u64 = sock::read(regs, global!(OFFSETS.regs_arg0));
-    let sk = sock::sock_from_fd(fd);
-    let (proto, family) = (sock::protocol(sk), sock::family(sk));
-    let port_before = sock::local_port(sk);
-    // Not ours to follow: not an inet socket, a filtered protocol, or a send on a socket that
-    // already has its port (the hot path of every UDP server).
-    if sk == 0
-        || !emit::socket_watched(proto, family)
-        || (call == Call::Send && (port_before != 0 || proto != PROTO_UDP as u16))
-    {
-        kfunc::forget(Hook::Syscall);
-        return;
-    }
-    // For bind: the caller's sockaddr, kept to report the address a failed bind asked for.
-    let uaddr: u64 = if call == Call::Bind {
-        sock::read(regs, global!(OFFSETS.regs_arg1))
-    } else {
-        0
-    };
-    let requested_port = if uaddr != 0 {
-        // SAFETY: bpf_probe_read_user validates the user address and fails instead of faulting.
-        // sin_port and sin6_port both sit at byte 2 of the caller's sockaddr.
-        u16::from_be(unsafe { bpf_probe_read_user((uaddr + 2) as *const u16) }.unwrap_or(0))
-    } else {
-        0
-    };
     kfunc::remember(
         Hook::Syscall,
         InFlight {
-            sk,
             arg: uaddr,
-            port_before,
-            requested_port,
-            _pad: 0,
+            requested_port: port,
+            fd: fd as u32,
+            ..InFlight::default()
         },
     );
 }
 
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
-    let regs: u64 = ctx.arg(0);
-    let ret: u64 = ctx.arg(1);
-    let nr: u64 = sock::read(regs, global!(OFFSETS.regs_syscall_nr));
-    let Some(call) = classify(nr as u32) else {
-        return 0;
+/// A connect, listen or send is entered: remember the socket's port, to see at exit whether the
+/// call claimed (or, for a UDP disconnect, dropped) one.
+#[inline(always)]
+fn socket_call_entered(call: Call, fd: u64, uaddr: u64) {
+    let sk = sock::sock_from_fd(fd);
+    if sk == 0 {
+        return;
+    }
+    let (proto, family) = (sock::protocol(sk), sock::family(sk));
+    let port_before = sock::local_port(sk);
+    let follow = match call {
+        // A connect changes the port of an unbound socket, or drops a UDP socket's (AF_UNSPEC).
+        Call::Connect => {
+            port_before == 0 || (proto == PROTO_UDP as u16 && requested(uaddr).0 == AF_UNSPEC)
+        }
+        // A listen reports on its own port, or autobinds one; listening again changes nothing
+        // (the kernel only adjusts the backlog).
+        Call::Listen => {
+            (port_before == 0 || emit::port_watched(port_before)) && sock::state(sk) != TCP_LISTEN
+        }
+        // Only a UDP send on an unbound socket claims a port (not the hot path of a server).
+        _ => port_before == 0 && proto == PROTO_UDP as u16,
     };
-    if let Some(entered) = kfunc::take(Hook::Syscall) {
-        on_exit(call, entered, ret as i64);
+    if !follow || !emit::socket_watched(proto, family) {
+        return;
+    }
+    kfunc::remember(
+        Hook::Syscall,
+        InFlight {
+            sk,
+            port_before,
+            ..InFlight::default()
+        },
+    );
+}
+
+/// Attached to `syscalls:sys_exit_*` of bind, connect, listen, accept, accept4 and the sends.
+#[tracepoint]
+pub fn sys_exit(ctx: TracePointContext) -> u32 {
+    let nr: i32 = record(&ctx, RECORD_NR);
+    let ret: i64 = record(&ctx, RECORD_ARGS);
+    match classify(nr as u32) {
+        Some(Call::Accept) => {
+            if ret >= 0 {
+                let child = sock::sock_from_fd(ret as u64);
+                if child != 0 {
+                    lifecycle::claimed(child, How::Accept);
+                }
+            }
+        }
+        Some(call) => {
+            if let Some(entered) = kfunc::take(Hook::Syscall) {
+                on_exit(call, entered, ret);
+            }
+        }
+        None => {}
     }
     0
 }
@@ -140,12 +194,20 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 fn on_exit(call: Call, entered: InFlight, ret: i64) {
     let sk = entered.sk;
     match call {
-        Call::Bind => lifecycle::bind_returned(
-            sk,
-            entered.requested_port,
-            Requested::User(entered.arg),
-            ret as i32,
-        ),
+        Call::Bind => {
+            // Successful binds were reported by post_bind.
+            if ret < 0 {
+                let sk = sock::sock_from_fd(entered.fd as u64);
+                if sk != 0 {
+                    lifecycle::bind_returned(
+                        sk,
+                        entered.requested_port,
+                        Requested::User(entered.arg),
+                        ret as i32,
+                    );
+                }
+            }
+        }
         Call::Connect | Call::Send => {
             let how = if call == Call::Connect && sock::protocol(sk) == PROTO_TCP as u16 {
                 How::Connect
@@ -165,23 +227,39 @@ fn on_exit(call: Call, entered: InFlight, ret: i64) {
                 }
             }
         }
-        Call::Listen => {
-            if ret == 0 {
-                if entered.port_before == 0 {
-                    lifecycle::claimed(sk, How::Autobind);
-                }
-                lifecycle::listening(sk);
-            }
-        }
-        Call::Accept => {
-            if ret >= 0 {
-                let child = sock::sock_from_fd(ret as u64);
-                if child != 0 {
-                    lifecycle::claimed(child, How::Accept);
-                }
-            }
-        }
+        Call::Listen => lifecycle::listen_returned(sk, entered.port_before, ret as i32),
+        Call::Accept => {}
     }
+}
+
+/// A bind got its port: the socket is at hand, so no descriptor walk. Runs inside the bind (in
+/// the binder's task), after `sys_enter_bind` left the requested port for a watched one.
+#[inline(always)]
+fn bound(ctx: &SockContext) {
+    // SAFETY: post_bind programs may read src_port (host order) from their context.
+    let port = unsafe { (*ctx.sock).src_port } as u16;
+    if port == 0 || !emit::port_watched(port) {
+        return;
+    }
+    let how = match kfunc::peek(Hook::Syscall) {
+        Some(entered) if entered.requested_port == port => How::Bind,
+        _ => How::BindAny,
+    };
+    lifecycle::claimed(ctx.sock as u64, how);
+}
+
+/// Always allows the bind: this hook only watches.
+#[cgroup_sock(post_bind4)]
+pub fn post_bind4(ctx: SockContext) -> i32 {
+    bound(&ctx);
+    1
+}
+
+/// Always allows the bind: this hook only watches.
+#[cgroup_sock(post_bind6)]
+pub fn post_bind6(ctx: SockContext) -> i32 {
+    bound(&ctx);
+    1
 }
 
 /// TCP transitions into CLOSE: a connect-, autobind- or bind-any-claimed socket gives its port back
@@ -195,6 +273,9 @@ pub fn tcp_set_state(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let port = sock::source_port(sk);
+    if port != 0 && !emit::port_watched(port) {
+        return 0;
+    }
     if (old == TCP_FIN_WAIT2 || old == TCP_CLOSING) && time_wait_took_over(sk, port) {
         lifecycle::entered_time_wait(sk, port);
     } else if !lifecycle::keeps_port_until_destroyed(sk) {
@@ -203,33 +284,48 @@ pub fn tcp_set_state(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Whether a TIME_WAIT socket was made for this closing connection: exactly, when its timer is
-/// recognisable (it was armed moments ago); otherwise assumed, as the kernel makes one unless
-/// its TIME_WAIT table is full.
+/// Whether a TIME_WAIT socket was made for this closing connection: its timer was armed moments
+/// ago (none is made when the kernel's TIME_WAIT table is full). That timer also confirms which
+/// handler TIME_WAIT timers run, so that their expiry can be recognised.
 #[inline(always)]
 fn time_wait_took_over(sk: u64, port: u16) -> bool {
-    if global!(TW_TIMER_HANDLER) == 0 {
-        return true;
+    let connection = sock::connection(sk, port);
+    // SAFETY: map value pointers stay valid for the duration of the program.
+    let Some(handler) = TIME_WAIT_ARMED.get_ptr(connection).map(|h| unsafe { *h }) else {
+        return false;
+    };
+    let _ = TIME_WAIT_ARMED.remove(connection);
+    if let Some(slot) = TIME_WAIT_HANDLER.get_ptr_mut(0) {
+        // SAFETY: the pointer comes from this array's only slot, valid and aligned.
+        unsafe { *slot = handler };
     }
-    TIME_WAIT_ARMED.remove(sock::connection(sk, port)).is_ok()
+    true
 }
 
-/// Whether a kernel timer is a TIME_WAIT socket's, and if so that socket.
+/// The handler TIME_WAIT timers run, once a TIME_WAIT start has shown it; 0 before.
 #[inline(always)]
-fn time_wait_socket(timer: u64) -> Option<u64> {
-    let handler: u64 = sock::read(timer, global!(OFFSETS.timer_function));
-    (handler != 0 && handler == global!(TW_TIMER_HANDLER))
-        .then(|| timer - global!(OFFSETS.tw_timer) as u64)
+fn time_wait_handler() -> u64 {
+    TIME_WAIT_HANDLER.get(0).copied().unwrap_or(0)
 }
 
-/// A timer is armed: for a TIME_WAIT socket, that is the moment it takes over a port.
+/// A timer is armed: for a TIME_WAIT socket, that is the moment it takes over a port. Until the
+/// handler is known, any timer whose would-be socket reads as TIME_WAIT is a candidate: a wrong
+/// guess only records a connection that no closing socket will look up.
 #[btf_tracepoint(function = "timer_start")]
 pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
-    if let Some(tw) = time_wait_socket(ctx.arg(0)) {
-        let port = sock::local_port(tw);
-        if port != 0 && emit::port_watched(port) {
-            let _ = TIME_WAIT_ARMED.insert(sock::connection(tw, port), 1, 0);
-        }
+    let timer: u64 = ctx.arg(0);
+    let handler: u64 = sock::read(timer, global!(OFFSETS.timer_function));
+    let known = time_wait_handler();
+    if handler == 0 || (known != 0 && handler != known) {
+        return 0;
+    }
+    let tw = timer - global!(OFFSETS.tw_timer) as u64;
+    if known == 0 && sock::state(tw) != TCP_TIME_WAIT {
+        return 0;
+    }
+    let port = sock::local_port(tw);
+    if port != 0 && emit::port_watched(port) {
+        let _ = TIME_WAIT_ARMED.insert(sock::connection(tw, port), handler, 0);
     }
     0
 }
@@ -246,8 +342,10 @@ pub fn tcp_destroy(ctx: BtfTracePointContext) -> i32 {
 /// marks the end of TIME_WAIT itself, but its timer is recognisable by its handler.
 #[btf_tracepoint(function = "timer_expire_entry")]
 pub fn timer_expire(ctx: BtfTracePointContext) -> i32 {
-    if let Some(tw) = time_wait_socket(ctx.arg(0)) {
-        lifecycle::left_time_wait(tw);
+    let timer: u64 = ctx.arg(0);
+    let known = time_wait_handler();
+    if known != 0 && sock::read::<u64>(timer, global!(OFFSETS.timer_function)) == known {
+        lifecycle::left_time_wait(timer - global!(OFFSETS.tw_timer) as u64);
     }
     0
 }

@@ -295,7 +295,7 @@ impl Btf {
 }
 
 /// The structs [`offsets`] reads fields of.
-const STRUCTS: [&str; 13] = [
+const STRUCTS: [&str; 12] = [
     "sock",
     "sock_common",
     "net",
@@ -306,7 +306,6 @@ const STRUCTS: [&str; 13] = [
     "fdtable",
     "file",
     "socket",
-    "pt_regs",
     "timer_list",
     "inet_timewait_sock",
 ];
@@ -318,6 +317,7 @@ pub fn offsets(btf: &Btf) -> Result<Offsets, BtfError> {
     };
     Ok(Offsets {
         skc_family: common("skc_family")?,
+        skc_state: common("skc_state")?,
         skc_num: common("skc_num")?,
         skc_dport: common("skc_dport")?,
         skc_rcv_saddr: common("skc_rcv_saddr")?,
@@ -335,9 +335,6 @@ pub fn offsets(btf: &Btf) -> Result<Offsets, BtfError> {
         file_private_data: btf.field_offset("file", "private_data")?,
         socket_file: btf.field_offset("socket", "file")?,
         socket_sk: btf.field_offset("socket", "sk")?,
-        regs_arg0: btf.field_offset("pt_regs", "di").unwrap_or(0),
-        regs_arg1: btf.field_offset("pt_regs", "si").unwrap_or(0),
-        regs_syscall_nr: btf.field_offset("pt_regs", "orig_ax").unwrap_or(0),
         timer_function: btf.field_offset("timer_list", "function").unwrap_or(0),
         tw_timer: btf
             .field_offset("inet_timewait_sock", "tw_timer")

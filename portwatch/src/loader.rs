@@ -75,7 +75,7 @@ pub fn load(config: &Config) -> anyhow::Result<Loaded> {
 
 /// The child: attach, then send the report and every open descriptor.
 fn child(config: &Config, socket: &OwnedFd) -> io::Result<()> {
-    let outcome = Kernel::read(&backend::Backend::candidates(config.backend))
+    let outcome = Kernel::read()
         .map_err(|err| format!("reading the kernel's type information: {err}"))
         .and_then(|kernel| {
             // Best effort: without it aya parses the whole file, which is only slower.

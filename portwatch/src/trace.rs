@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use crate::{
-    backend::{self, Backend, Kernel},
+    backend::{self, Kernel},
     capture::{self, Summary},
     cli::{BackendArg, Config, Format},
     clock::{MonotonicClock, Timestamp},
@@ -97,7 +97,8 @@ pub async fn run(
         Err(err) => Err(err),
     };
     // Detach before the summary: closing the last descriptors removes the hooks.
-    drop((stream, attachment));
+    drop(stream);
+    backend::detach(attachment);
     let broken_pipe = matches!(&outcome, Err(err) if is_broken_pipe(err));
     pipeline.summary.end = match (&outcome, broken_pipe) {
         (_, true) => "closed-pipe",
@@ -137,8 +138,7 @@ fn capture_header(config: &Config, backend: &str, clock: &MonotonicClock) -> cap
 
 /// `--check`: attach each candidate once, report, detach.
 pub fn check(config: &Config) -> anyhow::Result<()> {
-    let kernel = Kernel::read(&Backend::candidates(config.backend))
-        .context("reading the kernel's type information")?;
+    let kernel = Kernel::read().context("reading the kernel's type information")?;
     let mut picked = None;
     for (backend, outcome) in backend::check(&kernel, config) {
         match outcome {

@@ -4,7 +4,7 @@ use crate::{
     Outcome,
     expect::check,
     tracer::Tracer,
-    workload::{Kind, Socket, V4, free_port, tcp_listener},
+    workload::{Kind, Socket, V4, free_port, tcp_connection, tcp_listener},
 };
 
 /// Port A is in TIME_WAIT towards B (no process holds a TIME_WAIT socket) while this process
@@ -29,6 +29,12 @@ pub fn time_wait_end_is_not_credited_to_another_holder() -> Outcome {
     holder.bind(port)?;
     holder.connect(second.local_port()?)?;
     let tracer = Tracer::start(&["--port", &port.to_string()])?;
+    // The tracepoint backend recognises TIME_WAIT timers once it has seen one TIME_WAIT start:
+    // show it one on another port.
+    let (client, accepted, _) = tcp_connection(&first)?;
+    client.close();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    accepted.close();
     std::thread::sleep(std::time::Duration::from_secs(63));
     let trace = tracer.stop();
     let first_port = first.local_port()?;

@@ -14,6 +14,7 @@ mod failures;
 mod fleet;
 mod holders;
 mod lifetimes;
+mod parity;
 mod pressure;
 mod tracer;
 mod udp;
@@ -97,6 +98,14 @@ const SCENARIOS: &[Scenario] = &[
     ("who bound not listening", who::who_bound_not_listening),
     ("who unprivileged", who::who_unprivileged),
     ("held bound not listening", who::held_bound_not_listening),
+    (
+        "listen twice is one listen",
+        parity::listen_twice_is_one_listen,
+    ),
+    (
+        "listen without its port fails",
+        parity::listen_without_its_port_fails,
+    ),
     ("--count stops the trace", cli::count_stops_the_trace),
     (
         "metrics count own traffic",

@@ -9,6 +9,7 @@ pub mod binary;
 mod bpftrace;
 mod cpu;
 mod events;
+mod latency;
 mod load;
 mod machine;
 mod netstat;
@@ -146,6 +147,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
 
+    if !args.quick {
+        eprintln!("bench: single-event latency");
+        results.latency_ms = latency::measure(
+            &bench.portwatch,
+            &bench.raw_dir.join("latency.out"),
+            &bench.tracer_cpus,
+        )?;
+    }
     let setup = Setup {
         machine: machine::Machine::describe(),
         rounds,

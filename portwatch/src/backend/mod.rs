@@ -4,6 +4,7 @@
 
 mod fentry;
 mod kprobe;
+mod tracefs;
 mod tracepoint;
 
 use std::collections::HashMap;
@@ -117,29 +118,23 @@ pub struct Kernel {
     pub aya_btf: aya::Btf,
     /// The BTF aya parsed: the kernel's type ids, with only the attach points named.
     pub skeleton: Vec<u8>,
-    /// Where TIME_WAIT sockets' timer handler is, 0 if unknown (see the tracepoint backend).
-    time_wait_timer_handler: u64,
 }
 
 /// A function aya's feature probes look up in the kernel's BTF.
 const AYA_PROBE_FUNCTION: &str = "bpf_fentry_test1";
 
 impl Kernel {
-    /// Whether the syscall hooks cannot read their arguments (no x86-64 register names).
-    fn syscall_registers_unknown(&self) -> bool {
+    /// Whether this kernel's BTF locates a timer's handler and a TIME_WAIT socket's timer, by
+    /// which the tracepoint backend recognises TIME_WAIT timers.
+    fn time_wait_timers_located(&self) -> bool {
         self.offsets
             .as_ref()
-            .is_ok_and(|offsets| offsets.regs_arg0 == 0 && offsets.regs_arg1 == 0)
+            .is_ok_and(|offsets| offsets.timer_function != 0 && offsets.tw_timer != 0)
     }
 
     /// Takes what we need from our own BTF parse, then gives aya a skeleton of the kernel's BTF
     /// that holds only the attach points (see [`Btf::attach_points_only`]).
-    pub fn read(candidates: &[Backend]) -> Result<Self, BackendError> {
-        // Only the tracepoint backend needs /proc/kallsyms, which takes the kernel tens of
-        // milliseconds to list: read it meanwhile.
-        let kallsyms = candidates
-            .contains(&Backend::Tracepoint)
-            .then(|| std::thread::spawn(tracepoint::time_wait_timer_handler));
+    pub fn read() -> Result<Self, BackendError> {
         let kernel_functions = || {
             KERNEL_FUNCTIONS
                 .iter()
@@ -158,20 +153,11 @@ impl Kernel {
         drop(btf);
         let aya_btf = aya::Btf::parse(&skeleton, aya::Endianness::Little)
             .map_err(|err| BackendError::Unsupported(format!("reading kernel BTF: {err}")))?;
-        let time_wait_timer_handler = match (&offsets, kallsyms) {
-            (Ok(offsets), Some(kallsyms))
-                if offsets.timer_function != 0 && offsets.tw_timer != 0 =>
-            {
-                kallsyms.join().unwrap_or(0)
-            }
-            _ => 0,
-        };
         Ok(Self {
             offsets,
             functions,
             aya_btf,
             skeleton,
-            time_wait_timer_handler,
         })
     }
 }
@@ -194,7 +180,6 @@ fn load_object(kernel: &Kernel, config: &Config) -> Result<Ebpf, BackendError> {
         .override_global("OFFSETS", &offsets, true)
         .override_global("SETTINGS", &settings(config), true)
         .override_global("SYSCALLS", &syscalls(), true)
-        .override_global("TW_TIMER_HANDLER", &kernel.time_wait_timer_handler, true)
         .map_max_entries("EVENTS", config.ring_bytes)
         .load(OBJECT)?;
     if let Some(ports) = &config.ports {
@@ -246,7 +231,7 @@ fn unload(ebpf: &mut Ebpf, backend: Backend) {
             Some(Program::FEntry(program)) => program.unload(),
             Some(Program::FExit(program)) => program.unload(),
             Some(Program::KProbe(program)) => program.unload(),
-            Some(Program::RawTracePoint(program)) => program.unload(),
+            Some(Program::TracePoint(program)) => program.unload(),
             Some(Program::BtfTracePoint(program)) => program.unload(),
             Some(Program::CgroupSock(program)) => program.unload(),
             _ => Ok(()),
@@ -299,6 +284,21 @@ pub fn attach_best(
     (None, passed_over)
 }
 
+/// Closes an attachment's descriptors, concurrently: the kernel waits for an RCU grace period
+/// as each tracepoint's perf event goes (tens of milliseconds each, over a second for the
+/// syscall tracepoints one after another), and concurrent waits share their grace periods.
+pub fn detach(attachment: Vec<std::os::fd::OwnedFd>) {
+    const CLOSERS: usize = 16;
+    let per_closer = attachment.len().div_ceil(CLOSERS).max(1);
+    let mut descriptors = attachment.into_iter().peekable();
+    std::thread::scope(|scope| {
+        while descriptors.peek().is_some() {
+            let batch: Vec<_> = descriptors.by_ref().take(per_closer).collect();
+            scope.spawn(move || drop(batch));
+        }
+    });
+}
+
 /// Attaches each candidate in turn and detaches it again: what `--check` reports.
 pub fn check(kernel: &Kernel, config: &Config) -> Vec<(Backend, Result<(), BackendError>)> {
     let candidates = Backend::candidates(config.backend);
@@ -321,6 +321,13 @@ pub fn check(kernel: &Kernel, config: &Config) -> Vec<(Backend, Result<(), Backe
         .collect()
 }
 
+/// The reader is woken each time another 1/32 of the ring fills while unread (at the default
+/// 1 MiB, every 270 events or so), and otherwise polls on a timer. Waking it later leaves too
+/// little room for what arrives while a busy host schedules it: at 100k events/s, 1 MiB lasts
+/// 75 ms. Waking it for every event while it is behind would cost every producing CPU an
+/// interrupt per event.
+const WAKEUP_FILL_DIVISOR: u32 = 32;
+
 fn settings(config: &Config) -> Settings {
     Settings {
         all_ports: config.ports.is_none() as u8,
@@ -330,6 +337,7 @@ fn settings(config: &Config) -> Settings {
         ipv4: config.ipv4 as u8,
         ipv6: config.ipv6 as u8,
         _pad: [0; 2],
+        wakeup_bytes: config.ring_bytes / WAKEUP_FILL_DIVISOR,
     }
 }
 

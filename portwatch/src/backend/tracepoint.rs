@@ -1,5 +1,5 @@
-//! Raw syscall tracepoints, tp_btf TCP tracepoints and a cgroup sock_release hook: for kernels
-//! without kprobes or BTF trampolines (Linux 5.9+ with BTF, x86-64).
+//! Per-syscall tracepoints, cgroup post_bind and sock_release hooks and tp_btf TCP tracepoints:
+//! for kernels without kprobes or BTF trampolines (Linux 5.9+ with BTF).
 
 use std::{
     ffi::CString,
@@ -13,18 +13,7 @@ use aya::{
     programs::{CgroupAttachMode, Program},
 };
 
-use super::{BackendError, Kernel};
-
-/// Register offsets come from `struct pt_regs` in BTF by their x86-64 names; elsewhere they
-/// are missing and the syscall hooks cannot read their arguments.
-fn check_supported(kernel: &Kernel) -> Result<(), BackendError> {
-    if kernel.syscall_registers_unknown() {
-        return Err(BackendError::Unsupported(
-            "the syscall hooks know only x86-64's register layout (pt_regs.di/si/orig_ax)".into(),
-        ));
-    }
-    Ok(())
-}
+use super::{BackendError, Kernel, tracefs};
 
 /// The tp_btf tracepoints, as aya finds them in BTF (`btf_trace_<name>` typedefs).
 pub const BTF_TRACEPOINT_TYPES: [&str; 4] = [
@@ -34,29 +23,12 @@ pub const BTF_TRACEPOINT_TYPES: [&str; 4] = [
     "btf_trace_timer_expire_entry",
 ];
 
-/// The kernel function every TIME_WAIT socket's timer runs.
-const TIME_WAIT_TIMER_HANDLER: &str = "tw_timer_handler";
-
-/// The address of the TIME_WAIT timer handler, by which the timer hooks recognise TIME_WAIT
-/// sockets; 0 when /proc/kallsyms does not show it (kernel.kptr_restrict).
-pub fn time_wait_timer_handler() -> u64 {
-    let Ok(symbols) = std::fs::read_to_string("/proc/kallsyms") else {
-        return 0;
-    };
-    symbols
-        .lines()
-        .find_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (address, _, name) = (fields.next()?, fields.next()?, fields.next()?);
-            (name == TIME_WAIT_TIMER_HANDLER).then(|| u64::from_str_radix(address, 16).ok())?
-        })
-        .unwrap_or(0)
-}
-
 /// Every program of this backend, by name in the object.
-pub const PROGRAMS: [&str; 7] = [
+pub const PROGRAMS: [&str; 9] = [
     "sys_enter",
     "sys_exit",
+    "post_bind4",
+    "post_bind6",
     "tcp_set_state",
     "tcp_destroy",
     "timer_start",
@@ -64,33 +36,52 @@ pub const PROGRAMS: [&str; 7] = [
     "sock_release",
 ];
 
+/// The syscalls whose entry `sys_enter` sees: what it must know before the call runs.
+const SYSCALL_ENTRIES: [&str; 6] = ["bind", "connect", "listen", "sendto", "sendmsg", "sendmmsg"];
+
+/// The syscalls whose return `sys_exit` sees.
+const SYSCALL_EXITS: [&str; 8] = [
+    "bind", "connect", "listen", "accept", "accept4", "sendto", "sendmsg", "sendmmsg",
+];
+
 /// Attaches every hook; returns what the backend cannot see on this kernel beyond its
 /// documented limits.
 pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<Vec<String>, BackendError> {
-    check_supported(kernel)?;
-    for (program, tracepoint) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
-        let Some(Program::RawTracePoint(raw)) = ebpf.program_mut(program) else {
+    tracefs::ensure_mounted()?;
+    for (program, direction, calls) in [
+        ("sys_enter", "enter", &SYSCALL_ENTRIES[..]),
+        ("sys_exit", "exit", &SYSCALL_EXITS[..]),
+    ] {
+        let Some(Program::TracePoint(tracepoint)) = ebpf.program_mut(program) else {
             return Err(BackendError::Unsupported(format!(
                 "the object lacks {program}"
             )));
         };
-        raw.load()
-            .and_then(|()| raw.attach(tracepoint).map(drop))
-            .map_err(|err| BackendError::hook(format!("raw tracepoint {tracepoint}"), err))?;
+        tracepoint
+            .load()
+            .map_err(|err| BackendError::hook(format!("tracepoint program {program}"), err))?;
+        for call in calls {
+            let name = format!("sys_{direction}_{call}");
+            tracepoint
+                .attach("syscalls", &name)
+                .map_err(|err| BackendError::hook(format!("tracepoint syscalls:{name}"), err))?;
+        }
     }
     let mut btf_tracepoints = vec![
         ("tcp_set_state", "inet_sock_set_state"),
         ("tcp_destroy", "tcp_destroy_sock"),
     ];
     let mut notes = Vec::new();
-    if kernel.time_wait_timer_handler != 0 {
+    if kernel.time_wait_timers_located() {
         btf_tracepoints.push(("timer_start", "timer_start"));
         btf_tracepoints.push(("timer_expire", "timer_expire_entry"));
     } else {
-        notes.push(format!(
-            "the end of TIME_WAIT is not observable and its start is assumed from the TCP state: \
-             {TIME_WAIT_TIMER_HANDLER} is not in /proc/kallsyms (kernel.kptr_restrict?)"
-        ));
+        notes.push(
+            "the end of TIME_WAIT is not observable and every close from FIN_WAIT2 or CLOSING \
+             counts as an immediate free: this kernel's BTF lacks timer_list.function or \
+             inet_timewait_sock.tw_timer"
+                .to_owned(),
+        );
     }
     for (program, tracepoint) in btf_tracepoints {
         let Some(Program::BtfTracePoint(btf_tp)) = ebpf.program_mut(program) else {
@@ -104,15 +95,20 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<Vec<String>, BackendEr
             .map_err(|err| BackendError::hook(format!("tp_btf {tracepoint}"), err))?;
     }
     let cgroup = cgroup2_root()?;
-    let Some(Program::CgroupSock(release)) = ebpf.program_mut("sock_release") else {
-        return Err(BackendError::Unsupported(
-            "the object lacks sock_release".into(),
-        ));
-    };
-    release
-        .load()
-        .and_then(|()| release.attach(&cgroup, CgroupAttachMode::Single).map(drop))
-        .map_err(|err| BackendError::hook("cgroup sock_release", err))?;
+    for (program, hook) in [
+        ("post_bind4", "cgroup post_bind4"),
+        ("post_bind6", "cgroup post_bind6"),
+        ("sock_release", "cgroup sock_release"),
+    ] {
+        let Some(Program::CgroupSock(sock)) = ebpf.program_mut(program) else {
+            return Err(BackendError::Unsupported(format!(
+                "the object lacks {program}"
+            )));
+        };
+        sock.load()
+            .and_then(|()| sock.attach(&cgroup, CgroupAttachMode::Single).map(drop))
+            .map_err(|err| BackendError::hook(hook, err))?;
+    }
     Ok(notes)
 }
 

@@ -33,6 +33,7 @@ struct Expected {
 /// - connect: the client's connect and the server's accept each claim; both closes free, and the
 ///   server end (which closes first) frees into TIME_WAIT. Once: the listener's claim, listen, free.
 /// - udp: sendto on an unbound socket `autobind`s; close frees. Once: the sink's claim and free.
+/// - syscalls: nothing.
 fn expected(workload: Workload) -> Expected {
     match workload {
         Workload::Bind => Expected {
@@ -51,6 +52,10 @@ fn expected(workload: Workload) -> Expected {
         Workload::Udp => Expected {
             per_op: &[("claim/autobind", 1), ("free", 1)],
             once: &[("claim/bind-any", 1), ("free", 1)],
+        },
+        Workload::Syscalls => Expected {
+            per_op: &[],
+            once: &[],
         },
     }
 }

@@ -24,12 +24,20 @@ pub enum Workload {
     Connect,
     /// UDP `socket` + `sendto(127.0.0.1:<sink>)` without bind (the kernel autobinds) + `close`.
     Udp,
+    /// No sockets: `getppid` + `read` of 64 bytes from /dev/zero, what every other process on
+    /// the host does. Shows what a tracer costs the calls it does not trace.
+    Syscalls,
 }
 
 impl Workload {
     /// Run order. Connect churn goes last: it leaves up to a minute of TIME_WAIT sockets behind,
     /// which portwatch lists as `held` at startup, and they should not slow the other rows.
-    pub const ALL: [Workload; 3] = [Workload::Bind, Workload::Udp, Workload::Connect];
+    pub const ALL: [Workload; 4] = [
+        Workload::Syscalls,
+        Workload::Bind,
+        Workload::Udp,
+        Workload::Connect,
+    ];
 
     /// The name used on the command line.
     pub fn arg(self) -> &'static str {
@@ -37,6 +45,7 @@ impl Workload {
             Workload::Bind => "bind",
             Workload::Connect => "connect",
             Workload::Udp => "udp",
+            Workload::Syscalls => "syscalls",
         }
     }
 
@@ -46,6 +55,7 @@ impl Workload {
             Workload::Bind => "TCP bind+close",
             Workload::Connect => "TCP connect+accept+close",
             Workload::Udp => "UDP sendto+close",
+            Workload::Syscalls => "unrelated getppid+read",
         }
     }
 }
@@ -119,6 +129,11 @@ pub fn run(workload: Workload, seconds: f64) -> Result<()> {
             let result = churn(duration, || udp_op(&target))?;
             drop(sink);
             result
+        }
+        Workload::Syscalls => {
+            let zero = std::fs::File::open("/dev/zero").context("opening /dev/zero")?;
+            let mut buffer = [0u8; 64];
+            churn(duration, || unrelated_op(&zero, &mut buffer))?
         }
     };
     let result = serde_json::json!({ "ops": ops, "seconds": elapsed.as_secs_f64() });
@@ -202,6 +217,18 @@ fn udp_op(target: &libc::sockaddr_in) -> io::Result<()> {
         )
     };
     if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Workload 4: two syscalls no tracer of ports has any business with.
+fn unrelated_op(zero: &std::fs::File, buffer: &mut [u8; 64]) -> io::Result<()> {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    unsafe { libc::getppid() };
+    // SAFETY: `buffer` is a writable 64-byte array and its length is passed with it.
+    let read = unsafe { libc::read(zero.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
+    if read != buffer.len() as isize {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -69,6 +69,8 @@ const MIN_EVENTS_FOR_RATE: u64 = 10_000;
 #[derive(Default)]
 pub struct Results {
     samples: Vec<(Workload, Mode, Sample)>,
+    /// Milliseconds from a lone bind to its printed claim (empty when not measured).
+    pub latency_ms: Vec<f64>,
 }
 
 impl Results {
@@ -284,25 +286,35 @@ impl Results {
         md
     }
 
-    /// The targets from issue 4, each with the measured value and met / MISSED.
+    /// The targets from issues 4 and 11, each with the measured value and met / MISSED.
     /// Reported, not asserted: timings depend on the machine.
     pub fn targets(&self, modes: &[Mode]) -> Vec<String> {
         let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
         let mut lines = Vec::new();
         for workload in Workload::ALL {
-            if let Some(row) = self.row(workload, Mode::OnePort) {
-                lines.push(format!(
-                    "{}: (b) one unrelated port <= 1.05x: {:.3}x, {}",
-                    workload.describe(),
-                    row.overhead,
-                    verdict(row.overhead <= 1.05)
-                ));
+            // Calls no tracer of ports hooks cost at least the slow syscall path any syscall
+            // tracepoint switches on; socket churn pays only for the hooks it runs.
+            let (limit, modes_held): (f64, &[Mode]) = if workload == Workload::Syscalls {
+                (1.15, &[Mode::OnePort, Mode::AllPorts])
+            } else {
+                (1.05, &[Mode::OnePort])
+            };
+            for &mode in modes_held {
+                if let Some(row) = self.row(workload, mode) {
+                    lines.push(format!(
+                        "{}: {} <= {limit:.2}x: {:.3}x, {}",
+                        workload.describe(),
+                        mode.label(),
+                        row.overhead,
+                        verdict(row.overhead <= limit)
+                    ));
+                }
             }
         }
         if let Some(row) = self.row(Workload::Bind, Mode::AllPorts) {
-            let ok = row.overhead <= 1.3 && row.delivered == row.caused && row.lost == 0;
+            let ok = row.overhead <= 1.5 && row.delivered == row.caused && row.lost == 0;
             lines.push(format!(
-                "{}: (c) every port <= 1.3x with every event delivered and none lost: \
+                "{}: (c) every port <= 1.5x with every event delivered and none lost: \
                  {:.3}x, {}/{} delivered, {} lost, {}",
                 Workload::Bind.describe(),
                 row.overhead,
@@ -310,6 +322,29 @@ impl Results {
                 row.caused,
                 row.lost,
                 verdict(ok)
+            ));
+        }
+        for workload in Workload::ALL {
+            if let Some(cpu) = self
+                .row(workload, Mode::AllPorts)
+                .and_then(|row| row.cpu_per_million)
+            {
+                lines.push(format!(
+                    "{}: (c) tracer CPU <= 0.5 us per delivered event: {cpu:.2} us, {}",
+                    workload.describe(),
+                    verdict(cpu <= 0.5)
+                ));
+            }
+        }
+        if let (Some(typical), Some(worst)) = (
+            median(self.latency_ms.clone()),
+            self.latency_ms.iter().copied().reduce(f64::max),
+        ) {
+            lines.push(format!(
+                "a lone event printed within 50 ms: median {typical:.1} ms, worst {worst:.1} ms \
+                 of {} binds, {}",
+                self.latency_ms.len(),
+                verdict(worst <= 50.0)
             ));
         }
         if modes.contains(&Mode::Bpftrace) {
@@ -355,8 +390,8 @@ impl Results {
             .collect();
         if let (Some(ready), Some(worst)) = (ready, readies.iter().copied().reduce(f64::max)) {
             lines.push(format!(
-                "portwatch ready < 150 ms: worst median {ready:.0} ms (slowest single start {worst:.0} ms), {}",
-                verdict(ready < 150.0)
+                "portwatch ready < 100 ms: worst median {ready:.0} ms (slowest single start {worst:.0} ms), {}",
+                verdict(ready < 100.0)
             ));
         }
         if let Some(rss) = portwatch_rows
