@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::{
     event::{Kind, Proto},
     ports::{self, PortSet},
+    report,
     sink::FileOptions,
 };
 
@@ -43,6 +44,35 @@ enum CommandArgs {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// What happened in a capture: per port the holders over time and how they claimed it,
+    /// failed claims and who blocked them, the busiest processes, the ephemeral peak, and what
+    /// was lost. Exit 0; 1 when --strict meets an unreadable line; 2 when a file cannot be opened.
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// The capture's files, in any order (FILE FILE.1.gz ...); `-` reads standard input.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Only these ports: a port, a range A-B or a comma list; may repeat.
+    #[arg(short, long = "port", value_name = "PORTS", value_parser = ports::parse_spec)]
+    ports: Vec<Vec<RangeInclusive<u16>>>,
+    /// Only from this time: RFC 3339 (2026-11-26T09:50:00Z) or +DURATION after the start (+30s).
+    #[arg(long, value_name = "TIME", value_parser = parse_bound)]
+    since: Option<report::Bound>,
+    /// Only until this time: RFC 3339 or +DURATION after the start of the capture.
+    #[arg(long, value_name = "TIME", value_parser = parse_bound)]
+    until: Option<report::Bound>,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Also write one self-contained HTML page (charts included, nothing fetched) to OUT.
+    #[arg(long, value_name = "OUT")]
+    html: Option<PathBuf>,
+    /// Stop at the first unreadable line or missing record (exit 1) instead of skipping it.
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Args, Debug)]
@@ -149,6 +179,7 @@ pub enum Format {
 pub enum Command {
     Trace(Box<Config>),
     Verify(Vec<PathBuf>),
+    Report(report::Options),
 }
 
 impl Command {
@@ -169,6 +200,20 @@ impl Command {
                 Ok(Command::Trace(Box::new(Config::from_parsed(args)?)))
             }
             Some(CommandArgs::Verify { files }) => Ok(Command::Verify(files)),
+            Some(CommandArgs::Report(args)) => {
+                let ranges: Vec<RangeInclusive<u16>> = args.ports.into_iter().flatten().collect();
+                Ok(Command::Report(report::Options {
+                    files: args.files,
+                    narrowing: report::Narrowing {
+                        ports: (!ranges.is_empty()).then(|| PortSet::new(ranges)),
+                        since: args.since,
+                        until: args.until,
+                    },
+                    json: args.json,
+                    html: args.html,
+                    strict: args.strict,
+                }))
+            }
         }
     }
 }
@@ -336,6 +381,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("the duration must be longer than zero".into());
     }
     Ok(duration)
+}
+
+/// `--since`/`--until`: `2026-11-26T09:50:00Z` or `+30s` after the start of the capture.
+fn parse_bound(text: &str) -> Result<report::Bound, String> {
+    match text.strip_prefix('+') {
+        Some(offset) => parse_duration(offset).map(report::Bound::AfterStart),
+        None => report::parse_rfc3339(text)
+            .map(report::Bound::At)
+            .ok_or_else(|| {
+                format!("{text:?} is not a time like 2026-11-26T09:50:00Z or an offset like +30s")
+            }),
+    }
 }
 
 /// `100M`, `20m`, `1G`, `512K` or plain bytes; binary units.

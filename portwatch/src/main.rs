@@ -12,6 +12,7 @@ mod holders;
 mod loader;
 mod ports;
 mod privileges;
+mod report;
 mod sink;
 mod snapshot;
 mod stream;
@@ -43,6 +44,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
             Err(err) => fail(&err.into(), ExitCode::from(2)),
+        },
+        cli::Command::Report(options) => match report::run(&options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                let code = ExitCode::from(err.exit_code());
+                fail(&err.into(), code)
+            }
         },
     }
 }

@@ -3,7 +3,7 @@
 
 mod file;
 pub mod json;
-mod table;
+pub mod table;
 
 use std::io;
 
