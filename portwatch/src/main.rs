@@ -48,8 +48,8 @@ fn main() -> ExitCode {
         cli::Command::Report(options) => match report::run(&options) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                let code = ExitCode::from(err.exit_code());
-                fail(&err.into(), code)
+                // The error's own sentence names the file and cause; its source would repeat it.
+                fail(&anyhow::anyhow!("{err}"), ExitCode::from(err.exit_code()))
             }
         },
     }

@@ -48,16 +48,19 @@ struct Numbering {
 }
 
 impl Loaded {
-    /// Notes a problem (printed at once by `warn`), or stops when strict.
+    /// Notes a problem and what reading does about it (printed at once by `warn`), or stops
+    /// when strict.
     fn problem(
         &mut self,
         sentence: String,
+        going_on: &str,
         strict: bool,
         warn: &mut impl FnMut(&str),
     ) -> Result<(), LoadError> {
         if strict {
             return Err(LoadError::Malformed(sentence));
         }
+        let sentence = format!("{sentence}; {going_on}");
         warn(&sentence);
         self.problems.push(sentence);
         Ok(())
@@ -79,7 +82,8 @@ pub fn load(
             ReadError::NoHeader { path } => {
                 loaded.skipped += 1;
                 loaded.problem(
-                format!("{path}:1: not a capture header (is it a portwatch --output file?); file skipped"),
+                    format!("{path}:1: not a capture header (is it a portwatch --output file?)"),
+                    "file skipped",
                     strict,
                     &mut warn,
                 )?
@@ -100,11 +104,12 @@ pub fn load(
                     loaded.skipped += 1;
                     loaded.problem(
                         format!(
-                            "{}:{}: the file breaks off here ({}); the rest of it is skipped",
+                            "{}:{}: the file breaks off here ({})",
                             part.path,
                             last_line + 1,
                             error_cause(&error)
                         ),
+                        "the rest of it is skipped",
                         strict,
                         &mut warn,
                     )?;
@@ -123,10 +128,12 @@ pub fn load(
                 Err(reason) => {
                     loaded.skipped += 1;
                     loaded.problem(
-                        format!("{where_}: {reason}; line skipped"),
+                        format!("{where_}: {reason}"),
+                        "line skipped",
                         strict,
                         &mut warn,
                     )?;
+                    numbering.skip_one();
                     continue;
                 }
             };
@@ -134,7 +141,9 @@ pub fn load(
             match numbering.check(&record, seq, &where_, &mut loaded.missing_records) {
                 Sequence::InOrder => {}
                 Sequence::Note(note) => loaded.notes.push(note),
-                Sequence::Problem(sentence) => loaded.problem(sentence, strict, &mut warn)?,
+                Sequence::Problem(sentence) => {
+                    loaded.problem(sentence, "reading on", strict, &mut warn)?
+                }
             }
             loaded.records.push(record);
         }
@@ -150,6 +159,17 @@ fn error_cause(error: &ReadError) -> String {
 }
 
 impl Numbering {
+    /// An unreadable line stood for one record: the next one is not missing another.
+    fn skip_one(&mut self) {
+        if let Some(next) = self
+            .current
+            .as_ref()
+            .and_then(|current| self.next_seq.get_mut(current))
+        {
+            *next += 1;
+        }
+    }
+
     fn check(
         &mut self,
         record: &Record,
@@ -157,12 +177,13 @@ impl Numbering {
         where_: &str,
         missing: &mut u64,
     ) -> Sequence {
+        let mut note = None;
         if let Record::Header(header) = record {
             self.current = Some(header.capture_id.clone());
             if !self.next_seq.contains_key(&header.capture_id) {
                 self.next_seq.insert(header.capture_id.clone(), header.seq);
                 if header.part != 1 {
-                    return Sequence::Note(format!(
+                    note = Some(format!(
                         "capture {} begins at part {} ({where_}): its earlier parts were not given",
                         header.capture_id, header.part
                     ));
@@ -192,7 +213,7 @@ impl Numbering {
             seq if seq < due => Sequence::Problem(format!(
                 "{where_}: seq {seq} where {due} was due: records repeated or out of order"
             )),
-            _ => Sequence::InOrder,
+            _ => note.map_or(Sequence::InOrder, Sequence::Note),
         }
     }
 }
