@@ -12,6 +12,7 @@ mod expect;
 mod failures;
 mod holders;
 mod lifetimes;
+mod report;
 mod tracer;
 mod udp;
 mod workload;
@@ -61,6 +62,22 @@ const SCENARIOS: &[Scenario] = &[
         capture::unsafe_output_paths_are_refused,
     ),
     ("audit names the process", capture::audit_names_the_process),
+    (
+        "report tells what the capture saw",
+        report::report_tells_what_the_capture_saw,
+    ),
+    (
+        "report states lost events",
+        report::report_states_lost_events,
+    ),
+    (
+        "report names a truncated file and line",
+        report::truncated_capture_is_named_by_file_and_line,
+    ),
+    (
+        "report html is self-contained",
+        report::report_html_is_self_contained,
+    ),
     (
         "SIGKILL releases held ports",
         lifetimes::sigkill_releases_held_ports,
