@@ -47,6 +47,18 @@ fn rfc3339(at: u128) -> Result<String, String> {
     Ok(format!("{seconds}.{:09}Z", at % 1_000_000_000))
 }
 
+/// A tracer on `ports` writing the capture `ports.jsonl` in `dir`, with `options` added.
+fn capture_in(
+    dir: &std::path::Path,
+    ports: &str,
+    options: &[&str],
+) -> Result<(Tracer, PathBuf), Box<dyn std::error::Error + Send + Sync>> {
+    let file = dir.join("ports.jsonl");
+    let mut args = vec!["--port", ports, "--output", file.to_str().ok_or("path")?];
+    args.extend_from_slice(options);
+    Ok((Tracer::start(&args)?, file))
+}
+
 /// `portwatch report ARGS FILES`: exit code, stdout, stderr.
 fn report(args: &[&str], files: &[PathBuf]) -> std::io::Result<(Option<i32>, String, String)> {
     let output = Command::new(tracer::binary())
@@ -164,20 +176,19 @@ pub fn report_tells_what_the_capture_saw() -> Outcome {
     let dir = scratch("report")?;
     let ports = [free_port(), free_port(), free_port(), free_port()];
     let list = ports.map(|port| port.to_string()).join(",");
-    let file = dir.join("ports.jsonl");
-    let tracer = Tracer::start(&[
-        "--port",
+    let (tracer, _) = capture_in(
+        &dir,
         &list,
-        "--output",
-        file.to_str().ok_or("path")?,
-        "--rotate-size",
-        "16K",
-        "--rotate-keep",
-        "100",
-        "--compress",
-        "--seal",
-        "--quiet",
-    ])?;
+        &[
+            "--rotate-size",
+            "16K",
+            "--rotate-keep",
+            "100",
+            "--compress",
+            "--seal",
+            "--quiet",
+        ],
+    )?;
     let done = do_things(ports[0], ports[1], ports[2], ports[3]);
     let trace = tracer.stop();
     let done = done?;
@@ -308,16 +319,7 @@ pub fn report_tells_what_the_capture_saw() -> Outcome {
 pub fn report_states_lost_events() -> Outcome {
     let dir = scratch("report-lost")?;
     let port = free_port();
-    let file = dir.join("ports.jsonl");
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--ring-kib",
-        "4",
-        "--output",
-        file.to_str().ok_or("path")?,
-        "--quiet",
-    ])?;
+    let (tracer, file) = capture_in(&dir, &port.to_string(), &["--ring-kib", "4", "--quiet"])?;
     tracer.pause();
     let churned = churn(port, 300);
     tracer.resume();
@@ -353,19 +355,18 @@ pub fn report_states_lost_events() -> Outcome {
 pub fn truncated_capture_is_named_by_file_and_line() -> Outcome {
     let dir = scratch("report-torn")?;
     let port = free_port();
-    let file = dir.join("ports.jsonl");
-    let tracer = Tracer::start(&[
-        "--port",
+    let (tracer, file) = capture_in(
+        &dir,
         &port.to_string(),
-        "--output",
-        file.to_str().ok_or("path")?,
-        "--rotate-size",
-        "8K",
-        "--rotate-keep",
-        "100",
-        "--compress",
-        "--quiet",
-    ])?;
+        &[
+            "--rotate-size",
+            "8K",
+            "--rotate-keep",
+            "100",
+            "--compress",
+            "--quiet",
+        ],
+    )?;
     let churned = churn(port, 150);
     let trace = tracer.stop();
     churned?;
@@ -428,14 +429,7 @@ pub fn truncated_capture_is_named_by_file_and_line() -> Outcome {
 pub fn report_html_is_self_contained() -> Outcome {
     let dir = scratch("report-html")?;
     let port = free_port();
-    let file = dir.join("ports.jsonl");
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--output",
-        file.to_str().ok_or("path")?,
-        "--quiet",
-    ])?;
+    let (tracer, file) = capture_in(&dir, &port.to_string(), &["--quiet"])?;
     let listener = tcp_listener(V4, port);
     let refused = Socket::new(Kind::Tcp, V4)?.bind(port);
     drop(listener);
