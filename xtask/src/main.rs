@@ -5,6 +5,7 @@
 
 mod bench;
 mod project;
+mod report_page;
 mod soak;
 mod toolchain;
 mod vm;
@@ -40,6 +41,9 @@ enum Command {
     VmTest(vm::VmArgs),
     /// Measure portwatch's overhead against no tracer and bpftrace.
     Bench(bench::BenchArgs),
+    /// Render `portwatch report --html` in headless Chromium: charts drawn, no console message,
+    /// a screenshot saved (hosts only; needs Debian's chromium).
+    ReportPage(report_page::ReportPageArgs),
     /// A long capture under steady churn: rotation, SIGHUP, verify, RSS and maps over time.
     Soak(soak::SoakArgs),
 }
@@ -60,5 +64,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::VmTest(args) => vm::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Soak(args) => soak::run(args),
+        Command::ReportPage(args) => report_page::run(args),
     }
 }

@@ -123,7 +123,8 @@ pub fn occupancy(report: &Report) -> Result<Occupancy, String> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(230)
-            .build_cartesian_2d(0f64..span, (0..row_count).into_segmented())
+            // A fifth more room on the right keeps the legend off the bars.
+            .build_cartesian_2d(0f64..span * 1.2, (0..row_count).into_segmented())
             .map_err(error)?;
         let label = |value: &SegmentValue<i32>| match value {
             SegmentValue::CenterOf(i) => rows
