@@ -334,7 +334,7 @@ pub fn report_states_lost_events() -> Outcome {
     check(lost > 0, || {
         format!("nothing lost with a 4 KiB ring: {summary}")
     })?;
-    let json = report_json(&[], &[file.clone()])?;
+    let json = report_json(&[], std::slice::from_ref(&file))?;
     check(json["lost"]["events"] == lost, || {
         format!(
             "the report says lost {} where the summary says {lost}",
