@@ -12,6 +12,9 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;paddin
 th{background:#f2f2f2}td.n{text-align:right}figure{margin:0}figcaption{font-size:13px;color:#555}\
 ul.problems li{color:#a00}";
 
+/// The holders table stops here: a page of a busy capture stays small enough to open.
+const MAX_HOLDER_ROWS: usize = 2000;
+
 /// Text safe inside HTML elements and attribute values.
 fn escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
@@ -131,10 +134,23 @@ pub fn page(report: &Report) -> Result<String, String> {
         }),
     );
     out.push_str("<h2>Holders</h2>");
+    let all_holds = report
+        .ports
+        .iter()
+        .map(|port| port.holds.len())
+        .sum::<usize>();
+    if all_holds > MAX_HOLDER_ROWS {
+        let _ = write!(
+            out,
+            "<p id=\"holders-left-out\">The first {MAX_HOLDER_ROWS} of {all_holds} holds, by port; \
+             <code>portwatch report --json</code> lists them all.</p>"
+        );
+    }
     let holds = report
         .ports
         .iter()
-        .flat_map(|port| port.holds.iter().map(move |hold| (port, hold)));
+        .flat_map(|port| port.holds.iter().map(move |hold| (port, hold)))
+        .take(MAX_HOLDER_ROWS);
     table(
         &mut out,
         "holders",

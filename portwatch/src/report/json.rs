@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use serde_json::{Value, json};
 
 use super::{
-    model::Report,
+    model::{PortReport, Report},
     pressure::RangeSource,
     record::Process,
     timeline::{End, Failure, Hold},
@@ -71,7 +71,17 @@ fn failure(failure: &Failure) -> Value {
     })
 }
 
-pub fn to_value(report: &Report) -> Value {
+fn port(port: &PortReport) -> Value {
+    json!({
+        "proto": port.proto.name(),
+        "port": port.port,
+        "holders": port.holds.iter().map(hold).collect::<Vec<_>>(),
+        "failures": port.failures.iter().map(failure).collect::<Vec<_>>(),
+    })
+}
+
+/// Everything but the ports.
+fn head(report: &Report) -> Value {
     let pressure = &report.pressure;
     json!({
         "files": report.files,
@@ -96,12 +106,6 @@ pub fn to_value(report: &Report) -> Value {
         },
         "problems": report.problems,
         "notes": report.notes,
-        "ports": report.ports.iter().map(|port| json!({
-            "proto": port.proto.name(),
-            "port": port.port,
-            "holders": port.holds.iter().map(hold).collect::<Vec<_>>(),
-            "failures": port.failures.iter().map(failure).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
         "portless_failures": report.portless_failures.iter().map(failure).collect::<Vec<_>>(),
         "busiest": report.busiest.iter().map(|activity| json!({
             "pid": activity.process.pid,
@@ -128,7 +132,19 @@ pub fn to_value(report: &Report) -> Value {
     })
 }
 
+/// One line of JSON. The ports, which can be most of a busy capture, are written one at a time
+/// after the rest, so the whole document is never built in memory.
 pub fn write(out: &mut impl Write, report: &Report) -> io::Result<()> {
-    serde_json::to_writer_pretty(&mut *out, &to_value(report))?;
-    writeln!(out)
+    let mut head = serde_json::to_vec(&head(report))?;
+    // `{...}` without its closing brace, to go on with the ports.
+    head.pop();
+    out.write_all(&head)?;
+    out.write_all(b",\"ports\":[")?;
+    for (index, entry) in report.ports.iter().enumerate() {
+        if index > 0 {
+            out.write_all(b",")?;
+        }
+        serde_json::to_writer(&mut *out, &port(entry))?;
+    }
+    out.write_all(b"]}\n")
 }

@@ -18,10 +18,9 @@ pub enum LoadError {
     Empty,
 }
 
-/// Records of every readable part, with what was skipped or found missing on the way.
+/// What reading every part found besides its records: what was skipped or missing.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    pub records: Vec<Record>,
     /// One sentence per problem, `FILE:LINE: ...`, in the order found.
     pub problems: Vec<String>,
     /// Records the numbering shows missing (seq gaps), beside the kernel's `lost`.
@@ -67,10 +66,12 @@ impl Loaded {
     }
 }
 
+/// Hands every readable record to `each`, in capture order.
 pub fn load(
     paths: &[PathBuf],
     strict: bool,
     mut warn: impl FnMut(&str),
+    mut each: impl FnMut(Record),
 ) -> Result<Loaded, LoadError> {
     let (mut parts, errors) = reader::open_each_in_order(paths);
     let mut loaded = Loaded {
@@ -145,7 +146,7 @@ pub fn load(
                     loaded.problem(sentence, "reading on", strict, &mut warn)?
                 }
             }
-            loaded.records.push(record);
+            each(record);
         }
     }
     Ok(loaded)

@@ -63,10 +63,14 @@ impl ReportError {
 }
 
 pub fn run(options: &Options) -> Result<(), ReportError> {
-    let loaded = load::load(&options.files, options.strict, |sentence| {
-        eprintln!("portwatch report: {sentence}");
-    })?;
-    let report = model::Report::build(loaded, &options.narrowing, ports::ephemeral());
+    let mut folded = model::Folded::default();
+    let loaded = load::load(
+        &options.files,
+        options.strict,
+        |sentence| eprintln!("portwatch report: {sentence}"),
+        |record| folded.add(record),
+    )?;
+    let report = model::Report::build(folded, loaded, &options.narrowing, ports::ephemeral());
     if let Some(path) = &options.html {
         let page = html::page(&report).map_err(ReportError::Chart)?;
         fs::write(path, page).map_err(|source| ReportError::Write {

@@ -94,51 +94,70 @@ fn port_entry(by_port: &mut ByPort, proto: Proto, port: u16) -> &mut PortReport 
         })
 }
 
+/// Records folded as they are read, so a capture is never held in memory whole.
+#[derive(Debug, Default)]
+pub struct Folded {
+    captures: Vec<Capture>,
+    timeline: Timeline,
+    first: Option<u128>,
+    last: u128,
+    lost_in_records: u64,
+    ending: Option<Ending>,
+}
+
+impl Folded {
+    pub fn add(&mut self, record: Record) {
+        let ts = match record {
+            Record::Header(header) => {
+                let started = header.started;
+                match self
+                    .captures
+                    .iter_mut()
+                    .find(|capture| capture.header.capture_id == header.capture_id)
+                {
+                    Some(capture) => capture.parts.push(header.part),
+                    None => self.captures.push(Capture {
+                        parts: vec![header.part],
+                        header,
+                    }),
+                }
+                started
+            }
+            Record::Event(event) => {
+                self.timeline.add(&event);
+                event.ts
+            }
+            Record::Lost { ts, count } => {
+                self.lost_in_records += count;
+                ts
+            }
+            Record::Summary { ts, end, lost } => {
+                self.ending = Some(Ending { end, lost });
+                ts
+            }
+        };
+        self.first = Some(self.first.map_or(ts, |first| first.min(ts)));
+        self.last = self.last.max(ts);
+    }
+}
+
 impl Report {
     /// `host_range` is this host's ephemeral range, used when the headers record none.
     pub fn build(
+        folded: Folded,
         loaded: Loaded,
         narrowing: &Narrowing,
         host_range: std::io::Result<std::ops::RangeInclusive<u16>>,
     ) -> Self {
-        let mut captures: Vec<Capture> = Vec::new();
-        let mut timeline = Timeline::default();
-        let (mut first, mut last) = (u128::MAX, 0u128);
-        let (mut lost_in_records, mut ending) = (0u64, None);
-        for record in &loaded.records {
-            let ts = match record {
-                Record::Header(header) => {
-                    match captures
-                        .iter_mut()
-                        .find(|capture| capture.header.capture_id == header.capture_id)
-                    {
-                        Some(capture) => capture.parts.push(header.part),
-                        None => captures.push(Capture {
-                            header: header.clone(),
-                            parts: vec![header.part],
-                        }),
-                    }
-                    header.started
-                }
-                Record::Event(event) => {
-                    timeline.add(event);
-                    event.ts
-                }
-                Record::Lost { ts, count } => {
-                    lost_in_records += count;
-                    *ts
-                }
-                Record::Summary { ts, end, lost } => {
-                    ending = Some(Ending {
-                        end: end.clone(),
-                        lost: *lost,
-                    });
-                    *ts
-                }
-            };
-            first = first.min(ts);
-            last = last.max(ts);
-        }
+        let Folded {
+            captures,
+            timeline,
+            first,
+            last,
+            lost_in_records,
+            ending,
+        } = folded;
+        let first = first.unwrap_or(last);
         let span = Window::new(first.min(last), last);
         let window = Window::narrowed(span.since, span.until, narrowing.since, narrowing.until);
         let watched = |port: u16| {
@@ -148,33 +167,34 @@ impl Report {
                 .is_none_or(|ports| ports.contains(port))
         };
         let mut by_port = ByPort::new();
-        let holds: Vec<&Hold> = timeline
-            .holds
-            .iter()
-            .filter(|hold| watched(hold.port) && window.overlaps(hold))
-            .collect();
-        for hold in &holds {
-            port_entry(&mut by_port, hold.proto, hold.port)
-                .holds
-                .push((*hold).clone());
-        }
-        let failures: Vec<&Failure> = timeline
-            .failures
-            .iter()
-            .filter(|failure| window.contains(failure.ts))
-            .filter(|failure| failure.port == 0 || watched(failure.port))
-            .filter(|failure| failure.port != 0 || narrowing.ports.is_none())
-            .collect();
         let mut portless_failures = Vec::new();
-        for failure in &failures {
-            if failure.port == 0 {
-                portless_failures.push((*failure).clone());
-            } else {
-                port_entry(&mut by_port, failure.proto, failure.port)
-                    .failures
-                    .push((*failure).clone());
+        for hold in timeline.holds {
+            if watched(hold.port) && window.overlaps(&hold) {
+                port_entry(&mut by_port, hold.proto, hold.port)
+                    .holds
+                    .push(hold);
             }
         }
+        for failure in timeline.failures {
+            if !window.contains(failure.ts) {
+                continue;
+            }
+            if failure.port == 0 {
+                if narrowing.ports.is_none() {
+                    portless_failures.push(failure);
+                }
+            } else if watched(failure.port) {
+                port_entry(&mut by_port, failure.proto, failure.port)
+                    .failures
+                    .push(failure);
+            }
+        }
+        let holds: Vec<&Hold> = by_port.values().flat_map(|port| &port.holds).collect();
+        let failures: Vec<&Failure> = by_port
+            .values()
+            .flat_map(|port| &port.failures)
+            .chain(&portless_failures)
+            .collect();
         let header_range = captures
             .iter()
             .find_map(|capture| capture.header.ephemeral_range.as_deref())
@@ -194,7 +214,7 @@ impl Report {
             window,
             narrowed_ports: narrowing.ports.as_ref().map(PortSet::describe),
             losses: Losses {
-                lost_events: lost_in_records.max(ending.as_ref().map_or(0, |e: &Ending| e.lost)),
+                lost_events: lost_in_records.max(ending.as_ref().map_or(0, |e| e.lost)),
                 missing_records: loaded.missing_records,
                 skipped: loaded.skipped,
                 ending,

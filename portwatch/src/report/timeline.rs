@@ -97,6 +97,8 @@ pub struct Timeline {
     open: HashMap<SocketKey, Vec<usize>>,
     /// Indices into `holds` in TIME_WAIT whose end has not been seen.
     time_waits: HashMap<SocketKey, Vec<usize>>,
+    /// Indices into `holds` per protocol and port, for who held a port when a claim failed.
+    by_port: HashMap<(Proto, u16), Vec<usize>>,
 }
 
 impl Timeline {
@@ -113,8 +115,13 @@ impl Timeline {
     }
 
     fn push(&mut self, hold: Hold) -> usize {
+        let index = self.holds.len();
+        self.by_port
+            .entry((hold.proto, hold.port))
+            .or_default()
+            .push(index);
         self.holds.push(hold);
-        self.holds.len() - 1
+        index
     }
 
     /// A hold of `event`'s socket.
@@ -250,13 +257,13 @@ impl Timeline {
         let held_by_in_capture = if blocker.is_some() || event.port == 0 {
             Vec::new()
         } else {
-            let mut holders: Vec<Process> = self
-                .holds
-                .iter()
+            let on_port = self.by_port.get(&(event.proto, event.port));
+            let mut holders: Vec<Process> = on_port
+                .into_iter()
+                .flatten()
+                .map(|&index| &self.holds[index])
                 .filter(|hold| {
-                    hold.proto == event.proto
-                        && hold.port == event.port
-                        && hold.from.is_none_or(|from| from <= event.ts)
+                    hold.from.is_none_or(|from| from <= event.ts)
                         && hold.occupied_until().is_none_or(|end| end >= event.ts)
                 })
                 .map(|hold| hold.process.clone())
