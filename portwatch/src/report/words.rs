@@ -192,7 +192,9 @@ pub fn coverage(report: &Report) -> Vec<String> {
         rfc3339(report.span.until),
         duration(report.span.until - report.span.since)
     ));
-    if report.window != report.span || report.narrowed_ports.is_some() {
+    if report.window.since > report.window.until {
+        lines.push("the window is empty: --since falls after --until or after the capture".into());
+    } else if report.window != report.span || report.narrowed_ports.is_some() {
         let mut narrowed = format!(
             "narrowed to {} - {}",
             rfc3339(report.window.since),
