@@ -28,23 +28,28 @@ fn now_ns() -> u128 {
         .map_or(0, |elapsed| elapsed.as_nanos())
 }
 
-/// `at` as the report writes times, `2026-11-26T09:50:00.123456789Z`: whole seconds through
-/// `date` (GNU or busybox: the suite keeps no calendar code of its own), nanoseconds appended.
-/// Such strings sort as the times they name.
-fn rfc3339(at: u128) -> Result<String, String> {
-    let output = Command::new("date")
-        .args([
-            "-u",
-            "-d",
-            &format!("@{}", at / 1_000_000_000),
-            "+%Y-%m-%dT%H:%M:%S",
-        ])
-        .output()
-        .map_err(|err| format!("date: {err}"))?;
-    let seconds = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    check(seconds.len() == 19, || format!("date printed {seconds:?}"))
-        .map_err(|err| err.to_string())?;
-    Ok(format!("{seconds}.{:09}Z", at % 1_000_000_000))
+const DAY_NS: u128 = 86_400 * 1_000_000_000;
+
+/// The time of day, in nanoseconds, of a time the report wrote (`...T09:50:00.123456789Z`).
+/// Comparing times of day needs no calendar (busybox guests have no `date` either).
+fn nanos_of_day(what: &str, value: &Value) -> Result<u128, String> {
+    let text = value
+        .as_str()
+        .ok_or_else(|| format!("{what}: {value} is not a time"))?;
+    let clock = text
+        .split_once('T')
+        .and_then(|(_, clock)| clock.strip_suffix('Z'))
+        .ok_or_else(|| format!("{what}: {text:?} is not an RFC 3339 UTC time"))?;
+    let (whole, fraction) = clock.split_once('.').unwrap_or((clock, "0"));
+    let fields: Vec<u128> = whole
+        .split(':')
+        .chain(std::iter::once(fraction))
+        .map(|field| field.parse().map_err(|_| format!("{what}: {text:?}")))
+        .collect::<Result<_, _>>()?;
+    let [hours, minutes, seconds, nanos] = fields[..] else {
+        return Err(format!("{what}: {text:?} is not HH:MM:SS.nnnnnnnnn"));
+    };
+    Ok(((hours * 60 + minutes) * 60 + seconds) * 1_000_000_000 + nanos)
 }
 
 /// A tracer on `ports` writing the capture `ports.jsonl` in `dir`, with `options` added.
@@ -98,16 +103,18 @@ fn port<'a>(report: &'a Value, proto: &str, port: u16) -> Result<&'a Value, Stri
         .ok_or_else(|| format!("the report has no {proto} port {port}: {}", report["ports"]))
 }
 
-/// The report's time `value` lies within `[before, after]`, give or take the clocks' slack.
+/// The report's time `value` lies within `[before, after]` (wall-clock nanoseconds), give or
+/// take the clocks' slack; midnight may fall in between.
 fn within(what: &str, value: &Value, (before, after): (u128, u128)) -> Outcome {
-    let at = value
-        .as_str()
-        .ok_or_else(|| format!("{what}: {value} is not a time"))?;
-    let (from, to) = (rfc3339(before - SLACK_NS)?, rfc3339(after + SLACK_NS)?);
-    check(
-        at.len() == from.len() && from.as_str() <= at && at <= to.as_str(),
-        || format!("{what} at {at}, outside what the scenario did: {from} .. {to}"),
-    )
+    let at = nanos_of_day(what, value)?;
+    let from = (before - SLACK_NS) % DAY_NS;
+    let into = (at + DAY_NS - from) % DAY_NS;
+    check(into <= after - before + 2 * SLACK_NS, || {
+        format!(
+            "{what} at {value}, outside what the scenario did: {} ns from {before} to {after}",
+            into as i128 - SLACK_NS as i128
+        )
+    })
 }
 
 /// What the scenario did, with wall-clock bounds around each step.
@@ -302,7 +309,10 @@ pub fn report_tells_what_the_capture_saw() -> Outcome {
         ports_left.len() == 1 && ports_left[0]["port"] == done.udp_port,
         || format!("--port left {ports_left:?}"),
     )?;
-    let until = rfc3339((done.listened.1 + done.conflict.0) / 2)?;
+    // Between the listen and the failed bind, as an offset from the start of the capture.
+    let start = nanos_of_day("the capture's start", &json["span"]["from"])?;
+    let middle = ((done.listened.1 + done.conflict.0) / 2) % DAY_NS;
+    let until = format!("+{}ms", (middle + DAY_NS - start) % DAY_NS / 1_000_000);
     let early = report_json(&["--until", &until], &files)?;
     let early_listener = port(&early, "tcp", done.listen_port)?;
     check(

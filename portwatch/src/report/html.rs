@@ -68,6 +68,13 @@ pub fn page(report: &Report) -> Result<String, String> {
         escape(&words::losses(&report.losses)),
         escape(&words::pressure(&report.pressure, words::watching(report)))
     );
+    for pressure in &report.pressure_events {
+        let _ = write!(
+            out,
+            "<p class=\"pressure\">pressure: {}</p>",
+            escape(&words::pressure_event(pressure))
+        );
+    }
     if !report.problems.is_empty() {
         out.push_str("<h2>Unreadable input</h2><ul class=\"problems\">");
         for problem in &report.problems {

@@ -106,6 +106,19 @@ fn head(report: &Report) -> Value {
         },
         "problems": report.problems,
         "notes": report.notes,
+        "pressure_events": report.pressure_events.iter().map(|pressure| json!({
+            "ts": rfc3339(pressure.ts),
+            "proto": pressure.proto.name(),
+            "state": if pressure.high { "high" } else { "normal" },
+            "in_use": pressure.in_use,
+            "range": pressure.range,
+            "range_size": pressure.range_size,
+            "share_pct": pressure.share_pct,
+            "netns": pressure.netns,
+            "top": pressure.top.iter().map(|(holder, ports)| json!({
+                "pid": holder.pid, "comm": holder.comm, "ports": ports,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "portless_failures": report.portless_failures.iter().map(failure).collect::<Vec<_>>(),
         "busiest": report.busiest.iter().map(|activity| json!({
             "pid": activity.process.pid,
@@ -120,6 +133,7 @@ fn head(report: &Report) -> Value {
             "size": pressure.range_size(),
             "range_from": match &pressure.source {
                 RangeSource::Header => "capture".to_string(),
+                RangeSource::PressureRecord => "pressure record".to_string(),
                 RangeSource::ThisHost => "this host".to_string(),
                 RangeSource::Unknown(reason) => format!("unknown: {reason}"),
             },

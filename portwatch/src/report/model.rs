@@ -8,7 +8,7 @@ use super::{
     load::Loaded,
     pressure::{Pressure, RangeSource},
     processes::{self, Activity},
-    record::{Header, Record},
+    record::{Header, PressureEvent, Record},
     timeline::{Failure, Hold, Timeline},
     window::{Bound, Window},
 };
@@ -62,7 +62,7 @@ pub struct PortReport {
     pub failures: Vec<Failure>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Report {
     pub files: usize,
     pub captures: Vec<Capture>,
@@ -79,6 +79,8 @@ pub struct Report {
     pub portless_failures: Vec<Failure>,
     pub busiest: Vec<Activity>,
     pub pressure: Pressure,
+    /// The tracer's own `--pressure` crossings in the window.
+    pub pressure_events: Vec<PressureEvent>,
 }
 
 type ByPort = BTreeMap<(u16, &'static str), PortReport>;
@@ -103,6 +105,9 @@ pub struct Folded {
     last: u128,
     lost_in_records: u64,
     ending: Option<Ending>,
+    pressure_events: Vec<PressureEvent>,
+    /// Records of kinds this report does not know, by kind.
+    other_kinds: BTreeMap<String, u64>,
 }
 
 impl Folded {
@@ -126,6 +131,15 @@ impl Folded {
             Record::Event(event) => {
                 self.timeline.add(&event);
                 event.ts
+            }
+            Record::Pressure(pressure) => {
+                let ts = pressure.ts;
+                self.pressure_events.push(pressure);
+                ts
+            }
+            Record::Other { event } => {
+                *self.other_kinds.entry(event).or_default() += 1;
+                return;
             }
             Record::Lost { ts, count } => {
                 self.lost_in_records += count;
@@ -156,6 +170,8 @@ impl Report {
             last,
             lost_in_records,
             ending,
+            pressure_events,
+            other_kinds,
         } = folded;
         let first = first.unwrap_or(last);
         let span = Window::new(first.min(last), last);
@@ -195,16 +211,30 @@ impl Report {
             .flat_map(|port| &port.failures)
             .chain(&portless_failures)
             .collect();
+        let range_of = |text: &str| {
+            crate::ports::parse_spec(text)
+                .ok()
+                .and_then(|ranges| ranges.into_iter().next())
+        };
         let header_range = captures
             .iter()
             .find_map(|capture| capture.header.ephemeral_range.as_deref())
-            .and_then(|text| crate::ports::parse_spec(text).ok())
-            .and_then(|ranges| ranges.into_iter().next());
-        let (range, source) = match (header_range, host_range) {
-            (Some(range), _) => (Some(range), RangeSource::Header),
-            (None, Ok(range)) => (Some(range), RangeSource::ThisHost),
-            (None, Err(err)) => (None, RangeSource::Unknown(err.to_string())),
+            .and_then(range_of);
+        let pressure_range = pressure_events
+            .first()
+            .and_then(|pressure| range_of(&pressure.range));
+        let (range, source) = match (header_range, pressure_range, host_range) {
+            (Some(range), _, _) => (Some(range), RangeSource::Header),
+            (None, Some(range), _) => (Some(range), RangeSource::PressureRecord),
+            (None, None, Ok(range)) => (Some(range), RangeSource::ThisHost),
+            (None, None, Err(err)) => (None, RangeSource::Unknown(err.to_string())),
         };
+        let mut notes = loaded.notes;
+        for (kind, count) in &other_kinds {
+            notes.push(format!(
+                "{count} `{kind}` record(s) of a kind this report does not read"
+            ));
+        }
         let pressure = Pressure::measure(&holds, range, source, &window);
         let busiest = processes::busiest(&holds, &failures, &window, BUSIEST);
         Self {
@@ -220,11 +250,78 @@ impl Report {
                 ending,
             },
             problems: loaded.problems,
-            notes: loaded.notes,
+            notes,
+            pressure_events: pressure_events
+                .into_iter()
+                .filter(|pressure| window.contains(pressure.ts))
+                .collect(),
             ports: by_port.into_values().collect(),
             portless_failures,
             busiest,
             pressure,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::record::Record;
+
+    fn records(lines: &[&str]) -> Folded {
+        let mut folded = Folded::default();
+        for line in lines {
+            folded.add(Record::from_value(&serde_json::from_str(line).unwrap()).unwrap());
+        }
+        folded
+    }
+
+    const HEADER: &str = r#"{"seq":1,"ts":"2026-11-26T05:00:00Z","event":"capture","capture_id":"c","part":1,"started":"2026-11-26T05:00:00Z","watching":"ports 40000-40099"}"#;
+    const CLAIM: &str = r#"{"seq":2,"ts":"2026-11-26T05:00:01Z","event":"claim","proto":"tcp","family":"ipv4","local_addr":"127.0.0.1","local_port":40001,"pid":7,"comm":"load","how":"connect"}"#;
+    const FAIL: &str = r#"{"seq":3,"ts":"2026-11-26T05:00:02Z","event":"fail","proto":"tcp","family":"ipv4","local_addr":"0.0.0.0","local_port":0,"pid":7,"comm":"load","how":"connect","errno":"EADDRNOTAVAIL"}"#;
+    const PRESSURE: &str = r#"{"seq":4,"ts":"2026-11-26T05:00:03Z","event":"pressure","proto":"tcp","state":"high","in_use":90,"range":"40000-40099","range_size":100,"share_pct":90.0,"threshold_pct":80,"top":[]}"#;
+    const FUTURE: &str = r#"{"seq":5,"ts":"2026-11-26T05:00:04Z","event":"teleport"}"#;
+    const LOST: &str = r#"{"seq":6,"ts":"2026-11-26T05:00:05Z","event":"lost","count":4}"#;
+    const SUMMARY: &str =
+        r#"{"seq":7,"ts":"2026-11-26T05:00:06Z","event":"summary","end":"interrupt","lost":4}"#;
+
+    #[test]
+    fn a_capture_folds_into_ports_losses_and_pressure() {
+        let folded = records(&[HEADER, CLAIM, FAIL, PRESSURE, FUTURE, LOST, SUMMARY]);
+        let host: std::io::Result<std::ops::RangeInclusive<u16>> = Ok(1..=2);
+        let report = Report::build(folded, Loaded::default(), &Narrowing::default(), host);
+        assert_eq!(report.ports.len(), 1);
+        assert_eq!(
+            report.ports[0].holds[0].end,
+            crate::report::timeline::End::Open
+        );
+        assert_eq!(report.portless_failures[0].errno, "EADDRNOTAVAIL");
+        assert_eq!(report.losses.lost_events, 4);
+        assert_eq!(
+            report.losses.ending.as_ref().map(|e| e.end.as_str()),
+            Some("interrupt")
+        );
+        // The pressure record's range wins over this host's.
+        assert_eq!(report.pressure.source, RangeSource::PressureRecord);
+        assert_eq!(
+            (report.pressure.range_size(), report.pressure.peaks[0].ports),
+            (100, 1)
+        );
+        assert_eq!(report.pressure_events.len(), 1);
+        assert!(report.notes[0].contains("`teleport`"));
+    }
+
+    #[test]
+    fn narrowing_by_port_and_time_leaves_the_rest_out() {
+        let narrowing = Narrowing {
+            ports: Some(PortSet::new(vec![40002..=40002])),
+            since: None,
+            until: Some(Bound::AfterStart(std::time::Duration::from_millis(500))),
+        };
+        let folded = records(&[HEADER, CLAIM, FAIL, SUMMARY]);
+        let report = Report::build(folded, Loaded::default(), &narrowing, Ok(1..=2));
+        assert!(report.ports.is_empty() && report.portless_failures.is_empty());
+        assert_eq!(report.pressure.source, RangeSource::ThisHost);
+        assert_eq!(report.window.until - report.window.since, 500_000_000);
     }
 }

@@ -12,6 +12,9 @@ use crate::event::Proto;
 pub enum RangeSource {
     /// The capture header's `ephemeral_range`.
     Header,
+    /// The `range` of the capture's first `pressure` record (the tracer read it in the
+    /// namespace whose range filled).
+    PressureRecord,
     /// This host's `/proc/sys/net/ipv4/ip_local_port_range`, read now: the capture does not say.
     ThisHost,
     /// Neither: the header has none and this host's could not be read (the reason).

@@ -63,12 +63,41 @@ pub struct Header {
     pub ephemeral_range: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A `pressure` record: a namespace's ephemeral range filled past the tracer's threshold
+/// (`high`) or eased again, with the processes holding most of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PressureEvent {
+    pub ts: u128,
+    pub proto: Proto,
+    pub high: bool,
+    pub in_use: u64,
+    /// `32768-60999`, as the record gives it.
+    pub range: String,
+    pub range_size: u64,
+    pub share_pct: f64,
+    pub netns: Option<u64>,
+    pub top: Vec<(Process, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     Header(Header),
     Event(PortEvent),
-    Lost { ts: u128, count: u64 },
-    Summary { ts: u128, end: String, lost: u64 },
+    Pressure(PressureEvent),
+    Lost {
+        ts: u128,
+        count: u64,
+    },
+    Summary {
+        ts: u128,
+        end: String,
+        lost: u64,
+    },
+    /// A record of a kind this report does not know (from a newer portwatch): counted and
+    /// named in the report, not an error.
+    Other {
+        event: String,
+    },
 }
 
 fn text(value: &Value, key: &str) -> Result<String, String> {
@@ -127,13 +156,38 @@ fn blocker(value: &Value) -> Result<Option<Option<Blocker>>, String> {
     })))
 }
 
+fn proto(value: &Value) -> Result<Proto, String> {
+    match text(value, "proto")?.as_str() {
+        "tcp" => Ok(Proto::Tcp),
+        "udp" => Ok(Proto::Udp),
+        other => Err(format!("unknown proto {other:?}")),
+    }
+}
+
+fn pressure(value: &Value) -> Result<PressureEvent, String> {
+    let top = value["top"]
+        .as_array()
+        .map(|top| {
+            top.iter()
+                .map(|entry| (process(entry), entry["ports"].as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(PressureEvent {
+        ts: timestamp(value, "ts")?,
+        proto: proto(value)?,
+        high: text(value, "state")? == "high",
+        in_use: number(value, "in_use")?,
+        range: text(value, "range")?,
+        range_size: number(value, "range_size")?,
+        share_pct: value["share_pct"].as_f64().unwrap_or(0.0),
+        netns: value["netns"].as_u64(),
+        top,
+    })
+}
+
 fn port_event(value: &Value, kind: Kind) -> Result<PortEvent, String> {
-    let proto = text(value, "proto")?;
-    let proto = match proto.as_str() {
-        "tcp" => Proto::Tcp,
-        "udp" => Proto::Udp,
-        other => return Err(format!("unknown proto {other:?}")),
-    };
+    let proto = proto(value)?;
     let port = number(value, "local_port")?;
     Ok(PortEvent {
         ts: timestamp(value, "ts")?,
@@ -184,9 +238,12 @@ impl Record {
                 end: optional_text(value, "end").unwrap_or_default(),
                 lost: number(value, "lost")?,
             }),
+            "pressure" => pressure(value).map(Record::Pressure),
             name => match Kind::ALL.into_iter().find(|kind| kind.name() == name) {
                 Some(kind) => port_event(value, kind).map(Record::Event),
-                None => Err(format!("unknown event {name:?}")),
+                None => Ok(Record::Other {
+                    event: name.to_string(),
+                }),
             },
         }
     }
@@ -224,7 +281,26 @@ mod tests {
         );
         assert_eq!(
             record(r#"{"seq":1,"event":"warp"}"#),
-            Err("unknown event \"warp\"".into())
+            Ok(Record::Other {
+                event: "warp".into()
+            })
         );
+    }
+
+    #[test]
+    fn a_pressure_record_keeps_its_range_and_top_claimers() {
+        let Record::Pressure(pressure) = record(
+            r#"{"seq":9,"ts":"2026-11-26T05:01:17Z","event":"pressure","proto":"tcp","state":"high","in_use":90,"range":"40000-40099","range_size":100,"share_pct":90.0,"threshold_pct":80,"netns":4026531840,"top":[{"pid":7,"tid":7,"ppid":1,"comm":"load","ports":88}]}"#,
+        )
+        .unwrap() else {
+            panic!("not a pressure record")
+        };
+        assert!(pressure.high);
+        assert_eq!(
+            (pressure.in_use, pressure.range.as_str()),
+            (90, "40000-40099")
+        );
+        assert_eq!(pressure.top[0].0.pid, Some(7));
+        assert_eq!(pressure.top[0].1, 88);
     }
 }

@@ -77,6 +77,9 @@ pub fn write(out: &mut impl Write, report: &Report) -> io::Result<()> {
         "{}",
         words::pressure(&report.pressure, words::watching(report))
     )?;
+    for pressure in &report.pressure_events {
+        writeln!(out, "pressure: {}", words::pressure_event(pressure))?;
+    }
     if report.ports.is_empty() && report.portless_failures.is_empty() {
         writeln!(out, "\nno port was claimed, held or refused in this window")?;
     }

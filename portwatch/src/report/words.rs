@@ -3,7 +3,7 @@
 use super::{
     model::{Losses, Report},
     pressure::{Pressure, RangeSource},
-    record::Process,
+    record::{PressureEvent, Process},
     timeline::{End, Failure, Hold},
 };
 use crate::{
@@ -159,6 +159,7 @@ pub fn pressure(pressure: &Pressure, watching: &str) -> String {
         .collect();
     let source = match pressure.source {
         RangeSource::Header => "as the capture recorded it",
+        RangeSource::PressureRecord => "as the capture's pressure records give it",
         _ => "this host's net.ipv4.ip_local_port_range: the capture does not record its range",
     };
     format!(
@@ -168,6 +169,33 @@ pub fn pressure(pressure: &Pressure, watching: &str) -> String {
         range.start(),
         range.end()
     )
+}
+
+/// `10:01:23.346843 tcp high: 90 of 100 ports in use (90.0%), netns 4026531840; most held by
+/// load[7] (88)`.
+pub fn pressure_event(pressure: &PressureEvent) -> String {
+    let mut text = format!(
+        "{} {} {}: {} of {} ports in use ({:.1}%, range {})",
+        clock(pressure.ts),
+        pressure.proto.name(),
+        if pressure.high { "high" } else { "normal" },
+        pressure.in_use,
+        pressure.range_size,
+        pressure.share_pct,
+        pressure.range
+    );
+    if let Some(netns) = pressure.netns {
+        text.push_str(&format!(", netns {netns}"));
+    }
+    if !pressure.top.is_empty() {
+        let top: Vec<String> = pressure
+            .top
+            .iter()
+            .map(|(holder, ports)| format!("{} ({ports})", process(holder)))
+            .collect();
+        text.push_str(&format!("; most held by {}", top.join(", ")));
+    }
+    text
 }
 
 /// What the report covers: files, captures, hosts, the time window and the ports.
