@@ -532,6 +532,40 @@ mod tests {
     }
 
     #[test]
+    fn report_options_parse() {
+        let Command::Report(options) = command(&[
+            "report",
+            "--port",
+            "80,443",
+            "--since",
+            "+30s",
+            "--until",
+            "2026-11-26T05:01:17Z",
+            "--html",
+            "r.html",
+            "--strict",
+            "ports.jsonl",
+            "ports.jsonl.1.gz",
+        ])
+        .unwrap() else {
+            panic!("expected a report command")
+        };
+        assert_eq!(options.files.len(), 2);
+        assert_eq!(options.narrowing.ports.unwrap().describe(), "80,443");
+        assert_eq!(
+            options.narrowing.since,
+            Some(report::Bound::AfterStart(Duration::from_secs(30)))
+        );
+        assert_eq!(
+            options.narrowing.until,
+            Some(report::Bound::At(1_795_669_277_000_000_000))
+        );
+        assert!(options.strict && !options.json && options.html.is_some());
+        assert!(error(&["report", "--since", "yesterday", "f"]).contains("not a time"));
+        assert!(error(&["report"]).contains("FILE"));
+    }
+
+    #[test]
     fn capture_options_parse() {
         let config = config(&[
             "--output",
