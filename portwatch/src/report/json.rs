@@ -141,6 +141,7 @@ fn head(report: &Report) -> Value {
                 "proto": peak.proto.name(),
                 "ports": peak.ports,
                 "at": time(peak.at),
+                "netns": peak.netns,
             })).collect::<Vec<_>>(),
         },
     })

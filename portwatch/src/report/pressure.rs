@@ -1,6 +1,7 @@
 //! The peak number of ephemeral ports in use, per protocol, against the size of the range. A port
 //! is in use while any socket holds it, TIME_WAIT included (until its end), so a port shared by a
-//! listener and its accepted connections counts once.
+//! listener and its accepted connections counts once. Ports are per network namespace, and so is
+//! the range: the peak is the fullest namespace's.
 
 use std::{collections::HashMap, ops::RangeInclusive};
 
@@ -27,6 +28,8 @@ pub struct Peak {
     pub ports: usize,
     /// When the peak was first reached; None when no ephemeral port was held.
     pub at: Option<u128>,
+    /// The namespace that reached it (None: the records do not say).
+    pub netns: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +55,7 @@ impl Pressure {
                     proto,
                     ports: 0,
                     at: None,
+                    netns: None,
                 },
             })
             .collect();
@@ -70,47 +74,48 @@ impl Pressure {
 }
 
 fn peak(holds: &[&Hold], proto: Proto, range: &RangeInclusive<u16>, window: &Window) -> Peak {
-    // (time, +1 or -1, port); at equal times ends go first: a port freed and taken again in the
-    // same nanosecond was not held twice.
-    let mut changes: Vec<(u128, i8, u16)> = Vec::new();
+    // (time, +1 or -1, namespace, port); at equal times ends go first: a port freed and taken
+    // again in the same nanosecond was not held twice.
+    let mut changes: Vec<(u128, i8, Option<u64>, u16)> = Vec::new();
     for hold in holds {
         if hold.proto != proto || !range.contains(&hold.port) {
             continue;
         }
         let (start, end) = window.clip(hold);
         if start < end {
-            changes.push((start, 1, hold.port));
-            changes.push((end, -1, hold.port));
+            changes.push((start, 1, hold.netns, hold.port));
+            changes.push((end, -1, hold.netns, hold.port));
         }
     }
     changes.sort_unstable();
-    let mut sockets: HashMap<u16, u32> = HashMap::new();
-    let (mut in_use, mut best) = (
-        0usize,
-        Peak {
-            proto,
-            ports: 0,
-            at: None,
-        },
-    );
-    for (at, change, port) in changes {
-        let count = sockets.entry(port).or_default();
+    let mut sockets: HashMap<(Option<u64>, u16), u32> = HashMap::new();
+    let mut in_use: HashMap<Option<u64>, usize> = HashMap::new();
+    let mut best = Peak {
+        proto,
+        ports: 0,
+        at: None,
+        netns: None,
+    };
+    for (at, change, netns, port) in changes {
+        let count = sockets.entry((netns, port)).or_default();
+        let ports = in_use.entry(netns).or_default();
         if change > 0 {
             *count += 1;
             if *count == 1 {
-                in_use += 1;
-                if in_use > best.ports {
+                *ports += 1;
+                if *ports > best.ports {
                     best = Peak {
                         proto,
-                        ports: in_use,
+                        ports: *ports,
                         at: Some(at),
+                        netns,
                     };
                 }
             }
         } else {
             *count -= 1;
             if *count == 0 {
-                in_use -= 1;
+                *ports -= 1;
             }
         }
     }
@@ -151,9 +156,27 @@ mod tests {
             Peak {
                 proto: Proto::Tcp,
                 ports: 3,
-                at: Some(30)
+                at: Some(30),
+                netns: None,
             }
         );
         assert_eq!(pressure.peaks[1].ports, 0);
+    }
+
+    #[test]
+    fn each_namespace_has_its_own_ports() {
+        let mut timeline = Timeline::default();
+        for (netns, port) in [(1, 40000), (2, 40000), (2, 40001)] {
+            let mut claim = event(Kind::Claim, port, 1, 10);
+            claim.netns = Some(netns);
+            timeline.add(&claim);
+        }
+        let holds: Vec<&Hold> = timeline.holds.iter().collect();
+        let window = Window::new(0, 100);
+        let pressure = Pressure::measure(&holds, Some(40000..=40009), RangeSource::Header, &window);
+        assert_eq!(
+            (pressure.peaks[0].ports, pressure.peaks[0].netns),
+            (2, Some(2))
+        );
     }
 }

@@ -46,6 +46,8 @@ pub struct PortEvent {
     pub state: Option<String>,
     /// `addr:port` of the peer, when the socket has one.
     pub remote: Option<String>,
+    /// The network namespace's inode number: ports are per namespace.
+    pub netns: Option<u64>,
 }
 
 /// What a capture header says about the capture.
@@ -82,7 +84,8 @@ pub struct PressureEvent {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     Header(Header),
-    Event(PortEvent),
+    /// Boxed: most records are events, and the enum would otherwise carry an event's size.
+    Event(Box<PortEvent>),
     Pressure(PressureEvent),
     Lost {
         ts: u128,
@@ -206,6 +209,7 @@ fn port_event(value: &Value, kind: Kind) -> Result<PortEvent, String> {
         claimer_seen: value["claimer_seen"] != false,
         state: optional_text(value, "state"),
         remote: remote(value),
+        netns: value["netns"].as_u64(),
     })
 }
 
@@ -240,7 +244,7 @@ impl Record {
             }),
             "pressure" => pressure(value).map(Record::Pressure),
             name => match Kind::ALL.into_iter().find(|kind| kind.name() == name) {
-                Some(kind) => port_event(value, kind).map(Record::Event),
+                Some(kind) => port_event(value, kind).map(|event| Record::Event(Box::new(event))),
                 None => Ok(Record::Other {
                     event: name.to_string(),
                 }),

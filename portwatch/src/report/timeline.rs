@@ -31,6 +31,7 @@ pub struct Hold {
     pub family: String,
     pub local_addr: String,
     pub remote: Option<String>,
+    pub netns: Option<u64>,
     pub process: Process,
     pub how: Option<String>,
     /// The claim's time; None when the port was held before the capture and its claim time is
@@ -132,6 +133,7 @@ impl Timeline {
             family: event.family.clone(),
             local_addr: event.local_addr.clone(),
             remote: event.remote.clone(),
+            netns: event.netns,
             process: event.process.clone(),
             how: event.how.clone(),
             from,
@@ -313,6 +315,7 @@ pub mod tests {
             claimer_seen: true,
             state: None,
             remote: None,
+            netns: None,
         }
     }
 

@@ -153,7 +153,14 @@ pub fn pressure(pressure: &Pressure, watching: &str) -> String {
         .peaks
         .iter()
         .map(|peak| match peak.at {
-            Some(at) => format!("{} {} (at {})", peak.ports, peak.proto.name(), clock(at)),
+            Some(at) => format!(
+                "{} {} (at {}{})",
+                peak.ports,
+                peak.proto.name(),
+                clock(at),
+                peak.netns
+                    .map_or(String::new(), |netns| format!(", netns {netns}"))
+            ),
             None => format!("0 {}", peak.proto.name()),
         })
         .collect();
