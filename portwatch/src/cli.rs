@@ -17,6 +17,7 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use crate::{
     event::{Kind, Proto},
     ports::{self, PortSet},
+    report,
     sink::FileOptions,
 };
 
@@ -64,6 +65,10 @@ enum CommandArgs {
     /// What these ports are and who holds them now (one shot, no eBPF). Exit 0: something
     /// holds a port; 1: all are free; 2: error.
     Who(WhoArgs),
+    /// What happened in a capture: per port the holders over time and how they claimed it,
+    /// failed claims and who blocked them, the busiest processes, the ephemeral peak, and what
+    /// was lost. Exit 0; 1 when --strict meets an unreadable line; 2 when a file cannot be opened.
+    Report(ReportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -74,6 +79,31 @@ struct WhoArgs {
     /// One JSON object per port instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// The capture's files, in any order (FILE FILE.1.gz ...); `-` reads standard input.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Only these ports: a port, a range A-B or a comma list; may repeat.
+    #[arg(short, long = "port", value_name = "PORTS", value_parser = ports::parse_spec)]
+    ports: Vec<Vec<RangeInclusive<u16>>>,
+    /// Only from this time: RFC 3339 (2026-11-26T09:50:00Z) or +DURATION after the start (+30s).
+    #[arg(long, value_name = "TIME", value_parser = parse_bound)]
+    since: Option<report::Bound>,
+    /// Only until this time: RFC 3339 or +DURATION after the start of the capture.
+    #[arg(long, value_name = "TIME", value_parser = parse_bound)]
+    until: Option<report::Bound>,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Also write one self-contained HTML page (charts included, nothing fetched) to OUT.
+    #[arg(long, value_name = "OUT")]
+    html: Option<PathBuf>,
+    /// Stop at the first unreadable line or missing record (exit 1) instead of skipping it.
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Args, Debug)]
@@ -192,6 +222,7 @@ pub enum Command {
     /// The directory to write the man pages into.
     Man(PathBuf),
     Who(WhoConfig),
+    Report(report::Options),
 }
 
 impl Command {
@@ -215,6 +246,20 @@ impl Command {
             Some(CommandArgs::Completions { shell }) => Ok(Command::Completions(shell)),
             Some(CommandArgs::Man { dir }) => Ok(Command::Man(dir)),
             Some(CommandArgs::Who(args)) => Ok(Command::Who(WhoConfig::from_parsed(args))),
+            Some(CommandArgs::Report(args)) => {
+                let ranges: Vec<RangeInclusive<u16>> = args.ports.into_iter().flatten().collect();
+                Ok(Command::Report(report::Options {
+                    files: args.files,
+                    narrowing: report::Narrowing {
+                        ports: (!ranges.is_empty()).then(|| PortSet::new(ranges)),
+                        since: args.since,
+                        until: args.until,
+                    },
+                    json: args.json,
+                    html: args.html,
+                    strict: args.strict,
+                }))
+            }
         }
     }
 }
@@ -429,6 +474,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// `--since`/`--until`: `2026-11-26T09:50:00Z` or `+30s` after the start of the capture.
+fn parse_bound(text: &str) -> Result<report::Bound, String> {
+    match text.strip_prefix('+') {
+        Some(offset) => parse_duration(offset).map(report::Bound::AfterStart),
+        None => report::parse_rfc3339(text)
+            .map(report::Bound::At)
+            .ok_or_else(|| {
+                format!("{text:?} is not a time like 2026-11-26T09:50:00Z or an offset like +30s")
+            }),
+    }
+}
+
 /// `100M`, `20m`, `1G`, `512K` or plain bytes; binary units.
 fn parse_size(text: &str) -> Result<u64, String> {
     let (value, unit) = number_and_unit(text, "a size like 100M")?;
@@ -587,6 +644,40 @@ mod tests {
             config.comms,
             HashSet::from(["a,b".to_string(), "nginx".to_string()])
         );
+    }
+
+    #[test]
+    fn report_options_parse() {
+        let Command::Report(options) = command(&[
+            "report",
+            "--port",
+            "80,443",
+            "--since",
+            "+30s",
+            "--until",
+            "2026-11-26T05:01:17Z",
+            "--html",
+            "r.html",
+            "--strict",
+            "ports.jsonl",
+            "ports.jsonl.1.gz",
+        ])
+        .unwrap() else {
+            panic!("expected a report command")
+        };
+        assert_eq!(options.files.len(), 2);
+        assert_eq!(options.narrowing.ports.unwrap().describe(), "80,443");
+        assert_eq!(
+            options.narrowing.since,
+            Some(report::Bound::AfterStart(Duration::from_secs(30)))
+        );
+        assert_eq!(
+            options.narrowing.until,
+            Some(report::Bound::At(1_795_669_277_000_000_000))
+        );
+        assert!(options.strict && !options.json && options.html.is_some());
+        assert!(error(&["report", "--since", "yesterday", "f"]).contains("not a time"));
+        assert!(error(&["report"]).contains("FILE"));
     }
 
     #[test]

@@ -7,7 +7,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct Timestamp(u128);
 
 impl Timestamp {
-    #[cfg(test)]
     pub fn from_unix_nanos(nanos: u128) -> Self {
         Self(nanos)
     }

@@ -14,6 +14,7 @@ mod metrics_server;
 mod ports;
 mod pressure;
 mod privileges;
+mod report;
 mod sink;
 mod snapshot;
 mod stream;
@@ -35,6 +36,11 @@ fn main() -> ExitCode {
         cli::Command::Trace(config) => exit_code(run_trace(*config).map(|()| ExitCode::SUCCESS), 1),
         cli::Command::Verify(files) => exit_code(run_verify(&files), 2),
         cli::Command::Who(config) => exit_code(who::run(&config), who::ERROR),
+        cli::Command::Report(options) => match report::run(&options) {
+            Ok(()) => ExitCode::SUCCESS,
+            // The error's own sentence names the file and cause; its source would repeat it.
+            Err(err) => exit_code(Err(anyhow::anyhow!("{err}")), err.exit_code()),
+        },
         cli::Command::Completions(shell) => exit_code(
             print(&cli::completions(shell)).map(|()| ExitCode::SUCCESS),
             1,

@@ -133,6 +133,9 @@ fn capture_header(config: &Config, backend: &str, clock: &MonotonicClock) -> cap
         started,
         monotonic_ns,
         audit: config.audit,
+        ephemeral_range: ports::ephemeral()
+            .ok()
+            .map(|range| format!("{}-{}", range.start(), range.end())),
     }
 }
 

@@ -4,7 +4,7 @@ use crate::{
     Outcome,
     expect::check,
     tracer::Tracer,
-    workload::{Kind, Socket, V4, free_port, tcp_connection, tcp_listener},
+    workload::{Kind, Socket, V4, free_port, tcp_listener},
 };
 
 /// Port A is in TIME_WAIT towards B (no process holds a TIME_WAIT socket) while this process
@@ -28,10 +28,14 @@ pub fn time_wait_end_is_not_credited_to_another_holder() -> Outcome {
     holder.reuse_address()?;
     holder.bind(port)?;
     holder.connect(second.local_port()?)?;
-    let tracer = Tracer::start(&["--port", &port.to_string()])?;
-    // The tracepoint backend recognises TIME_WAIT timers once it has seen one TIME_WAIT start:
-    // show it one on another port.
-    let (client, accepted, _) = tcp_connection(&first)?;
+    // The tracepoint backend recognises TIME_WAIT timers once it has seen one start on a
+    // watched port: show it one on a second watched port.
+    let other = free_port();
+    let tracer = Tracer::start(&["--port", &format!("{port},{other}")])?;
+    let client = Socket::new(Kind::Tcp, V4)?;
+    client.bind(other)?;
+    client.connect(first.local_port()?)?;
+    let accepted = first.accept()?;
     client.close();
     std::thread::sleep(std::time::Duration::from_millis(50));
     accepted.close();

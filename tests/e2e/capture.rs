@@ -33,7 +33,7 @@ pub fn bind_once(spec: &str) -> ! {
 }
 
 /// A fresh directory for one scenario's files.
-fn scratch(name: &str) -> std::io::Result<PathBuf> {
+pub fn scratch(name: &str) -> std::io::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("portwatch-e2e-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
@@ -41,7 +41,7 @@ fn scratch(name: &str) -> std::io::Result<PathBuf> {
 }
 
 /// Binds and closes `port` `times` times: one claim and one free each.
-fn churn(port: u16, times: usize) -> Outcome {
+pub fn churn(port: u16, times: usize) -> Outcome {
     for _ in 0..times {
         let socket = Socket::new(Kind::Udp, V4)?;
         socket.bind(port)?;
@@ -112,7 +112,7 @@ fn verify(files: &[PathBuf]) -> std::io::Result<(Option<i32>, String)> {
     ))
 }
 
-fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     fs::read_dir(dir)?
         .map(|entry| entry.map(|entry| entry.path()))
         .collect()

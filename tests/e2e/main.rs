@@ -16,6 +16,7 @@ mod holders;
 mod lifetimes;
 mod parity;
 mod pressure;
+mod report;
 mod tracer;
 mod udp;
 mod who;
@@ -73,6 +74,22 @@ const SCENARIOS: &[Scenario] = &[
     (
         "pressure rises and eases",
         pressure::pressure_rises_and_eases,
+    ),
+    (
+        "report tells what the capture saw",
+        report::report_tells_what_the_capture_saw,
+    ),
+    (
+        "report states lost events",
+        report::report_states_lost_events,
+    ),
+    (
+        "report names a truncated file and line",
+        report::truncated_capture_is_named_by_file_and_line,
+    ),
+    (
+        "report html is self-contained",
+        report::report_html_is_self_contained,
     ),
     (
         "SIGKILL releases held ports",

@@ -6,6 +6,7 @@
 mod bench;
 mod dist;
 mod project;
+mod report_page;
 mod soak;
 mod toolchain;
 mod vm;
@@ -41,6 +42,9 @@ enum Command {
     VmTest(vm::VmArgs),
     /// Measure portwatch's overhead against no tracer and bpftrace.
     Bench(bench::BenchArgs),
+    /// Render `portwatch report --html` in headless Chromium: charts drawn, no console message,
+    /// a screenshot saved (hosts only; needs Debian's chromium).
+    ReportPage(report_page::ReportPageArgs),
     /// A long capture under steady churn: rotation, SIGHUP, verify, RSS and maps over time.
     Soak(soak::SoakArgs),
     /// Build the Debian package (binary, systemd unit, completions, man page) into target/dist.
@@ -64,5 +68,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Soak(args) => soak::run(args),
         Command::Dist(args) => dist::run(args),
+        Command::ReportPage(args) => report_page::run(args),
     }
 }

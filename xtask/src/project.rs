@@ -72,6 +72,10 @@ pub fn test_all(host_only: bool) -> anyhow::Result<()> {
     let mut bench = Command::new(&xtask);
     bench.args(["bench", "--quick"]);
     succeed(bench)?;
+    // The HTML report rendered in Chromium: on this host only (the guests have no browser).
+    let mut report_page = Command::new(&xtask);
+    report_page.arg("report-page");
+    succeed(report_page)?;
     if host_only {
         let mut e2e = cargo(None);
         e2e.args(["test", "--release", "-p", "portwatch", "--test", "e2e"]);

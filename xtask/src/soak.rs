@@ -116,7 +116,7 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_until_attached(tracer: &mut Child) -> anyhow::Result<thread::JoinHandle<String>> {
+pub fn wait_until_attached(tracer: &mut Child) -> anyhow::Result<thread::JoinHandle<String>> {
     let stderr = tracer.stderr.take().expect("piped");
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let reader = thread::spawn(move || {

@@ -29,6 +29,9 @@ pub struct Header {
     /// CLOCK_MONOTONIC at `started`: kernel timestamps map to wall time through this pair.
     pub monotonic_ns: u64,
     pub audit: bool,
+    /// This host's `net.ipv4.ip_local_port_range`, `32768-60999`, so a report can weigh the
+    /// ephemeral ports in use against it.
+    pub ephemeral_range: Option<String>,
 }
 
 impl Header {
@@ -51,7 +54,11 @@ impl Header {
         quote(out, &self.kernel)?;
         out.write_all(b",\"hostname\":")?;
         quote(out, &self.hostname)?;
-        write!(out, ",\"boot_id\":\"{}\",\"watching\":", self.boot_id)?;
+        write!(out, ",\"boot_id\":\"{}\",", self.boot_id)?;
+        if let Some(range) = &self.ephemeral_range {
+            write!(out, "\"ephemeral_range\":\"{range}\",")?;
+        }
+        out.write_all(b"\"watching\":")?;
         quote(out, &self.watching)?;
         out.write_all(b",\"filters\":[")?;
         for (index, filter) in self.filters.iter().enumerate() {

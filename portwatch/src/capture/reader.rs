@@ -106,10 +106,23 @@ impl Part {
 /// Opens every part and puts them in capture order: by capture start, then part number. Shell
 /// globs list `ports.jsonl ports.jsonl.1.gz ports.jsonl.2.gz`, newest first; this undoes that.
 pub fn open_in_order(paths: &[PathBuf]) -> Result<Vec<Part>, ReadError> {
-    let mut parts = paths
-        .iter()
-        .map(|path| Part::open(path))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (parts, errors) = open_each_in_order(paths);
+    match errors.into_iter().next() {
+        Some(error) => Err(error),
+        None => Ok(parts),
+    }
+}
+
+/// Like [`open_in_order`], but a file that cannot be opened or has no header does not stop the
+/// others: its error is returned beside the parts that opened, in the order the paths came.
+pub fn open_each_in_order(paths: &[PathBuf]) -> (Vec<Part>, Vec<ReadError>) {
+    let (mut parts, mut errors) = (Vec::new(), Vec::new());
+    for path in paths {
+        match Part::open(path) {
+            Ok(part) => parts.push(part),
+            Err(error) => errors.push(error),
+        }
+    }
     parts.sort_by(|a, b| {
         let key = |part: &Part| {
             (
@@ -126,5 +139,5 @@ pub fn open_in_order(paths: &[PathBuf]) -> Result<Vec<Part>, ReadError> {
         };
         key(a).cmp(&key(b))
     });
-    Ok(parts)
+    (parts, errors)
 }

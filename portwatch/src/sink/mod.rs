@@ -4,7 +4,7 @@
 mod file;
 pub mod json;
 mod metrics;
-mod table;
+pub mod table;
 
 use std::io;
 

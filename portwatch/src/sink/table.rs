@@ -127,13 +127,13 @@ fn held_by(holder: &Holder) -> String {
 }
 
 /// Process names can hold control characters; one event must stay one line.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
 }
 
-fn human_duration(nanos: u64) -> String {
+pub(crate) fn human_duration(nanos: u64) -> String {
     match nanos {
         n if n < 1_000_000 => format!("{:.1}us", n as f64 / 1e3),
         n if n < 1_000_000_000 => format!("{:.1}ms", n as f64 / 1e6),

@@ -1,0 +1,474 @@
+//! `portwatch report` over real captures: the holders, times and failures it tells must be what
+//! the scenario did, losses must be stated, and bad input must name its file and line.
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::Command,
+    thread,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::Value;
+
+use crate::{
+    Outcome,
+    capture::{churn, files_in, scratch},
+    expect::check,
+    tracer::{self, Tracer},
+    workload::{Kind, Socket, V4, V6, free_port, tcp_listener},
+};
+
+/// Clocks may differ by this much: portwatch maps kernel time to wall time once, at start-up.
+const SLACK_NS: u128 = 50_000_000;
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos())
+}
+
+const DAY_NS: u128 = 86_400 * 1_000_000_000;
+
+/// The time of day, in nanoseconds, of a time the report wrote (`...T09:50:00.123456789Z`).
+/// Comparing times of day needs no calendar (busybox guests have no `date` either).
+fn nanos_of_day(what: &str, value: &Value) -> Result<u128, String> {
+    let text = value
+        .as_str()
+        .ok_or_else(|| format!("{what}: {value} is not a time"))?;
+    let clock = text
+        .split_once('T')
+        .and_then(|(_, clock)| clock.strip_suffix('Z'))
+        .ok_or_else(|| format!("{what}: {text:?} is not an RFC 3339 UTC time"))?;
+    let (whole, fraction) = clock.split_once('.').unwrap_or((clock, "0"));
+    let fields: Vec<u128> = whole
+        .split(':')
+        .chain(std::iter::once(fraction))
+        .map(|field| field.parse().map_err(|_| format!("{what}: {text:?}")))
+        .collect::<Result<_, _>>()?;
+    let [hours, minutes, seconds, nanos] = fields[..] else {
+        return Err(format!("{what}: {text:?} is not HH:MM:SS.nnnnnnnnn"));
+    };
+    Ok(((hours * 60 + minutes) * 60 + seconds) * 1_000_000_000 + nanos)
+}
+
+/// A tracer on `ports` writing the capture `ports.jsonl` in `dir`, with `options` added.
+fn capture_in(
+    dir: &std::path::Path,
+    ports: &str,
+    options: &[&str],
+) -> Result<(Tracer, PathBuf), Box<dyn std::error::Error + Send + Sync>> {
+    let file = dir.join("ports.jsonl");
+    let mut args = vec!["--port", ports, "--output", file.to_str().ok_or("path")?];
+    args.extend_from_slice(options);
+    Ok((Tracer::start(&args)?, file))
+}
+
+/// `portwatch report ARGS FILES`: exit code, stdout, stderr.
+fn report(args: &[&str], files: &[PathBuf]) -> std::io::Result<(Option<i32>, String, String)> {
+    let output = Command::new(tracer::binary())
+        .arg("report")
+        .args(args)
+        .args(files)
+        .output()?;
+    Ok((
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+fn report_json(
+    args: &[&str],
+    files: &[PathBuf],
+) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let (code, stdout, stderr) = report(&args, files)?;
+    check(code == Some(0), || {
+        format!("report --json exited {code:?}: {stderr}")
+    })?;
+    Ok(serde_json::from_str(&stdout)?)
+}
+
+/// The report's entry for one port of one protocol.
+fn port<'a>(report: &'a Value, proto: &str, port: u16) -> Result<&'a Value, String> {
+    report["ports"]
+        .as_array()
+        .and_then(|ports| {
+            ports
+                .iter()
+                .find(|entry| entry["proto"] == proto && entry["port"] == port)
+        })
+        .ok_or_else(|| format!("the report has no {proto} port {port}: {}", report["ports"]))
+}
+
+/// The report's time `value` lies within `[before, after]` (wall-clock nanoseconds), give or
+/// take the clocks' slack; midnight may fall in between.
+fn within(what: &str, value: &Value, (before, after): (u128, u128)) -> Outcome {
+    let at = nanos_of_day(what, value)?;
+    let from = (before - SLACK_NS) % DAY_NS;
+    let into = (at + DAY_NS - from) % DAY_NS;
+    check(into <= after - before + 2 * SLACK_NS, || {
+        format!(
+            "{what} at {value}, outside what the scenario did: {} ns from {before} to {after}",
+            into as i128 - SLACK_NS as i128
+        )
+    })
+}
+
+/// What the scenario did, with wall-clock bounds around each step.
+struct Done {
+    listen_port: u16,
+    client_port: u16,
+    udp_port: u16,
+    churn_port: u16,
+    listened: (u128, u128),
+    conflict: (u128, u128),
+    closed: (u128, u128),
+}
+
+/// A listener with a failed bind on its port, a connection whose client closes first (its
+/// explicitly bound port stays in TIME_WAIT), a UDP bind and its conflict, and churn that rotates
+/// the capture into gzipped parts.
+fn do_things(
+    listen_port: u16,
+    client_port: u16,
+    udp_port: u16,
+    churn_port: u16,
+) -> Result<Done, Box<dyn std::error::Error + Send + Sync>> {
+    let before = now_ns();
+    let listener = tcp_listener(V4, listen_port)?;
+    let listened = (before, now_ns());
+    thread::sleep(Duration::from_millis(100));
+    let before = now_ns();
+    let refused = Socket::new(Kind::Tcp, V4)?.bind(listen_port);
+    let conflict = (before, now_ns());
+    check(refused.is_err(), || "the second bind succeeded".into())?;
+    let client = Socket::new(Kind::Tcp, V4)?;
+    client.bind(client_port)?;
+    client.connect(listen_port)?;
+    let accepted = listener.accept()?;
+    let udp = Socket::new(Kind::Udp, V6)?;
+    udp.bind(udp_port)?;
+    check(Socket::new(Kind::Udp, V6)?.bind(udp_port).is_err(), || {
+        "the second UDP bind succeeded".into()
+    })?;
+    churn(churn_port, 200)?;
+    thread::sleep(Duration::from_millis(100));
+    let before = now_ns();
+    client.close();
+    thread::sleep(Duration::from_millis(50));
+    accepted.close();
+    listener.close();
+    udp.close();
+    let closed = (before, now_ns());
+    Ok(Done {
+        listen_port,
+        client_port,
+        udp_port,
+        churn_port,
+        listened,
+        conflict,
+        closed,
+    })
+}
+
+/// A real capture (rotated, gzipped, sealed) of known sockets: the report names this process as
+/// the holder of each port, with claim and release times inside the steps that made them, the
+/// failed bind with its errno and its holder, TIME_WAIT on the client's port, nothing lost; the
+/// text says the same, and --port and --until narrow it.
+pub fn report_tells_what_the_capture_saw() -> Outcome {
+    let me = std::process::id();
+    let dir = scratch("report")?;
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let list = ports.map(|port| port.to_string()).join(",");
+    let (tracer, _) = capture_in(
+        &dir,
+        &list,
+        &[
+            "--rotate-size",
+            "16K",
+            "--rotate-keep",
+            "100",
+            "--compress",
+            "--seal",
+            "--quiet",
+        ],
+    )?;
+    let done = do_things(ports[0], ports[1], ports[2], ports[3]);
+    let trace = tracer.stop();
+    let done = done?;
+    check(trace.exit_code == Some(0), || {
+        format!("portwatch exited {:?}: {:?}", trace.exit_code, trace.stderr)
+    })?;
+    let files = files_in(&dir)?;
+    check(files.len() >= 2, || {
+        format!("the capture did not rotate: {files:?}")
+    })?;
+    let json = report_json(&[], &files)?;
+    check(
+        json["lost"]["events"] == 0
+            && json["lost"]["summary_seen"] == true
+            && json["lost"]["missing_records"] == 0,
+        || format!("the report's losses: {}", json["lost"]),
+    )?;
+
+    let listener = port(&json, "tcp", done.listen_port)?;
+    let holders = listener["holders"].as_array().ok_or("no holders")?;
+    let bound = holders
+        .iter()
+        .find(|hold| hold["how"] == "bind")
+        .ok_or_else(|| format!("no bind holder on the listener's port: {holders:?}"))?;
+    check(
+        bound["pid"] == me && bound["listening"] == true && bound["claim_seen"] == true,
+        || format!("listener hold: {bound}"),
+    )?;
+    within("the listener's claim", &bound["from"], done.listened)?;
+    within("the listener's release", &bound["until"], done.closed)?;
+    check(
+        holders
+            .iter()
+            .any(|hold| hold["how"] == "accept" && hold["pid"] == me),
+        || format!("no accepted socket among {holders:?}"),
+    )?;
+
+    let failures = listener["failures"].as_array().ok_or("no failures")?;
+    check(failures.len() == 1, || {
+        format!("expected one failure on the listener's port: {failures:?}")
+    })?;
+    let failure = &failures[0];
+    check(
+        failure["errno"] == "EADDRINUSE" && failure["pid"] == me && failure["how"] == "bind",
+        || format!("failure: {failure}"),
+    )?;
+    within("the failed bind", &failure["ts"], done.conflict)?;
+    let holder = &failure["holder"];
+    check(holder["pid"] == me && holder["state"] == "listen", || {
+        format!("the failure's holder: {holder}")
+    })?;
+
+    let client = port(&json, "tcp", done.client_port)?;
+    let client_hold = &client["holders"][0];
+    check(
+        client_hold["pid"] == me
+            && client_hold["how"] == "bind"
+            && client_hold["time_wait"] == true,
+        || format!("the client's port should be in TIME_WAIT after its close: {client_hold}"),
+    )?;
+    within("the client's close", &client_hold["closed"], done.closed)?;
+
+    let udp = port(&json, "udp", done.udp_port)?;
+    check(
+        udp["holders"][0]["family"] == "ipv6"
+            && udp["failures"][0]["errno"] == "EADDRINUSE"
+            && udp["failures"][0]["holder"]["pid"] == me,
+        || format!("udp port: {udp}"),
+    )?;
+    let churned = port(&json, "udp", done.churn_port)?;
+    check(
+        churned["holders"].as_array().map(Vec::len) == Some(200),
+        || {
+            format!(
+                "{} churn holds, 200 made",
+                churned["holders"].as_array().map_or(0, Vec::len)
+            )
+        },
+    )?;
+    let busiest = &json["busiest"][0];
+    check(
+        busiest["pid"] == me && busiest["claims"].as_u64() >= Some(204) && busiest["failures"] == 2,
+        || format!("busiest: {busiest}"),
+    )?;
+
+    let (code, text, stderr) = report(&[], &files)?;
+    check(code == Some(0) && stderr.is_empty(), || {
+        format!("report exited {code:?}: {stderr}")
+    })?;
+    for wanted in [
+        "lost: none (the kernel dropped no events)".to_string(),
+        format!("tcp port {}", done.listen_port),
+        format!("[{me}]  bind 127.0.0.1: EADDRINUSE; held by "),
+        format!("[{me}] (listen since "),
+        "+ TIME_WAIT to".to_string(),
+        "ephemeral ports in use at peak:".to_string(),
+        "(200 holds one after another".to_string(),
+    ] {
+        check(text.contains(&wanted), || {
+            format!("the text report lacks {wanted:?}:\n{text}")
+        })?;
+    }
+
+    let narrowed = report_json(&["--port", &done.udp_port.to_string()], &files)?;
+    let ports_left: Vec<&Value> = narrowed["ports"]
+        .as_array()
+        .ok_or("no ports")?
+        .iter()
+        .collect();
+    check(
+        ports_left.len() == 1 && ports_left[0]["port"] == done.udp_port,
+        || format!("--port left {ports_left:?}"),
+    )?;
+    // Between the listen and the failed bind, as an offset from the start of the capture.
+    let start = nanos_of_day("the capture's start", &json["span"]["from"])?;
+    let middle = ((done.listened.1 + done.conflict.0) / 2) % DAY_NS;
+    let until = format!("+{}ms", (middle + DAY_NS - start) % DAY_NS / 1_000_000);
+    let early = report_json(&["--until", &until], &files)?;
+    let early_listener = port(&early, "tcp", done.listen_port)?;
+    check(
+        early_listener["failures"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        || format!("--until {until} still shows {}", early_listener["failures"]),
+    )?;
+    fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// A tiny ring buffer and a stalled tracer: the report must state the loss the summary counted.
+pub fn report_states_lost_events() -> Outcome {
+    let dir = scratch("report-lost")?;
+    let port = free_port();
+    let (tracer, file) = capture_in(&dir, &port.to_string(), &["--ring-kib", "4", "--quiet"])?;
+    tracer.pause();
+    let churned = churn(port, 300);
+    tracer.resume();
+    let trace = tracer.stop();
+    churned?;
+    let summary = trace.summary().ok_or("no summary")?.to_string();
+    let lost: u64 = summary
+        .rsplit("lost=")
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("summary {summary:?}"))?;
+    check(lost > 0, || {
+        format!("nothing lost with a 4 KiB ring: {summary}")
+    })?;
+    let json = report_json(&[], std::slice::from_ref(&file))?;
+    check(json["lost"]["events"] == lost, || {
+        format!(
+            "the report says lost {} where the summary says {lost}",
+            json["lost"]
+        )
+    })?;
+    let (_, text, _) = report(&[], &[file])?;
+    let wanted = format!("lost: {lost} events dropped by the kernel");
+    check(text.contains(&wanted), || {
+        format!("the text report lacks {wanted:?}:\n{text}")
+    })?;
+    fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// A capture cut mid-line (the last part) and mid-stream (a gzipped part): --strict stops at the
+/// first with exit 1 naming file and line; the default names each once and reports the rest.
+pub fn truncated_capture_is_named_by_file_and_line() -> Outcome {
+    let dir = scratch("report-torn")?;
+    let port = free_port();
+    let (tracer, file) = capture_in(
+        &dir,
+        &port.to_string(),
+        &[
+            "--rotate-size",
+            "8K",
+            "--rotate-keep",
+            "100",
+            "--compress",
+            "--quiet",
+        ],
+    )?;
+    let churned = churn(port, 150);
+    let trace = tracer.stop();
+    churned?;
+    check(trace.exit_code == Some(0), || {
+        format!("portwatch exited {:?}", trace.exit_code)
+    })?;
+    let text = fs::read_to_string(&file)?;
+    let lines: Vec<&str> = text.lines().collect();
+    check(lines.len() >= 4, || {
+        format!("the live part has only {} lines", lines.len())
+    })?;
+    // Cut the live part in the middle of its third line.
+    let keep: usize =
+        lines[..2].iter().map(|line| line.len() + 1).sum::<usize>() + lines[2].len() / 2;
+    fs::write(&file, &text.as_bytes()[..keep])?;
+    let torn = format!("{}:3:", file.display());
+    let gzipped = dir.join("ports.jsonl.1.gz");
+    let gz = fs::read(&gzipped)?;
+    fs::write(&gzipped, &gz[..gz.len() / 2])?;
+    let files = files_in(&dir)?;
+
+    let (code, stdout, stderr) = report(&["--strict"], &files)?;
+    check(
+        code == Some(1) && stdout.is_empty() && stderr.lines().count() == 1,
+        || format!("--strict: exit {code:?}, stdout {stdout:?}, stderr {stderr:?}"),
+    )?;
+    check(
+        stderr.contains(&format!("{}:", gzipped.display())) || stderr.contains(&torn),
+        || format!("--strict names no file and line: {stderr}"),
+    )?;
+
+    let (code, stdout, stderr) = report(&[], &files)?;
+    check(
+        code == Some(0) && stdout.contains("portwatch report"),
+        || format!("default mode: exit {code:?}, stderr {stderr}"),
+    )?;
+    let warnings: Vec<&str> = stderr.lines().collect();
+    check(
+        warnings
+            .iter()
+            .any(|line| line.contains(&torn) && line.contains("line skipped")),
+        || format!("no warning naming {torn}: {warnings:?}"),
+    )?;
+    check(
+        warnings.iter().any(|line| {
+            line.contains(&format!("{}:", gzipped.display())) && line.contains("breaks off")
+        }),
+        || format!("no warning naming the cut gzip part: {warnings:?}"),
+    )?;
+    check(stdout.contains("unreadable lines skipped"), || {
+        format!("the report does not state what it skipped:\n{stdout}")
+    })?;
+    fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// `--html` writes one page that needs nothing from the network: no script, no external
+/// reference, a policy that forbids fetching, and the charts inline. (Rendering it is checked in
+/// Chromium by `cargo xtask report-page`, on hosts only.)
+pub fn report_html_is_self_contained() -> Outcome {
+    let dir = scratch("report-html")?;
+    let port = free_port();
+    let (tracer, file) = capture_in(&dir, &port.to_string(), &["--quiet"])?;
+    let listener = tcp_listener(V4, port);
+    let refused = Socket::new(Kind::Tcp, V4)?.bind(port);
+    drop(listener);
+    let trace = tracer.stop();
+    check(refused.is_err() && trace.exit_code == Some(0), || {
+        "the scenario did not run".into()
+    })?;
+    let page = dir.join("report.html");
+    let (code, _, stderr) = report(&["--html", page.to_str().ok_or("path")?], &[file])?;
+    check(code == Some(0), || {
+        format!("report --html exited {code:?}: {stderr}")
+    })?;
+    let html = fs::read_to_string(&page)?;
+    for wanted in [
+        "<svg",
+        "id=\"occupancy\"",
+        "id=\"hold-times\"",
+        "EADDRINUSE",
+        "default-src 'none'",
+    ] {
+        check(html.contains(wanted), || {
+            format!("the page lacks {wanted:?}")
+        })?;
+    }
+    for forbidden in ["<script", " src=", " href=", "url(", "<link", "@import"] {
+        check(!html.contains(forbidden), || {
+            format!("the page is not self-contained: it holds {forbidden:?}")
+        })?;
+    }
+    fs::remove_dir_all(&dir)?;
+    Ok(())
+}
