@@ -13,6 +13,7 @@ mod host;
 mod initramfs;
 mod kernels;
 mod matrix;
+pub mod packages;
 mod payload;
 mod protocol;
 mod qemu;
@@ -95,7 +96,7 @@ pub fn run(args: VmArgs) -> Result<()> {
     if args.timeout_secs == 0 || args.jobs == 0 {
         bail!("--timeout-secs and --jobs must be positive");
     }
-    qemu::ensure_installed()?;
+    packages::ensure()?;
 
     let dir = target_dir()?.join("vm");
     let kernels = kernels::resolve(&dir, &series, args.offline)?;
