@@ -119,7 +119,7 @@ pub fn count_stops_the_trace() -> Outcome {
         let socket = Socket::new(Kind::Udp, V4)?;
         socket.bind(port)?;
     }
-    let trace = tracer.wait();
+    let trace = tracer.wait()?;
     check(trace.exit_code == Some(0), || {
         format!("exit {:?}", trace.exit_code)
     })?;

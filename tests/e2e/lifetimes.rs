@@ -8,7 +8,7 @@ use std::{
 use crate::{
     Outcome,
     expect::{check, exactly, in_order, want},
-    tracer::{Trace, Tracer},
+    tracer::{Guarded, Trace, Tracer},
     workload::{Kind, Socket, V4, V6, free_port, tcp_connection, tcp_listener},
 };
 
@@ -33,17 +33,18 @@ pub fn sigkill_releases_held_ports() -> Outcome {
     let (tcp_port, udp_port) = (free_port(), free_port());
     let ports = format!("{tcp_port},{udp_port}");
     let tracer = Tracer::start(&["--port", &ports])?;
-    let mut holder = Command::new(std::env::current_exe()?)
-        .env(HOLDER_ENV, &ports)
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let mut holder = Guarded::spawn(
+        Command::new(std::env::current_exe()?)
+            .env(HOLDER_ENV, &ports)
+            .stdout(Stdio::piped()),
+    )?;
     let mut ready = String::new();
     BufReader::new(holder.stdout.take().expect("piped")).read_line(&mut ready)?;
     check(ready.trim() == "ready", || format!("holder said {ready:?}"))?;
     let pid = holder.id();
     holder.kill()?;
     holder.wait()?;
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     in_order(
         &trace.on_port(tcp_port),
         &[
@@ -78,7 +79,7 @@ pub fn single_watched_port_sees_nothing_else() -> Outcome {
     let watched = Socket::new(Kind::Udp, V4)?;
     watched.bind(port)?;
     watched.close();
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     check(
         trace.events.iter().all(|event| event["local_port"] == port),
         || format!("events on unwatched ports: {:?}", trace.events),
@@ -121,7 +122,7 @@ pub fn time_wait_and_its_end() -> Outcome {
     again.bind(client_port)?;
     again.connect(port)?;
     let second = listener.accept()?;
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     drop((again, second, listener));
     let events = trace.on_port(port);
     in_order(
@@ -166,7 +167,7 @@ pub fn ring_buffer_overflow_is_counted() -> Outcome {
         socket.bind(port)?;
     }
     tracer.resume();
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     let delivered = trace.on_port(port).len();
     let lost: u64 = trace
         .events
@@ -206,7 +207,7 @@ pub fn time_wait_runs_out() -> Outcome {
     listener.close();
     // TCP_TIMEWAIT_LEN is 60 s; the timer wheel adds up to a few seconds at that range.
     std::thread::sleep(std::time::Duration::from_secs(68));
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     in_order(
         &trace.on_port(port),
         &[
@@ -225,7 +226,7 @@ pub fn time_wait_runs_out() -> Outcome {
         .find(|e| e["time_wait_end"] == true);
     let held = end.and_then(|e| e["held_ns"].as_u64()).unwrap_or(0);
     check(held >= 60_000_000_000, || {
-        format!("TIME_WAIT ended after {held} ns, not 60 s")
+        format!("TIME_WAIT ended after {held} ns, not 60 s: {end:?}")
     })
 }
 
@@ -235,7 +236,7 @@ pub const NO_TIME_WAIT_ENV: &str = "PORTWATCH_E2E_NO_TIME_WAIT";
 
 /// In a new network namespace with `tcp_max_tw_buckets` = 0, connect over loopback and close the
 /// client first: its FIN_WAIT2 -> CLOSE looks like the start of TIME_WAIT, but the kernel made
-/// no TIME_WAIT socket. Prints the client's port.
+/// no TIME_WAIT socket. Prints its pid, its network namespace's inode and the client's port.
 pub fn close_without_time_wait() -> ! {
     // SAFETY: unshare with a valid flag; this process is single-threaded here.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
@@ -249,7 +250,8 @@ pub fn close_without_time_wait() -> ! {
     std::thread::sleep(std::time::Duration::from_millis(100));
     accepted.close();
     std::thread::sleep(std::time::Duration::from_millis(100));
-    println!("{port}");
+    let netns = netns_inode("/proc/self/ns/net").expect("own network namespace");
+    println!("{} {netns} {port}", std::process::id());
     std::process::exit(0);
 }
 
@@ -275,24 +277,26 @@ fn bring_loopback_up() {
 /// namespace carry that namespace.
 pub fn full_time_wait_table_frees_at_once() -> Outcome {
     let tracer = Tracer::start(&["--events", "claim,free"])?;
-    let child = Command::new(std::env::current_exe()?)
+    let output = Command::new(std::env::current_exe()?)
         .env(NO_TIME_WAIT_ENV, "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let pid = child.id();
-    let output = child.wait_with_output()?;
+        .output()?;
     check(output.status.success(), || {
         format!(
             "namespace child failed: {}",
             String::from_utf8_lossy(&output.stderr)
         )
     })?;
-    let port: u16 = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .map_err(|_| "namespace child printed no port".to_string())?;
-    let trace = tracer.stop();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let fields: Vec<u64> = stdout
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("namespace child printed {stdout:?}"))?;
+    let [pid, netns, port] = fields[..] else {
+        return Err(format!("namespace child printed {stdout:?}").into());
+    };
+    let (pid, port) = (pid as u32, port as u16);
+    let trace = tracer.stop()?;
     let events: Vec<_> = trace
         .on_port(port)
         .into_iter()
@@ -307,14 +311,19 @@ pub fn full_time_wait_table_frees_at_once() -> Outcome {
                 .with("time_wait", false),
         ],
     )?;
-    let host_netns = std::fs::metadata("/proc/self/ns/net").map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.ino()
-    });
+    check(netns != netns_inode("/proc/self/ns/net")?, || {
+        "the child did not get a network namespace of its own".to_owned()
+    })?;
+    // Every event of the child names the child's namespace: a missing key fails too.
     check(
         events
             .iter()
-            .all(|event| event["netns"].as_u64() != host_netns.as_ref().ok().copied()),
-        || format!("events from the new namespace carry the host's netns: {events:?}"),
+            .all(|event| event["netns"].as_u64() == Some(netns)),
+        || format!("events from namespace {netns} do not all carry it: {events:?}"),
     )
+}
+
+fn netns_inode(path: &str) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|metadata| metadata.ino())
 }

@@ -1,8 +1,15 @@
 //! portwatch's end-to-end suite: the real binary, as root, against real sockets with known
-//! outcomes. A plain binary (harness = false) so the same executable runs on the host and, in
-//! `cargo xtask vm-test`, inside each kernel's VM.
+//! outcomes. The harness is libtest-mimic, so each scenario has its own result (a panic fails
+//! that scenario only), `--list` names them all and a name filter picks some. It is not cargo's
+//! built-in harness so that the same executable runs on the host and, in `cargo xtask vm-test`,
+//! inside each kernel's VM, and so that the helper modes below can turn it into a port holder.
 //!
 //! Environment: PORTWATCH_BIN (default: the binary cargo built), PORTWATCH_BACKEND (default auto).
+//!
+//! Scenarios run on two threads unless `--test-threads` says otherwise: the one that waits out
+//! TIME_WAIT comes first and holds one thread for a minute while the rest run one after another
+//! on the other. Every scenario filters by its own ports and pids, so any other number of
+//! threads works too (and other portwatch instances on the host do not disturb them).
 
 mod bind;
 mod cli;
@@ -14,122 +21,80 @@ mod tracer;
 mod udp;
 mod workload;
 
+use std::process::ExitCode;
+
+use libtest_mimic::{Arguments, Trial};
+
 /// A scenario's result: the first thing that did not hold, socket errors included.
 pub type Outcome = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-type Scenario = (&'static str, fn() -> Outcome);
+/// The threads scenarios run on when `--test-threads` is not given.
+const DEFAULT_THREADS: usize = 2;
 
-const SCENARIOS: &[Scenario] = &[
-    ("bad arguments exit 2", cli::bad_arguments_exit_2),
-    ("unprivileged exits 1", cli::unprivileged_exit_1),
-    (
-        "tcp listener and accepted connection",
+/// `module::function` as the scenario's name, which is what filters match.
+macro_rules! scenarios {
+    ($($module:ident :: $function:ident),* $(,)?) => {
+        vec![$(
+            Trial::test(concat!(stringify!($module), "::", stringify!($function)), || {
+                Ok($module::$function()?)
+            })
+        ),*]
+    };
+}
+
+fn scenarios() -> Vec<Trial> {
+    scenarios![
+        // First: it mostly waits, and holds one thread while the others run.
+        lifetimes::time_wait_runs_out,
+        cli::bad_arguments_exit_2,
+        cli::unprivileged_exit_1,
         bind::tcp_listener_and_accepted_connection,
-    ),
-    ("tcp bind-any ipv6", bind::tcp_bind_any_ipv6),
-    (
-        "holder at start is reported",
+        bind::tcp_bind_any_ipv6,
         bind::holder_at_start_is_reported,
-    ),
-    ("tcp listen without bind", bind::tcp_listen_without_bind),
-    ("tcp connect ipv4", connect::tcp_connect_ipv4),
-    ("tcp connect ipv6", connect::tcp_connect_ipv6),
-    ("udp bind ipv6", udp::udp_bind_ipv6),
-    ("udp send autobind ipv4", udp::udp_send_autobind_ipv4),
-    ("udp connect autobind ipv6", udp::udp_connect_autobind_ipv6),
-    ("bind EADDRINUSE tcp and udp", failures::bind_eaddrinuse),
-    (
-        "SIGKILL releases held ports",
+        bind::tcp_listen_without_bind,
+        connect::tcp_connect_ipv4,
+        connect::tcp_connect_ipv6,
+        udp::udp_bind_ipv6,
+        udp::udp_send_autobind_ipv4,
+        udp::udp_connect_autobind_ipv6,
+        failures::bind_eaddrinuse,
         lifetimes::sigkill_releases_held_ports,
-    ),
-    (
-        "single watched port sees nothing else",
         lifetimes::single_watched_port_sees_nothing_else,
-    ),
-    ("TIME_WAIT and its end", lifetimes::time_wait_and_its_end),
-    (
-        "full TIME_WAIT table frees at once",
+        lifetimes::time_wait_and_its_end,
         lifetimes::full_time_wait_table_frees_at_once,
-    ),
-    (
-        "ring buffer overflow is counted",
         lifetimes::ring_buffer_overflow_is_counted,
-    ),
-    ("--count stops the trace", cli::count_stops_the_trace),
-    (
-        "closed pipe is a clean exit",
+        cli::count_stops_the_trace,
         cli::closed_pipe_is_a_clean_exit,
-    ),
-];
+    ]
+}
 
-/// Scenarios that spend their time waiting, run in a thread beside the rest.
-const SLOW: &[Scenario] = &[("TIME_WAIT runs out", lifetimes::time_wait_runs_out)];
-
-fn main() {
+fn main() -> ExitCode {
     if let Ok(spec) = std::env::var(lifetimes::HOLDER_ENV) {
         lifetimes::hold(&spec);
     }
     if std::env::var_os(lifetimes::NO_TIME_WAIT_ENV).is_some() {
         lifetimes::close_without_time_wait();
     }
+    let mut args = Arguments::from_args();
+    if args.list {
+        return libtest_mimic::run(&args, scenarios()).exit_code();
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("e2e: these tests load eBPF programs and must run as root");
-        std::process::exit(1);
+        return ExitCode::FAILURE;
     }
-    let filter = std::env::args().nth(1).filter(|arg| !arg.starts_with('-'));
-    let mut failed = Vec::new();
-    let mut ran = 0;
-    // The one scenario that mostly waits runs beside the others.
-    let slow = SLOW
-        .iter()
-        .filter(|(name, _)| {
-            filter
-                .as_ref()
-                .is_none_or(|filter| name.contains(filter.as_str()))
-        })
-        .map(|&(name, scenario)| {
-            let started = std::time::Instant::now();
-            (name, started, std::thread::spawn(scenario))
-        })
-        .collect::<Vec<_>>();
-    for (name, scenario) in SCENARIOS {
-        if filter
-            .as_ref()
-            .is_some_and(|filter| !name.contains(filter.as_str()))
-        {
-            continue;
-        }
-        ran += 1;
-        let started = std::time::Instant::now();
-        match scenario() {
-            Ok(()) => println!("e2e: ok   {name} ({:.1}s)", started.elapsed().as_secs_f64()),
-            Err(reason) => {
-                println!("e2e: FAIL {name}: {reason}");
-                failed.push(*name);
-            }
-        }
-    }
-    for (name, started, handle) in slow {
-        ran += 1;
-        match handle.join().unwrap_or_else(|_| Err("panicked".into())) {
-            Ok(()) => println!("e2e: ok   {name} ({:.1}s)", started.elapsed().as_secs_f64()),
-            Err(reason) => {
-                println!("e2e: FAIL {name}: {reason}");
-                failed.push(name);
-            }
-        }
-    }
+    args.test_threads.get_or_insert(DEFAULT_THREADS);
     println!(
-        "e2e: backend {}: {} passed, {} failed{}",
-        tracer::backend(),
-        ran - failed.len(),
-        failed.len(),
-        if failed.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", failed.join(", "))
-        }
+        "e2e: portwatch {} with backend {}",
+        tracer::binary(),
+        tracer::backend()
     );
-    std::process::exit(if failed.is_empty() && ran > 0 { 0 } else { 1 });
+    let conclusion = libtest_mimic::run(&args, scenarios());
+    if conclusion.num_passed + conclusion.num_failed == 0 {
+        // A filter that matches nothing must not look like a passing suite.
+        eprintln!("e2e: no scenario ran (filter matched nothing)");
+        return ExitCode::FAILURE;
+    }
+    conclusion.exit_code()
 }

@@ -1,7 +1,12 @@
 //! Runs the real portwatch binary as a child and collects what it prints.
+//!
+//! Every process a scenario starts is killed and reaped however the scenario ends (an early `?`,
+//! a panic): a tracer left running would keep its programs attached to the host.
 
 use std::{
     io::{BufRead, BufReader},
+    ops::{Deref, DerefMut},
+    os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
@@ -23,8 +28,55 @@ pub fn backend() -> String {
     std::env::var("PORTWATCH_BACKEND").unwrap_or_else(|_| "auto".into())
 }
 
+/// A child process that is killed (SIGKILL) and reaped when dropped, unless already reaped.
+pub struct Guarded(Child);
+
+impl Guarded {
+    /// Starts `command`. The child also gets SIGKILL if the thread that started it dies, so not
+    /// even a killed test binary leaves one behind.
+    pub fn spawn(command: &mut Command) -> std::io::Result<Self> {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
+        let command = unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        command.spawn().map(Self)
+    }
+
+    /// Sends `signal` to the child.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill takes a pid of our own, unreaped child and a valid signal number.
+        unsafe { libc::kill(self.0.id() as i32, signal) };
+    }
+}
+
+impl Deref for Guarded {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // Both are no-ops on a child already waited for: std remembers its status.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct Tracer {
-    child: Child,
+    child: Guarded,
     stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
     /// The backend named on the status line.
@@ -54,13 +106,14 @@ fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> 
 impl Tracer {
     /// Starts `portwatch --json --backend <backend> <args>` and waits for its status line.
     pub fn start(args: &[&str]) -> Result<Self, String> {
-        let mut child = Command::new(binary())
-            .args(["--json", "--backend", &backend()])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|err| format!("starting {}: {err}", binary()))?;
+        let mut child = Guarded::spawn(
+            Command::new(binary())
+                .args(["--json", "--backend", &backend()])
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .map_err(|err| format!("starting {}: {err}", binary()))?;
         let stdout = lines(child.stdout.take().expect("piped"));
         let stderr = lines(child.stderr.take().expect("piped"));
         let deadline = Instant::now() + ATTACH_TIMEOUT;
@@ -80,36 +133,46 @@ impl Tracer {
                     }
                     seen.push(line);
                 }
-                Err(_) => {
-                    let _ = child.kill();
-                    return Err(format!("portwatch did not attach: {}", seen.join(" | ")));
-                }
+                // The guard kills and reaps the child on the way out.
+                Err(_) => return Err(format!("portwatch did not attach: {}", seen.join(" | "))),
             }
         }
     }
 
     /// Stops the tracer process (SIGSTOP) so the ring buffer fills.
     pub fn pause(&self) {
-        // SAFETY: kill with a valid pid of our own child and a valid signal number.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+        self.child.signal(libc::SIGSTOP);
     }
 
     pub fn resume(&self) {
-        // SAFETY: as above.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+        self.child.signal(libc::SIGCONT);
+    }
+
+    /// The tracer's pid, for scenarios that look at it from outside (/proc, kill -9).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Gives in-flight kernel work (softirq closes, timers) a moment, then stops the tracer with
-    /// SIGINT and returns everything it printed.
-    pub fn stop(self) -> Trace {
+    /// SIGINT and returns everything it printed. A tracer that does not end cleanly (exit 0, no
+    /// panic, its summary printed) fails the scenario even when the events it printed matched.
+    pub fn stop(self) -> Result<Trace, String> {
         thread::sleep(Duration::from_millis(300));
-        // SAFETY: kill with a valid pid of our own child and a valid signal number.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.wait()
+        self.child.signal(libc::SIGINT);
+        let trace = self.wait()?;
+        let stderr = trace.stderr.join("\n");
+        if trace.exit_code != Some(0) || stderr.contains("panicked") || trace.summary().is_none() {
+            return Err(format!(
+                "portwatch did not stop cleanly on SIGINT (exit {:?}):\n{stderr}",
+                trace.exit_code
+            ));
+        }
+        Ok(trace)
     }
 
-    /// Waits for the tracer to exit by itself (--count, --duration) and collects its output.
-    pub fn wait(mut self) -> Trace {
+    /// Waits for the tracer to exit by itself (--count, --duration) and collects its output. It
+    /// is killed after 30 s; the exit code then is `None`.
+    pub fn wait(mut self) -> Result<Trace, String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             match self.child.try_wait() {
@@ -124,17 +187,17 @@ impl Tracer {
         let events = collect(&self.stdout)
             .into_iter()
             .map(|line| {
-                serde_json::from_str(&line).unwrap_or_else(|err| {
-                    panic!("portwatch printed a line that is not JSON ({err}): {line}")
+                serde_json::from_str(&line).map_err(|err| {
+                    format!("portwatch printed a line that is not JSON ({err}): {line}")
                 })
             })
-            .collect();
-        Trace {
-            backend: self.backend,
+            .collect::<Result<_, _>>()?;
+        Ok(Trace {
+            backend: self.backend.clone(),
             events,
             stderr: collect(&self.stderr),
             exit_code: status.and_then(|s| s.code()),
-        }
+        })
     }
 }
 
