@@ -8,7 +8,7 @@ use std::{
 use crate::{
     Outcome,
     expect::{check, exactly, in_order, want},
-    tracer::{Guarded, Trace, Tracer},
+    tracer::{Guarded, Trace, Tracer, netns_inode, own_netns},
     workload::{Kind, Socket, V4, V6, free_port, tcp_connection, tcp_listener},
 };
 
@@ -221,9 +221,9 @@ pub fn time_wait_runs_out() -> Outcome {
         ],
     )?;
     let end = trace
-        .on_port(port)
+        .of_process(port, me)
         .into_iter()
-        .find(|e| e["time_wait_end"] == true);
+        .find(|e| e["time_wait_end"] == true && e["remote_port"] == client_port);
     let held = end.and_then(|e| e["held_ns"].as_u64()).unwrap_or(0);
     check(held >= 60_000_000_000, || {
         format!("TIME_WAIT ended after {held} ns, not 60 s: {end:?}")
@@ -297,11 +297,7 @@ pub fn full_time_wait_table_frees_at_once() -> Outcome {
     };
     let (pid, port) = (pid as u32, port as u16);
     let trace = tracer.stop()?;
-    let events: Vec<_> = trace
-        .on_port(port)
-        .into_iter()
-        .filter(|event| event["pid"] == pid)
-        .collect();
+    let events = trace.of_process(port, pid);
     in_order(
         &events,
         &[
@@ -311,7 +307,7 @@ pub fn full_time_wait_table_frees_at_once() -> Outcome {
                 .with("time_wait", false),
         ],
     )?;
-    check(netns != netns_inode("/proc/self/ns/net")?, || {
+    check(netns != own_netns(), || {
         "the child did not get a network namespace of its own".to_owned()
     })?;
     // Every event of the child names the child's namespace: a missing key fails too.
@@ -321,9 +317,4 @@ pub fn full_time_wait_table_frees_at_once() -> Outcome {
             .all(|event| event["netns"].as_u64() == Some(netns)),
         || format!("events from namespace {netns} do not all carry it: {events:?}"),
     )
-}
-
-fn netns_inode(path: &str) -> std::io::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map(|metadata| metadata.ino())
 }

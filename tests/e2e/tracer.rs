@@ -210,11 +210,23 @@ fn collect(receiver: &mpsc::Receiver<String>) -> Vec<String> {
 }
 
 impl Trace {
-    /// Events about one port.
+    /// Events about one port in this process's network namespace. The same port number in
+    /// another namespace (other tests on the host use their own) is another port; events that
+    /// carry no namespace (a failed bind has no socket to read it from) are kept.
     pub fn on_port(&self, port: u16) -> Vec<&Value> {
+        let own = own_netns();
         self.events
             .iter()
             .filter(|event| event["local_port"] == port)
+            .filter(|event| event["netns"].is_null() || event["netns"].as_u64() == Some(own))
+            .collect()
+    }
+
+    /// Events about one port from one process, in whatever network namespace.
+    pub fn of_process(&self, port: u16, pid: u32) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|event| event["local_port"] == port && event["pid"] == pid)
             .collect()
     }
 
@@ -223,4 +235,14 @@ impl Trace {
             .iter()
             .find_map(|line| line.strip_prefix("portwatch: summary "))
     }
+}
+
+/// The inode of this process's network namespace, as portwatch reports it in `netns`.
+pub fn own_netns() -> u64 {
+    netns_inode("/proc/self/ns/net").expect("/proc/self/ns/net")
+}
+
+pub fn netns_inode(path: &str) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|metadata| metadata.ino())
 }

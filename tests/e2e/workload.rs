@@ -138,9 +138,10 @@ impl Socket {
     }
 
     pub fn local_port(&self) -> io::Result<u16> {
-        // SAFETY: storage is writable and len holds its size.
+        // SAFETY: sockaddr_storage is plain data; all-zero is a valid (unspecified) address.
         let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
         let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: storage is writable and len holds its size.
         check(unsafe {
             libc::getsockname(
                 self.fd,
