@@ -12,10 +12,12 @@
 //! threads works too (and other portwatch instances on the host do not disturb them).
 
 mod bind;
+mod bpf;
 mod cli;
 mod connect;
 mod expect;
 mod failures;
+mod faults;
 mod lifetimes;
 mod tracer;
 mod udp;
@@ -63,6 +65,8 @@ fn scenarios() -> Vec<Trial> {
         lifetimes::time_wait_and_its_end,
         lifetimes::full_time_wait_table_frees_at_once,
         lifetimes::ring_buffer_overflow_is_counted,
+        faults::kill_9_leaves_nothing,
+        faults::loader_passes_only_the_attachment,
         cli::count_stops_the_trace,
         cli::closed_pipe_is_a_clean_exit,
     ]

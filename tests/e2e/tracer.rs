@@ -148,6 +148,12 @@ impl Tracer {
         self.child.signal(libc::SIGCONT);
     }
 
+    /// `kill -9`: no chance to detach or print anything.
+    pub fn kill(mut self) -> std::io::Result<()> {
+        self.child.kill()?;
+        self.child.wait().map(drop)
+    }
+
     /// The tracer's pid, for scenarios that look at it from outside (/proc, kill -9).
     pub fn pid(&self) -> u32 {
         self.child.id()
