@@ -28,7 +28,8 @@ const APPLETS: &str = "cat cut grep head ip mount poweroff sleep tail tee timeou
 ///
 /// `portwatch --check --backend B` tells whether B attaches; only then is the suite run with it.
 /// The suite and every check run under busybox `timeout`, so one hung backend costs its timeout
-/// and the others still run. A failed suite's last line (its summary) goes into the result.
+/// and the others still run. A failed suite's result names the failed scenarios and carries the
+/// harness's summary line.
 const INIT_TEMPLATE: &str = r#"#!/bin/busybox sh
 for applet in @APPLETS@; do /bin/busybox ln -s busybox /bin/$applet; done
 export PATH=/@PAYLOAD_DIR@:/bin
@@ -80,7 +81,9 @@ for b in @BACKENDS@; do
 		elif [ $rc -eq 137 ]; then
 			printf 'PORTWATCH-VM-RESULT backend=%s status=failed reason=suite killed after %s s\n' $b $T
 		else
-			printf 'PORTWATCH-VM-RESULT backend=%s status=failed reason=suite exited with status %s: %s\n' $b $rc "$(grep . /tmp/e2e.out | tail -n 1)"
+			# libtest-mimic's lines: `test <name> ... FAILED` per scenario, then `test result: ...`.
+			failed=$(grep ' \.\.\. FAILED$' /tmp/e2e.out | cut -d' ' -f2)
+			printf 'PORTWATCH-VM-RESULT backend=%s status=failed reason=suite exited with status %s: %s; failed: %s\n' $b $rc "$(grep '^test result:' /tmp/e2e.out | tail -n 1)" "$(echo $failed)"
 		fi
 		;;
 	"$b${TAB}unsupported${TAB}"*)
