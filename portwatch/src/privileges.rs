@@ -1,17 +1,26 @@
-//! Making sure we may load eBPF programs before trying, so the user gets one clear sentence.
+//! Privileges: one clear sentence before trying when loading cannot work, and no capability at
+//! all once the hooks are attached.
+//!
+//! Loading needs CAP_BPF (programs and maps), CAP_PERFMON (tracing programs, kprobes) and
+//! CAP_NET_ADMIN (the tracepoint backend's cgroup hook), or CAP_SYS_ADMIN, which covers all three.
+//! Tracing afterwards needs none: the ring buffer is already mapped and the lost counter is read
+//! through a map descriptor the tracer holds, and the kernel checks capabilities when such
+//! objects are created, not when they are used. So the tracer gives up every capability as soon
+//! as it has attached and read the current holders, before it prints its status line.
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
+use rustix::thread::{CapabilitySet, CapabilitySets};
 
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+/// What loading needs when CAP_SYS_ADMIN is not there.
+const LOAD_NEEDS: CapabilitySet = CapabilitySet::BPF
+    .union(CapabilitySet::PERFMON)
+    .union(CapabilitySet::NET_ADMIN);
 
 pub fn check() -> anyhow::Result<()> {
-    let effective = effective_capabilities().unwrap_or(0);
-    let has = |cap: u32| effective & (1 << cap) != 0;
-    let enough = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON) && has(CAP_NET_ADMIN));
-    if !enough {
+    let effective = rustix::thread::capabilities(None)
+        .map(|sets| sets.effective)
+        .unwrap_or(CapabilitySet::empty());
+    if !effective.contains(CapabilitySet::SYS_ADMIN) && !effective.contains(LOAD_NEEDS) {
         bail!(
             "portwatch needs root (or the capabilities CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) \
              to load its eBPF programs; run it with sudo"
@@ -20,13 +29,36 @@ pub fn check() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn effective_capabilities() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))?
-        .trim();
-    u64::from_str_radix(hex, 16).ok()
+/// Drops every capability (effective, permitted and inheritable; the ambient set goes with
+/// them) and sets no_new_privs, so not even an exec could bring any back. Capabilities belong to
+/// threads, so this must run while the tracer has one thread; it checks that every thread of
+/// the process ended up with none.
+pub fn drop_all() -> anyhow::Result<()> {
+    let none = CapabilitySet::empty();
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: none,
+            permitted: none,
+            inheritable: none,
+        },
+    )
+    .context("dropping capabilities after attaching")?;
+    rustix::thread::set_no_new_privs(true).context("setting no_new_privs")?;
+    for task in std::fs::read_dir("/proc/self/task").context("listing this process's threads")? {
+        let status = std::fs::read_to_string(task?.path().join("status"))
+            .context("reading a thread's capabilities")?;
+        let held = ["CapEff:", "CapPrm:"].iter().any(|key| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .is_none_or(|hex| u64::from_str_radix(hex.trim(), 16) != Ok(0))
+        });
+        if held {
+            bail!("a thread of portwatch kept its capabilities after they were dropped");
+        }
+    }
+    Ok(())
 }
 
 /// Kernels before 5.11 charge BPF maps against RLIMIT_MEMLOCK; lift it so the maps fit.

@@ -19,6 +19,7 @@ mod expect;
 mod failures;
 mod faults;
 mod lifetimes;
+mod privileges;
 mod tracer;
 mod udp;
 mod workload;
@@ -67,6 +68,8 @@ fn scenarios() -> Vec<Trial> {
         lifetimes::ring_buffer_overflow_is_counted,
         faults::kill_9_leaves_nothing,
         faults::loader_passes_only_the_attachment,
+        privileges::capabilities_dropped_after_attach,
+        privileges::runs_as_nobody_with_only_load_capabilities,
         cli::count_stops_the_trace,
         cli::closed_pipe_is_a_clean_exit,
     ]

@@ -106,14 +106,20 @@ fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> 
 impl Tracer {
     /// Starts `portwatch --json --backend <backend> <args>` and waits for its status line.
     pub fn start(args: &[&str]) -> Result<Self, String> {
-        let mut child = Guarded::spawn(
-            Command::new(binary())
-                .args(["--json", "--backend", &backend()])
-                .args(args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped()),
-        )
-        .map_err(|err| format!("starting {}: {err}", binary()))?;
+        Self::start_with(args, |_| {})
+    }
+
+    /// As [`Tracer::start`], with the command adjusted first (credentials, for one).
+    pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Result<Self, String> {
+        let mut command = Command::new(binary());
+        command
+            .args(["--json", "--backend", &backend()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        adjust(&mut command);
+        let mut child =
+            Guarded::spawn(&mut command).map_err(|err| format!("starting {}: {err}", binary()))?;
         let stdout = lines(child.stdout.take().expect("piped"));
         let stderr = lines(child.stderr.take().expect("piped"));
         let deadline = Instant::now() + ATTACH_TIMEOUT;

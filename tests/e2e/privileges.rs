@@ -1,0 +1,138 @@
+//! Least privilege: the tracer holds no capability once it is attached, and loading works for
+//! an unprivileged user given only the capabilities the README names.
+
+use std::{os::unix::process::CommandExt, process::Command};
+
+use crate::{
+    Outcome,
+    expect::{check, in_order, want},
+    tracer::Tracer,
+    workload::{Kind, Socket, V4, free_port},
+};
+
+/// The capabilities loading needs on every backend (see the README).
+const LOAD_CAPABILITIES: [u32; 3] = [CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF];
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+const NOBODY: u32 = 65534;
+
+/// After the status line, every thread of the tracer has empty capability sets and
+/// no_new_privs, and tracing still works (events, the lost counter read at the end).
+pub fn capabilities_dropped_after_attach() -> Outcome {
+    traces_without_capabilities(Tracer::start)
+}
+
+/// As `nobody` with only CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (ambient, as `setpriv
+/// --ambient-caps` or a systemd unit's AmbientCapabilities gives them), portwatch attaches and
+/// sees another user's bind, then drops those too.
+pub fn runs_as_nobody_with_only_load_capabilities() -> Outcome {
+    traces_without_capabilities(|args| Tracer::start_with(args, as_nobody_with_load_capabilities))
+}
+
+fn traces_without_capabilities(start: impl FnOnce(&[&str]) -> Result<Tracer, String>) -> Outcome {
+    let me = std::process::id();
+    let port = free_port();
+    let tracer = start(&["--port", &port.to_string()])?;
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{}/task", tracer.pid()))? {
+        let status = std::fs::read_to_string(task?.path().join("status"))?;
+        for (key, wanted) in [
+            ("CapInh:", "0000000000000000"),
+            ("CapPrm:", "0000000000000000"),
+            ("CapEff:", "0000000000000000"),
+            ("CapAmb:", "0000000000000000"),
+            ("NoNewPrivs:", "1"),
+        ] {
+            let value = status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .map(str::trim);
+            check(value == Some(wanted), || {
+                format!("after attaching, {key} is {value:?}, not {wanted}")
+            })?;
+        }
+        threads += 1;
+    }
+    check(threads > 0, || "the tracer has no threads".to_owned())?;
+    let socket = Socket::new(Kind::Udp, V4)?;
+    socket.bind(port)?;
+    socket.close();
+    let trace = tracer.stop()?;
+    in_order(
+        &trace.on_port(port),
+        &[
+            want("claim", port, me, "udp", "ipv4").with("how", "bind"),
+            want("free", port, me, "udp", "ipv4").with("how", "bind"),
+        ],
+    )
+}
+
+/// Turns the child into `nobody` keeping only the load capabilities, as ambient ones so they
+/// survive the exec. The memlock limit is lifted first, while still root where that is allowed:
+/// kernels before 5.11 charge BPF maps to it, and `nobody` may not raise it (the README says so).
+fn as_nobody_with_load_capabilities(command: &mut Command) {
+    // SAFETY: between fork and exec only async-signal-safe calls are made (setrlimit, prctl,
+    // setgroups, setgid, setuid, capset), on memory owned by this closure.
+    unsafe {
+        command.pre_exec(|| {
+            let ok = |ret: i32| {
+                if ret == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            };
+            let unlimited = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // Best effort, as in portwatch: a root without CAP_SYS_RESOURCE (a container) may
+            // not raise it, and kernels from 5.11 on do not need it.
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited);
+            ok(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
+            ok(libc::setgroups(0, std::ptr::null()))?;
+            ok(libc::setgid(NOBODY))?;
+            ok(libc::setuid(NOBODY))?;
+            let mut header = CapHeader {
+                version: LINUX_CAPABILITY_VERSION_3,
+                pid: 0,
+            };
+            let mut data = [CapData::default(); 2];
+            for cap in LOAD_CAPABILITIES {
+                let word = &mut data[(cap / 32) as usize];
+                let bit = 1 << (cap % 32);
+                word.effective |= bit;
+                word.permitted |= bit;
+                word.inheritable |= bit;
+            }
+            ok(libc::syscall(libc::SYS_capset, &mut header, data.as_mut_ptr()) as i32)?;
+            for cap in LOAD_CAPABILITIES {
+                ok(libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE,
+                    cap as libc::c_ulong,
+                    0,
+                    0,
+                ))?;
+            }
+            Ok(())
+        })
+    };
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
