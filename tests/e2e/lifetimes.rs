@@ -155,43 +155,6 @@ fn time_wait_end_observable(trace: &Trace) -> bool {
     trace.backend != "tracepoint"
 }
 
-/// A stalled reader and a tiny ring buffer: the overflow must be counted and reported, and every
-/// event must be either delivered or counted as lost.
-pub fn ring_buffer_overflow_is_counted() -> Outcome {
-    const ROUNDS: usize = 300;
-    let port = free_port();
-    let tracer = Tracer::start(&["--port", &port.to_string(), "--ring-kib", "4"])?;
-    tracer.pause();
-    for _ in 0..ROUNDS {
-        let socket = Socket::new(Kind::Udp, V4)?;
-        socket.bind(port)?;
-    }
-    tracer.resume();
-    let trace = tracer.stop()?;
-    let delivered = trace.on_port(port).len();
-    let lost: u64 = trace
-        .events
-        .iter()
-        .filter(|event| event["event"] == "lost")
-        .filter_map(|event| event["count"].as_u64())
-        .sum();
-    check(lost > 0, || {
-        format!("no loss reported with a 4 KiB buffer; {delivered} delivered")
-    })?;
-    check(delivered as u64 + lost == 2 * ROUNDS as u64, || {
-        format!(
-            "{delivered} delivered + {lost} lost != {} caused",
-            2 * ROUNDS
-        )
-    })?;
-    check(
-        trace
-            .summary()
-            .is_some_and(|s| s.ends_with(&format!("lost={lost}"))),
-        || format!("summary {:?} does not say lost={lost}", trace.summary()),
-    )
-}
-
 /// TIME_WAIT left to run out: after its 60 seconds the port is really free, and the end must be
 /// reported by every backend, the syscall-tracepoint one included (through the TIME_WAIT timer).
 /// Runs beside the other scenarios, which use other ports, so the wait costs no extra time.

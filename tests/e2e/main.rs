@@ -14,10 +14,12 @@
 mod bind;
 mod bpf;
 mod cli;
+mod coexistence;
 mod connect;
 mod expect;
 mod failures;
 mod faults;
+mod flood;
 mod lifetimes;
 mod privileges;
 mod tracer;
@@ -65,7 +67,10 @@ fn scenarios() -> Vec<Trial> {
         lifetimes::single_watched_port_sees_nothing_else,
         lifetimes::time_wait_and_its_end,
         lifetimes::full_time_wait_table_frees_at_once,
-        lifetimes::ring_buffer_overflow_is_counted,
+        flood::ring_buffer_overflow_is_counted,
+        flood::flood_is_accounted_exactly,
+        coexistence::two_instances_with_overlapping_filters,
+        coexistence::traced_processes_see_no_difference,
         faults::kill_9_leaves_nothing,
         faults::loader_passes_only_the_attachment,
         privileges::capabilities_dropped_after_attach,

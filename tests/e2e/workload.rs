@@ -191,6 +191,11 @@ pub fn tcp_connection(listener: &Socket) -> io::Result<(Socket, Socket, u16)> {
 /// A port free for TCP and UDP on both loopbacks right now, outside the ephemeral range so the
 /// kernel is unlikely to hand it to another process meanwhile.
 pub fn free_port() -> u16 {
+    // Never the same port twice in one run: scenarios run in parallel.
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let seed = std::process::id() as u64
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -208,7 +213,8 @@ pub fn free_port() -> u16 {
                     .is_ok()
             })
         });
-        if free {
+        if free && !handed_out.contains(&port) {
+            handed_out.push(port);
             return port;
         }
     }
