@@ -22,6 +22,7 @@ mod faults;
 mod flood;
 mod lifetimes;
 mod privileges;
+mod sharing;
 mod tracer;
 mod udp;
 mod workload;
@@ -73,6 +74,11 @@ fn scenarios() -> Vec<Trial> {
         coexistence::traced_processes_see_no_difference,
         faults::kill_9_leaves_nothing,
         faults::loader_passes_only_the_attachment,
+        sharing::inherited_socket_closed_by_child,
+        sharing::passed_socket_closed_by_receiver,
+        sharing::thread_claim_names_its_tid,
+        sharing::reuseport_group_frees_per_socket,
+        sharing::dual_stack_listener_accepts_ipv4,
         privileges::capabilities_dropped_after_attach,
         privileges::runs_as_nobody_with_only_load_capabilities,
         cli::count_stops_the_trace,
@@ -83,6 +89,9 @@ fn scenarios() -> Vec<Trial> {
 fn main() -> ExitCode {
     if let Ok(spec) = std::env::var(lifetimes::HOLDER_ENV) {
         lifetimes::hold(&spec);
+    }
+    if let Ok(spec) = std::env::var(sharing::SHARE_ENV) {
+        sharing::helper(&spec);
     }
     if std::env::var_os(lifetimes::NO_TIME_WAIT_ENV).is_some() {
         lifetimes::close_without_time_wait();

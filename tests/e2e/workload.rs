@@ -71,22 +71,39 @@ impl Socket {
     }
 
     pub fn reuse_address(&self) -> io::Result<()> {
-        let one: i32 = 1;
+        self.set_option(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
+    }
+
+    /// An integer socket option (SO_REUSEPORT, IPV6_V6ONLY ...).
+    pub fn set_option(&self, level: i32, name: i32, value: i32) -> io::Result<()> {
         // SAFETY: the option value points at a live i32 of the given size.
         check(unsafe {
             libc::setsockopt(
                 self.fd,
-                libc::SOL_SOCKET,
-                libc::SO_REUSEADDR,
-                &one as *const i32 as *const libc::c_void,
+                level,
+                name,
+                &value as *const i32 as *const libc::c_void,
                 size_of::<i32>() as libc::socklen_t,
             )
         })
         .map(drop)
     }
 
+    /// Binds to the family's wildcard address (`0.0.0.0` or `[::]`) instead of loopback.
+    pub fn bind_any_address(&self, port: u16) -> io::Result<()> {
+        let wildcard = match self.family {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        self.bind_address(wildcard, port)
+    }
+
     pub fn bind(&self, port: u16) -> io::Result<()> {
-        let (addr, len) = sockaddr(self.family, port);
+        self.bind_address(self.family, port)
+    }
+
+    fn bind_address(&self, address: IpAddr, port: u16) -> io::Result<()> {
+        let (addr, len) = sockaddr(address, port);
         // SAFETY: addr is a valid sockaddr of length len.
         check(unsafe { libc::bind(self.fd, &addr as *const _ as *const libc::sockaddr, len) })
             .map(drop)
@@ -161,6 +178,13 @@ impl Socket {
     }
 
     pub fn close(self) {}
+}
+
+impl std::os::fd::AsFd for Socket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: fd stays open for as long as this value, which the borrow cannot outlive.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) }
+    }
 }
 
 impl Drop for Socket {
