@@ -24,7 +24,7 @@ pub fn two_instances_with_overlapping_filters() -> Outcome {
     let round = |kinds: &[Kind]| -> std::io::Result<()> {
         for port in [a, shared, b] {
             for &kind in kinds {
-                Socket::new(kind, V4)?.bind(port)?;
+                Socket::rebinding(kind, V4)?.bind(port)?;
             }
         }
         Ok(())

@@ -40,13 +40,23 @@ pub fn kill_9_leaves_nothing() -> Outcome {
         listed.len() == expected + held.cgroup_programs.len(),
         || format!("only {listed:?} of {held:?} are listed while the tracer runs"),
     )?;
-    let socket = Socket::new(Kind::Udp, V4)?;
+    let socket = Socket::rebinding(Kind::Udp, V4)?;
     socket.bind(port)?;
     tracer.kill()?;
-    let deadline = Instant::now() + RELEASE_GRACE;
+    let killed = Instant::now();
+    let deadline = killed + RELEASE_GRACE;
     loop {
         let left = held.still_listed()?;
         if left.is_empty() {
+            eprintln!(
+                "e2e: kill -9: {} programs, {} maps, {} links ({} on a cgroup) listed before, \
+                 none {} ms after",
+                held.programs.len(),
+                held.maps.len(),
+                held.links.len(),
+                held.cgroup_programs.len(),
+                killed.elapsed().as_millis()
+            );
             break;
         }
         if Instant::now() > deadline {
@@ -58,7 +68,7 @@ pub fn kill_9_leaves_nothing() -> Outcome {
     }
     socket.close();
     let again = Tracer::start(&["--port", &port.to_string()])?;
-    let socket = Socket::new(Kind::Udp, V4)?;
+    let socket = Socket::rebinding(Kind::Udp, V4)?;
     socket.bind(port)?;
     socket.close();
     let trace = again.stop()?;

@@ -56,7 +56,7 @@ impl Tally {
 /// UDP bind+close `rounds` times on `port`: two events each.
 fn churn(port: u16, rounds: u64) -> std::io::Result<u64> {
     for _ in 0..rounds {
-        Socket::new(Kind::Udp, V4)?.bind(port)?;
+        Socket::rebinding(Kind::Udp, V4)?.bind(port)?;
     }
     Ok(2 * rounds)
 }

@@ -13,6 +13,7 @@ use crate::{
 /// The capabilities loading needs on every backend (see the README).
 const LOAD_CAPABILITIES: [u32; 3] = [CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF];
 const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 const NOBODY: u32 = 65534;
@@ -25,9 +26,20 @@ pub fn capabilities_dropped_after_attach() -> Outcome {
 
 /// As `nobody` with only CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (ambient, as `setpriv
 /// --ambient-caps` or a systemd unit's AmbientCapabilities gives them), portwatch attaches and
-/// sees another user's bind, then drops those too.
+/// sees another user's bind, then drops those too. The one documented exception: kprobes go
+/// through perf_event_open, which Debian's kernels at `perf_event_paranoid` 3 (their default)
+/// allow only with CAP_SYS_ADMIN.
 pub fn runs_as_nobody_with_only_load_capabilities() -> Outcome {
-    traces_without_capabilities(|args| Tracer::start_with(args, as_nobody_with_load_capabilities))
+    let mut capabilities = LOAD_CAPABILITIES.to_vec();
+    let paranoid: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")?
+        .trim()
+        .parse()?;
+    if crate::tracer::backend() == "kprobe" && paranoid >= 3 {
+        capabilities.push(CAP_SYS_ADMIN);
+    }
+    traces_without_capabilities(|args| {
+        Tracer::start_with(args, |command| as_nobody_with(command, capabilities))
+    })
 }
 
 fn traces_without_capabilities(start: impl FnOnce(&[&str]) -> Result<Tracer, String>) -> Outcome {
@@ -68,14 +80,14 @@ fn traces_without_capabilities(start: impl FnOnce(&[&str]) -> Result<Tracer, Str
     )
 }
 
-/// Turns the child into `nobody` keeping only the load capabilities, as ambient ones so they
+/// Turns the child into `nobody` keeping only `capabilities`, as ambient ones so they
 /// survive the exec. The memlock limit is lifted first, while still root where that is allowed:
 /// kernels before 5.11 charge BPF maps to it, and `nobody` may not raise it (the README says so).
-fn as_nobody_with_load_capabilities(command: &mut Command) {
+fn as_nobody_with(command: &mut Command, capabilities: Vec<u32>) {
     // SAFETY: between fork and exec only async-signal-safe calls are made (setrlimit, prctl,
     // setgroups, setgid, setuid, capset), on memory owned by this closure.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             let ok = |ret: i32| {
                 if ret == 0 {
                     Ok(())
@@ -99,7 +111,7 @@ fn as_nobody_with_load_capabilities(command: &mut Command) {
                 pid: 0,
             };
             let mut data = [CapData::default(); 2];
-            for cap in LOAD_CAPABILITIES {
+            for &cap in &capabilities {
                 let word = &mut data[(cap / 32) as usize];
                 let bit = 1 << (cap % 32);
                 word.effective |= bit;
@@ -107,7 +119,7 @@ fn as_nobody_with_load_capabilities(command: &mut Command) {
                 word.inheritable |= bit;
             }
             ok(libc::syscall(libc::SYS_capset, &mut header, data.as_mut_ptr()) as i32)?;
-            for cap in LOAD_CAPABILITIES {
+            for &cap in &capabilities {
                 ok(libc::prctl(
                     libc::PR_CAP_AMBIENT,
                     libc::PR_CAP_AMBIENT_RAISE,

@@ -70,6 +70,16 @@ impl Socket {
         Ok(Self { fd, family })
     }
 
+    /// A socket with SO_REUSEADDR, for scenarios that bind a port again right after closing it.
+    /// Another scenario's thread may fork between our close and its exec, and its child then
+    /// holds a copy of the closed socket for a moment; without the option that copy makes the
+    /// next bind fail with EADDRINUSE (seen under qemu, where the window is long).
+    pub fn rebinding(kind: Kind, family: IpAddr) -> io::Result<Self> {
+        let socket = Self::new(kind, family)?;
+        socket.reuse_address()?;
+        Ok(socket)
+    }
+
     pub fn reuse_address(&self) -> io::Result<()> {
         self.set_option(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
     }
