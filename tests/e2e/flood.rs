@@ -4,7 +4,7 @@
 use crate::{
     Outcome,
     expect::check,
-    tracer::{Trace, Tracer},
+    tracer::{Trace, Tracer, flood_alone},
     workload::{Kind, Socket, V4, free_port},
 };
 
@@ -65,6 +65,7 @@ fn churn(port: u16, rounds: u64) -> std::io::Result<u64> {
 /// event must be either delivered or counted as lost.
 pub fn ring_buffer_overflow_is_counted() -> Outcome {
     const ROUNDS: u64 = 300;
+    let _alone = flood_alone();
     let port = free_port();
     let tracer = Tracer::start(&["--port", &port.to_string(), "--ring-kib", "4"])?;
     tracer.pause();
@@ -86,6 +87,7 @@ pub fn ring_buffer_overflow_is_counted() -> Outcome {
 /// stderr for the README's Reliability section.
 pub fn flood_is_accounted_exactly() -> Outcome {
     const ROUNDS: u64 = 20_000;
+    let _alone = flood_alone();
     let port = free_port();
     let default_ring = Tracer::start(&["--port", &port.to_string()])?;
     let tiny_ring = Tracer::start(&["--port", &port.to_string(), "--ring-kib", "4"])?;

@@ -8,7 +8,7 @@ use std::{
     ops::{Deref, DerefMut},
     os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -75,8 +75,22 @@ impl Drop for Guarded {
     }
 }
 
+/// Scenarios run in parallel, and a tracer that watches every port gets every other scenario's
+/// events in its ring buffer: a flood beside it would overflow that ring and lose the events the
+/// scenario waits for. Such tracers hold this lock shared; floods hold it alone ([`flood_alone`]).
+static EVERY_PORT: RwLock<()> = RwLock::new(());
+
+/// Keeps every tracer that watches all ports out of the way while the guard lives.
+pub fn flood_alone() -> RwLockWriteGuard<'static, ()> {
+    EVERY_PORT
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 pub struct Tracer {
     child: Guarded,
+    /// Held by a tracer without `--port` (see [`EVERY_PORT`]).
+    _every_port: Option<RwLockReadGuard<'static, ()>>,
     stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
     /// The backend named on the status line.
@@ -118,6 +132,11 @@ impl Tracer {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         adjust(&mut command);
+        let every_port = (!args.contains(&"--port")).then(|| {
+            EVERY_PORT
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        });
         let mut child =
             Guarded::spawn(&mut command).map_err(|err| format!("starting {}: {err}", binary()))?;
         let stdout = lines(child.stdout.take().expect("piped"));
@@ -132,6 +151,7 @@ impl Tracer {
                         let backend = rest.split(',').next().unwrap_or_default().to_string();
                         return Ok(Self {
                             child,
+                            _every_port: every_port,
                             stdout,
                             stderr,
                             backend,
@@ -213,9 +233,13 @@ impl Tracer {
     }
 }
 
+/// Everything left in a stream of the exited tracer: up to the end of the pipe, which comes
+/// once the reader thread has read it all. Waiting for a pause instead would cut the output
+/// short whenever that thread is slow to be scheduled (seen with eight scenarios at once).
 fn collect(receiver: &mpsc::Receiver<String>) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut lines = Vec::new();
-    while let Ok(line) = receiver.recv_timeout(Duration::from_millis(500)) {
+    while let Ok(line) = receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         lines.push(line);
     }
     lines
