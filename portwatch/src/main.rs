@@ -6,6 +6,8 @@ mod btf;
 mod cli;
 mod clock;
 mod event;
+#[cfg(test)]
+mod fuzz_replay;
 mod loader;
 mod ports;
 mod privileges;
