@@ -19,7 +19,9 @@ const CAP_BPF: u32 = 39;
 const NOBODY: u32 = 65534;
 
 /// After the status line, every thread of the tracer has empty capability sets and
-/// no_new_privs, and tracing still works (events, the lost counter read at the end).
+/// no_new_privs, and tracing still works (events, the lost counter read at the end). The one
+/// exception, CAP_BPF alone, is for kernels that refuse every bpf() call without it (the
+/// tracer reads its lost counter with one); the scenario asks the kernel the same way.
 pub fn capabilities_dropped_after_attach() -> Outcome {
     traces_without_capabilities(Tracer::start)
 }
@@ -46,13 +48,18 @@ fn traces_without_capabilities(start: impl FnOnce(&[&str]) -> Result<Tracer, Str
     let me = std::process::id();
     let port = free_port();
     let tracer = start(&["--port", &port.to_string()])?;
+    let kept = if bpf_gated() {
+        format!("{:016x}", 1u64 << CAP_BPF)
+    } else {
+        "0000000000000000".to_owned()
+    };
     let mut threads = 0;
     for task in std::fs::read_dir(format!("/proc/{}/task", tracer.pid()))? {
         let status = std::fs::read_to_string(task?.path().join("status"))?;
         for (key, wanted) in [
             ("CapInh:", "0000000000000000"),
-            ("CapPrm:", "0000000000000000"),
-            ("CapEff:", "0000000000000000"),
+            ("CapPrm:", kept.as_str()),
+            ("CapEff:", kept.as_str()),
             ("CapAmb:", "0000000000000000"),
             ("NoNewPrivs:", "1"),
         ] {
@@ -147,4 +154,29 @@ struct CapData {
     effective: u32,
     permitted: u32,
     inheritable: u32,
+}
+
+/// Whether this kernel refuses a bpf() call on a descriptor to a task without capabilities:
+/// a thread drops them all (they are per thread) and looks up an element of a map that does not
+/// exist; EPERM before the descriptor is looked at means every call is gated.
+fn bpf_gated() -> bool {
+    std::thread::spawn(|| {
+        let mut header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let mut data = [CapData::default(); 2];
+        // SAFETY: header and data are the two live structs capset reads; this thread only.
+        if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_mut_ptr()) } != 0 {
+            return true;
+        }
+        let mut attr = [0u64; 4];
+        attr[0] = u64::from(u32::MAX);
+        // SAFETY: attr is a live 32-byte bpf_attr prefix; with no valid map the kernel follows
+        // none of its (null) pointers.
+        let ret = unsafe { libc::syscall(libc::SYS_bpf, 1 as libc::c_long, attr.as_mut_ptr(), 32) };
+        ret < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    })
+    .join()
+    .unwrap_or(true)
 }
