@@ -582,12 +582,11 @@ mod tests {
         let members: Vec<(&str, u32, u32, u32)> = (0..40).map(|_| ("", itself, 0, 0)).collect();
         btf.composite(KIND_STRUCT, "sock", 4, &members);
         let btf = Btf::parse(btf.blob(), &[]).expect("parses");
-        let started = std::time::Instant::now();
+        // Without the bound this would not finish.
         assert!(matches!(
             btf.field_offset("sock", "sk_protocol"),
             Err(BtfError::NoField(..))
         ));
-        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 
     /// Every truncation and every single-byte corruption of the fixture gives a value or an
