@@ -17,14 +17,26 @@ pub struct Held {
     pub links: BTreeSet<u32>,
     /// Programs attached to a cgroup through a link, with the attach type.
     pub cgroup_programs: BTreeSet<(u32, u32)>,
+    /// Perf events: how kprobes attach on kernels without perf-event links (before 5.15).
+    /// They have no global listing; they die with their last descriptor, and the programs
+    /// attached through them with it.
+    pub perf_events: usize,
 }
 
 impl Held {
     pub fn of_process(pid: u32) -> io::Result<Held> {
         let mut held = Held::default();
         for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+            let entry = entry?;
+            let link = std::fs::read_link(format!(
+                "/proc/{pid}/fd/{}",
+                entry.file_name().to_string_lossy()
+            ));
+            if link.is_ok_and(|target| target.as_os_str() == "anon_inode:[perf_event]") {
+                held.perf_events += 1;
+            }
             // A descriptor closed meanwhile has no fdinfo any more; skip it.
-            let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+            let Ok(info) = std::fs::read_to_string(entry.path()) else {
                 continue;
             };
             let field = |key: &str| {

@@ -26,9 +26,10 @@ pub fn kill_9_leaves_nothing() -> Outcome {
     let port = free_port();
     let tracer = Tracer::start(&["--port", &port.to_string()])?;
     let held = Held::of_process(tracer.pid())?;
-    check(!held.programs.is_empty() && !held.links.is_empty(), || {
-        format!("the tracer holds no programs or links: {held:?}")
-    })?;
+    check(
+        !held.programs.is_empty() && (!held.links.is_empty() || held.perf_events > 0),
+        || format!("the tracer holds no programs, or neither links nor perf events: {held:?}"),
+    )?;
     check(
         tracer.backend != "tracepoint" || !held.cgroup_programs.is_empty(),
         || format!("the tracepoint backend holds no cgroup link: {held:?}"),
@@ -49,12 +50,13 @@ pub fn kill_9_leaves_nothing() -> Outcome {
         let left = held.still_listed()?;
         if left.is_empty() {
             eprintln!(
-                "e2e: kill -9: {} programs, {} maps, {} links ({} on a cgroup) listed before, \
-                 none {} ms after",
+                "e2e: kill -9: {} programs, {} maps, {} links ({} on a cgroup), {} perf events \
+                 before, none listed {} ms after",
                 held.programs.len(),
                 held.maps.len(),
                 held.links.len(),
                 held.cgroup_programs.len(),
+                held.perf_events,
                 killed.elapsed().as_millis()
             );
             break;
