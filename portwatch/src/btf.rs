@@ -48,6 +48,10 @@ const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
 const HEADER_LEN: usize = 24;
+/// How many members one field lookup may visit. The kernel's structs need a few hundred; a
+/// corrupt BTF whose anonymous members refer back to their own struct would otherwise make the
+/// search exponential in the nesting depth (the fuzzer found one that took 17 s).
+const MEMBER_VISITS: u32 = 1 << 16;
 const RECORD_LEN: usize = 12;
 
 /// The kernel's BTF, kept as the bytes it came as, with the start of every type record.
@@ -181,20 +185,29 @@ impl Btf {
         let id = self
             .find(KIND_STRUCT, name)
             .ok_or_else(|| BtfError::NoStruct(name.into()))?;
-        match self.find_member(id, field, 0) {
+        let mut budget = MEMBER_VISITS;
+        match self.find_member(id, field, 0, &mut budget) {
             Some((bit_offset, 0)) if bit_offset % 8 == 0 => Ok(bit_offset / 8),
             Some(_) => Err(BtfError::Bitfield(name.into(), field.into())),
             None => Err(BtfError::NoField(name.into(), field.into())),
         }
     }
 
-    /// (bit offset, bitfield size) of a member, searching anonymous members `depth` levels down.
-    fn find_member(&self, id: u32, field: &str, depth: u32) -> Option<(u32, u32)> {
+    /// (bit offset, bitfield size) of a member, searching anonymous members `depth` levels down,
+    /// visiting at most `budget` members in all.
+    fn find_member(
+        &self,
+        id: u32,
+        field: &str,
+        depth: u32,
+        budget: &mut u32,
+    ) -> Option<(u32, u32)> {
         let record = self.record(id)?;
         if depth > 8 || (record.kind != KIND_STRUCT && record.kind != KIND_UNION) {
             return None;
         }
         for index in 0..record.vlen {
+            *budget = budget.checked_sub(1)?;
             let member = record.at + RECORD_LEN + index * 12;
             let name = u32_at(&self.data, member).ok()?;
             let type_id = u32_at(&self.data, member + 4).ok()?;
@@ -211,7 +224,7 @@ impl Btf {
                 continue;
             }
             let inner = self.strip_modifiers(type_id);
-            if let Some((offset, size)) = self.find_member(inner, field, depth + 1) {
+            if let Some((offset, size)) = self.find_member(inner, field, depth + 1, budget) {
                 return Some((bit_offset + offset, size));
             }
         }
@@ -363,7 +376,10 @@ mod tests {
         assert!(offsets.skc_num > offsets.skc_daddr);
         assert_eq!(btf.parameter_count("tcp_v4_connect").unwrap(), 3);
         assert!(btf.parameter_count("inet_csk_accept").is_ok());
-        assert!(btf.parameter_count("no_such_kernel_function").is_err());
+        assert!(matches!(
+            btf.parameter_count("no_such_kernel_function"),
+            Err(BtfError::NoFunction(name)) if name == "no_such_kernel_function"
+        ));
     }
 
     /// The skeleton keeps every id: aya must find each named type at its kernel id.
@@ -386,6 +402,227 @@ mod tests {
         assert_eq!(
             Some(tracepoint),
             btf.find(KIND_TYPEDEF, "btf_trace_inet_sock_set_state")
+        );
+    }
+
+    /// A BTF blob written by hand, so the reader is tested on known bytes rather than on
+    /// whatever kernel runs the tests.
+    #[derive(Default)]
+    struct Fixture {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        next_id: u32,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                strings: vec![0],
+                next_id: 1,
+                ..Fixture::default()
+            }
+        }
+
+        fn name(&mut self, name: &str) -> u32 {
+            if name.is_empty() {
+                return 0;
+            }
+            let offset = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            offset
+        }
+
+        /// Appends a type record with `trailing` words after its fixed part; returns its id.
+        fn record(
+            &mut self,
+            name: &str,
+            kind: u32,
+            kind_flag: bool,
+            vlen: u32,
+            size_or_type: u32,
+            trailing: &[u32],
+        ) -> u32 {
+            let name = self.name(name);
+            let info = (u32::from(kind_flag) << 31) | (kind << 24) | vlen;
+            for word in [name, info, size_or_type].iter().chain(trailing) {
+                self.types.extend_from_slice(&word.to_le_bytes());
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        }
+
+        fn int(&mut self, name: &str, bytes: u32) -> u32 {
+            self.record(name, KIND_INT, false, 0, bytes, &[bytes * 8])
+        }
+
+        /// A struct or union whose members are (name, type, bit offset, bitfield size).
+        fn composite(
+            &mut self,
+            kind: u32,
+            name: &str,
+            size: u32,
+            members: &[(&str, u32, u32, u32)],
+        ) -> u32 {
+            let kind_flag = members.iter().any(|&(_, _, _, bits)| bits != 0);
+            let mut trailing = Vec::new();
+            for &(member, type_id, bit_offset, bits) in members {
+                let offset = if kind_flag {
+                    (bits << 24) | bit_offset
+                } else {
+                    bit_offset
+                };
+                trailing.extend([self.name(member), type_id, offset]);
+            }
+            self.record(name, kind, kind_flag, members.len() as u32, size, &trailing)
+        }
+
+        fn function(&mut self, name: &str, parameters: u32, int: u32) -> u32 {
+            let trailing: Vec<u32> = (0..parameters).flat_map(|_| [0, int]).collect();
+            let proto = self.record("", KIND_FUNC_PROTO, false, parameters, int, &trailing);
+            self.record(name, KIND_FUNC, false, 1, proto, &[])
+        }
+
+        fn blob(&self) -> Vec<u8> {
+            let mut blob = vec![0x9f, 0xeb, 1, 0];
+            let types = self.types.len() as u32;
+            for word in [
+                HEADER_LEN as u32,
+                0,
+                types,
+                types,
+                self.strings.len() as u32,
+            ] {
+                blob.extend_from_slice(&word.to_le_bytes());
+            }
+            blob.extend_from_slice(&self.types);
+            blob.extend_from_slice(&self.strings);
+            blob
+        }
+    }
+
+    /// A `struct sock` shaped like the kernel's before 5.6 (`sk_protocol` an 8-bit bitfield
+    /// after `sk_userlocks`), with `__sk_common` holding `skc_num` inside an anonymous union
+    /// reached through a const qualifier, and a three-parameter function.
+    fn fixture() -> Vec<u8> {
+        let mut btf = Fixture::new();
+        let u16_type = btf.int("u16", 2);
+        let u32_type = btf.int("unsigned int", 4);
+        let ports = btf.composite(
+            KIND_STRUCT,
+            "",
+            4,
+            &[("skc_dport", u16_type, 0, 0), ("skc_num", u16_type, 16, 0)],
+        );
+        let union = btf.composite(
+            KIND_UNION,
+            "",
+            4,
+            &[("skc_portpair", u32_type, 0, 0), ("", ports, 0, 0)],
+        );
+        let constant = btf.record("", KIND_CONST, false, 0, union, &[]);
+        let common = btf.composite(
+            KIND_STRUCT,
+            "sock_common",
+            16,
+            &[("skc_family", u16_type, 0, 0), ("", constant, 64, 0)],
+        );
+        btf.composite(
+            KIND_STRUCT,
+            "sock",
+            32,
+            &[
+                ("__sk_common", common, 0, 0),
+                ("sk_userlocks", u32_type, 128, 4),
+                ("sk_protocol", u32_type, 136, 8),
+                ("sk_type", u32_type, 144, 16),
+                ("sk_rcvbuf", u32_type, 160, 0),
+            ],
+        );
+        btf.function("tcp_v4_connect", 3, u32_type);
+        btf.blob()
+    }
+
+    #[test]
+    fn reads_offsets_through_anonymous_members_and_qualifiers() {
+        let btf = Btf::parse(fixture(), &["tcp_v4_connect"]).expect("fixture parses");
+        assert_eq!(btf.field_offset("sock", "__sk_common").unwrap(), 0);
+        assert_eq!(btf.field_offset("sock_common", "skc_family").unwrap(), 0);
+        assert_eq!(btf.field_offset("sock_common", "skc_portpair").unwrap(), 8);
+        assert_eq!(btf.field_offset("sock_common", "skc_num").unwrap(), 10);
+        // A member after bitfields in a kind_flag struct: its offset is in bits, size 0.
+        assert_eq!(btf.field_offset("sock", "sk_rcvbuf").unwrap(), 20);
+        assert_eq!(btf.parameter_count("tcp_v4_connect").unwrap(), 3);
+    }
+
+    #[test]
+    fn a_bitfield_is_refused_by_name() {
+        let btf = Btf::parse(fixture(), &[]).expect("fixture parses");
+        assert!(matches!(
+            btf.field_offset("sock", "sk_protocol"),
+            Err(BtfError::Bitfield(s, f)) if s == "sock" && f == "sk_protocol"
+        ));
+        assert!(matches!(
+            btf.field_offset("sock", "sk_nothing"),
+            Err(BtfError::NoField(..))
+        ));
+        assert!(matches!(
+            btf.field_offset("task_struct", "files"),
+            Err(BtfError::NoStruct(_))
+        ));
+        // The whole offsets table names the first thing it cannot find.
+        assert!(
+            matches!(offsets(&btf), Err(BtfError::NoField(s, f)) if s == "sock_common" && f == "skc_rcv_saddr")
+        );
+    }
+
+    /// A struct made only of anonymous members of its own type: without a bound on the search,
+    /// 40 members nested 8 deep would be 40^8 visits.
+    #[test]
+    fn a_self_nesting_struct_is_searched_in_bounded_time() {
+        let mut btf = Fixture::new();
+        let itself = btf.next_id;
+        let members: Vec<(&str, u32, u32, u32)> = (0..40).map(|_| ("", itself, 0, 0)).collect();
+        btf.composite(KIND_STRUCT, "sock", 4, &members);
+        let btf = Btf::parse(btf.blob(), &[]).expect("parses");
+        // Without the bound this would not finish.
+        assert!(matches!(
+            btf.field_offset("sock", "sk_protocol"),
+            Err(BtfError::NoField(..))
+        ));
+    }
+
+    /// Every truncation and every single-byte corruption of the fixture gives a value or an
+    /// error, never a panic or a hang.
+    #[test]
+    fn corrupt_or_truncated_blobs_never_panic() {
+        let blob = fixture();
+        let lookups = |btf: &Btf| {
+            let _ = btf.field_offset("sock", "sk_rcvbuf");
+            let _ = btf.field_offset("sock_common", "skc_num");
+            let _ = btf.parameter_count("tcp_v4_connect");
+            let _ = btf.attach_points_only(&["tcp_v4_connect"]);
+        };
+        for len in 0..blob.len() {
+            if let Ok(btf) = Btf::parse(blob[..len].to_vec(), &["tcp_v4_connect"]) {
+                lookups(&btf);
+            }
+        }
+        for at in 0..blob.len() {
+            for flip in [0xff, 0x80, 0x01] {
+                let mut corrupt = blob.clone();
+                corrupt[at] ^= flip;
+                if let Ok(btf) = Btf::parse(corrupt, &["tcp_v4_connect"]) {
+                    lookups(&btf);
+                }
+            }
+        }
+        let error = Btf::parse(blob[..30].to_vec(), &[])
+            .err()
+            .expect("truncated");
+        assert_eq!(
+            error.to_string(),
+            format!("{VMLINUX} is not valid BTF: section out of bounds")
         );
     }
 }

@@ -460,8 +460,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = match unit {
         "ms" => Duration::from_millis(value),
         "s" | "" => Duration::from_secs(value),
-        "m" => Duration::from_secs(value * 60),
-        "h" => Duration::from_secs(value * 3600),
+        "m" | "h" => {
+            let unit_secs = if unit == "m" { 60 } else { 3600 };
+            // Unchecked, a huge count wrapped around to some other duration, silently.
+            let secs = value
+                .checked_mul(unit_secs)
+                .ok_or_else(|| format!("{text:?} is too long a duration"))?;
+            Duration::from_secs(secs)
+        }
         _ => {
             return Err(format!(
                 "unknown unit {unit:?} in {text:?}; use ms, s, m or h"
@@ -621,15 +627,16 @@ mod tests {
 
     #[test]
     fn bad_input_is_refused_with_a_reason() {
-        assert!(error(&["--port", "0"]).contains("port 0"));
+        assert!(error(&["--port", "0"]).contains("port 0 is not a port"));
         assert!(error(&["--port", "65536"]).contains("out of range"));
         assert!(error(&["--port", "abc"]).contains("not a port number"));
         assert!(error(&["--port", "9-3"]).contains("reversed"));
         assert!(error(&["--duration", "5y"]).contains("unknown unit"));
-        assert!(error(&["--count", "0"]).contains("0"));
+        assert!(error(&["--duration", "9999999999999999999h"]).contains("too long a duration"));
+        assert!(error(&["--count", "0"]).contains("0 is not in 1.."));
         assert!(error(&["-4", "-6"]).contains("cannot be used with"));
         assert!(error(&["--ring-kib", "1000"]).contains("power of two"));
-        assert!(error(&["--events", "bogus"]).contains("bogus"));
+        assert!(error(&["--events", "bogus"]).contains("possible values: claim"));
         assert!(error(&["--rotate-size", "10M"]).contains("--output"));
         assert!(error(&["--output", "f", "--rotate-size", "10X"]).contains("unknown unit"));
         assert!(error(&["--output", "f", "--rotate-size", "100"]).contains("at least 4K"));

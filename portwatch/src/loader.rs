@@ -4,27 +4,29 @@
 //! Loading needs the kernel's BTF parsed (aya's loader parses all of it, about 30 MB of heap),
 //! but tracing does not. Done in-process, that peak would stay the tracer's high-water mark for
 //! a capture that may run for days; in a child, the memory goes away with it. Hooks live as long
-//! as any descriptor of their links, perf events and maps is open, so passing every descriptor
-//! over a Unix socket (SCM_RIGHTS) moves the whole attachment to the tracer.
+//! as any descriptor of their links, perf events and maps is open, so passing those descriptors
+//! over a Unix socket (SCM_RIGHTS) moves the whole attachment to the tracer. Only those: the
+//! child inherited whatever the tracer had open (a shell's extra descriptors among them), and the
+//! tracer must not end up holding copies of them.
+
+mod report;
 
 use std::{
+    collections::HashSet,
     io,
-    mem::{size_of, zeroed},
-    os::fd::{AsFd as _, AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd as _, AsRawFd, BorrowedFd, OwnedFd, RawFd},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use crate::{
     backend::{self, Kernel},
     cli::Config,
 };
 
-/// The most descriptors one message carries (the kernel's SCM_MAX_FD).
-const MAX_FDS: usize = 253;
-/// Room for the report text.
-const MAX_REPORT: usize = 64 * 1024;
+use report::Attached;
 
 /// An attached backend, as the tracer holds it.
 pub struct Loaded {
@@ -43,7 +45,13 @@ pub struct Loaded {
 /// Attaches the configured backend in a child process and takes over its descriptors. Must run
 /// before any other thread exists (fork copies only the calling thread).
 pub fn load(config: &Config) -> anyhow::Result<Loaded> {
-    let (parent_end, child_end) = socket_pair()?;
+    let (parent_end, child_end) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .context("socketpair")?;
     // SAFETY: the process is single-threaded here (called before the async runtime starts), so
     // the child may run arbitrary code; it leaves through _exit without running destructors.
     match unsafe { libc::fork() } {
@@ -64,7 +72,7 @@ pub fn load(config: &Config) -> anyhow::Result<Loaded> {
         }
         pid => {
             drop(child_end);
-            let received = receive(&parent_end);
+            let received = report::receive(parent_end.as_fd());
             let mut status = 0;
             // SAFETY: pid is our child; status is a valid out-pointer.
             unsafe { libc::waitpid(pid, &mut status, 0) };
@@ -73,8 +81,9 @@ pub fn load(config: &Config) -> anyhow::Result<Loaded> {
     }
 }
 
-/// The child: attach, then send the report and every open descriptor.
+/// The child: attach, then send the report and the attachment's descriptors.
 fn child(config: &Config, socket: &OwnedFd) -> io::Result<()> {
+    let inherited: HashSet<RawFd> = open_descriptors()?.into_iter().collect();
     let outcome = Kernel::read()
         .map_err(|err| format!("reading the kernel's type information: {err}"))
         .and_then(|kernel| {
@@ -93,43 +102,39 @@ fn child(config: &Config, socket: &OwnedFd) -> io::Result<()> {
                 )),
             }
         });
-    match outcome {
-        Err(reason) => send(socket, &format!("err\n{reason}"), &[]),
-        Ok((mut attached, reasons)) => {
-            let ring = map_fd(&mut attached.ebpf, "EVENTS");
-            let lost = map_fd(&mut attached.ebpf, "LOST");
-            let (Some(ring), Some(lost)) = (ring, lost) else {
-                return send(
-                    socket,
-                    "err\nthe eBPF object lacks its EVENTS or LOST map",
-                    &[],
-                );
-            };
-            let mut fds = vec![ring, lost];
-            fds.extend(
-                open_descriptors()?
-                    .into_iter()
-                    .filter(|&fd| fd > 2 && fd != ring && fd != lost && fd != socket.as_raw_fd()),
-            );
-            if fds.len() > MAX_FDS {
-                return send(
-                    socket,
-                    "err\nthe attachment needs too many descriptors",
-                    &[],
-                );
-            }
-            let mut report = format!("ok\n{}", attached.backend.name());
-            for note in &attached.notes {
-                report.push_str("\nnote ");
-                report.push_str(note);
-            }
-            for reason in reasons {
-                report.push_str("\npassed ");
-                report.push_str(&reason);
-            }
-            send(socket, &report, &fds)
-        }
+    let socket = socket.as_fd();
+    let (mut attached, passed_over) = match outcome {
+        Ok(outcome) => outcome,
+        Err(reason) => return report::send(socket, &report::encode_failure(&reason), &[]),
+    };
+    let ring = map_fd(&mut attached.ebpf, "EVENTS");
+    let lost = map_fd(&mut attached.ebpf, "LOST");
+    let (Some(ring), Some(lost)) = (ring, lost) else {
+        let reason = "the eBPF object lacks its EVENTS or LOST map";
+        return report::send(socket, &report::encode_failure(reason), &[]);
+    };
+    let mut fds = vec![ring, lost];
+    fds.extend(
+        open_descriptors()?
+            .into_iter()
+            .filter(|fd| !inherited.contains(fd) && *fd != ring && *fd != lost)
+            .filter(|&fd| is_attachment(fd)),
+    );
+    // SAFETY: every descriptor listed was open a moment ago and is owned by `attached` (its maps,
+    // programs and links), which lives until after the send; nothing in between closes any.
+    let borrowed: Vec<BorrowedFd<'_>> = fds
+        .iter()
+        .map(|&fd| unsafe { BorrowedFd::borrow_raw(fd) })
+        .collect();
+    let text = Attached {
+        backend: attached.backend.name().to_string(),
+        notes: attached.notes.clone(),
+        passed_over,
     }
+    .encode();
+    let sent = report::send(socket, &text, &borrowed);
+    drop(attached);
+    sent
 }
 
 /// aya's loader parses `/sys/kernel/btf/vmlinux` whole when it is created (tens of megabytes
@@ -191,28 +196,32 @@ fn open_descriptors() -> io::Result<Vec<RawFd>> {
         .collect())
 }
 
+/// Whether `fd` is a BPF program, map or link, or a perf event (how kprobes attach on kernels
+/// without kprobe links): the kinds of object an attachment consists of.
+fn is_attachment(fd: RawFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .is_ok_and(|target| is_attachment_kind(&target.to_string_lossy()))
+}
+
+fn is_attachment_kind(link_target: &str) -> bool {
+    matches!(
+        link_target,
+        "anon_inode:bpf-prog"
+            | "anon_inode:bpf-map"
+            | "anon_inode:bpf_link"
+            | "anon_inode:[perf_event]"
+    )
+}
+
 /// The tracer's side: rebuild the two maps it reads and keep the rest open.
-fn parent((report, mut fds): (String, Vec<OwnedFd>)) -> anyhow::Result<Loaded> {
-    let mut lines = report.lines();
-    match lines.next() {
-        Some("ok") => {}
-        Some("err") => bail!("{}", lines.collect::<Vec<_>>().join("\n")),
-        _ => bail!("the loader process died before reporting (see its messages above)"),
-    }
-    let backend = lines
-        .next()
-        .context("loader report names no backend")?
-        .to_string();
-    let (mut notes, mut passed_over) = (Vec::new(), Vec::new());
-    for line in lines {
-        if let Some(note) = line.strip_prefix("note ") {
-            notes.push(note.to_string());
-        } else if let Some(reason) = line.strip_prefix("passed ") {
-            passed_over.push(reason.to_string());
-        }
-    }
+fn parent((text, mut fds): (String, Vec<OwnedFd>)) -> anyhow::Result<Loaded> {
+    let Attached {
+        backend,
+        notes,
+        passed_over,
+    } = report::decode(&text)?;
     if fds.len() < 2 {
-        bail!("the loader sent no map descriptors");
+        anyhow::bail!("the loader sent no map descriptors");
     }
     let rest = fds.split_off(2);
     let mut maps = fds.into_iter();
@@ -233,105 +242,30 @@ fn map_from(fd: OwnedFd) -> anyhow::Result<Map> {
     Map::from_map_data(data).context("adopting a map from the loader")
 }
 
-fn socket_pair() -> anyhow::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid array of two ints for socketpair to fill.
-    let ret = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if ret != 0 {
-        return Err(io::Error::last_os_error()).context("socketpair");
-    }
-    // SAFETY: socketpair succeeded, so both descriptors are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Room for a control message carrying `count` descriptors.
-fn control_len(count: usize) -> usize {
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    unsafe { libc::CMSG_SPACE((count * size_of::<RawFd>()) as u32) as usize }
-}
-
-fn send(socket: &OwnedFd, report: &str, fds: &[RawFd]) -> io::Result<()> {
-    let mut iov = libc::iovec {
-        iov_base: report.as_ptr() as *mut libc::c_void,
-        iov_len: report.len(),
-    };
-    let mut control = vec![0u8; control_len(fds.len().max(1))];
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut header: libc::msghdr = unsafe { zeroed() };
-    header.msg_iov = &mut iov;
-    header.msg_iovlen = 1;
-    if !fds.is_empty() {
-        header.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        header.msg_controllen = control_len(fds.len());
-        // SAFETY: the control buffer is large enough for one header with fds.len() descriptors,
-        // so CMSG_FIRSTHDR is non-null and CMSG_DATA has room for the copy.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&header);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as usize;
-            std::ptr::copy_nonoverlapping(
-                fds.as_ptr(),
-                libc::CMSG_DATA(cmsg) as *mut RawFd,
-                fds.len(),
-            );
+    #[test]
+    fn only_bpf_objects_and_perf_events_are_the_attachment() {
+        for kind in ["bpf-prog", "bpf-map", "bpf_link", "[perf_event]"] {
+            assert!(is_attachment_kind(&format!("anon_inode:{kind}")), "{kind}");
+        }
+        for other in [
+            "/dev/null",
+            "pipe:[1234]",
+            "socket:[99]",
+            "anon_inode:btf",
+            "anon_inode:[eventpoll]",
+        ] {
+            assert!(!is_attachment_kind(other), "{other}");
         }
     }
-    // SAFETY: header points at live buffers of the lengths it states.
-    if unsafe { libc::sendmsg(socket.as_raw_fd(), &header, 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
 
-fn receive(socket: &OwnedFd) -> anyhow::Result<(String, Vec<OwnedFd>)> {
-    let mut text = vec![0u8; MAX_REPORT];
-    let mut iov = libc::iovec {
-        iov_base: text.as_mut_ptr() as *mut libc::c_void,
-        iov_len: text.len(),
-    };
-    let mut control = vec![0u8; control_len(MAX_FDS)];
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut header: libc::msghdr = unsafe { zeroed() };
-    header.msg_iov = &mut iov;
-    header.msg_iovlen = 1;
-    header.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    header.msg_controllen = control.len();
-    // SAFETY: header points at live buffers of the lengths it states; MSG_CMSG_CLOEXEC keeps
-    // the received descriptors out of any program we might exec.
-    let received =
-        unsafe { libc::recvmsg(socket.as_raw_fd(), &mut header, libc::MSG_CMSG_CLOEXEC) };
-    if received < 0 {
-        return Err(io::Error::last_os_error()).context("receiving from the loader");
+    /// A descriptor the process did not open as a BPF object is never taken for one.
+    #[test]
+    fn an_ordinary_descriptor_is_not_part_of_the_attachment() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(!is_attachment(file.as_raw_fd()));
     }
-    let mut fds = Vec::new();
-    // SAFETY: recvmsg filled `control` and set msg_controllen; the CMSG macros walk only within
-    // it, and each SCM_RIGHTS payload holds descriptors now owned by this process.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&header);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let payload = (*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize;
-                let data = libc::CMSG_DATA(cmsg) as *const RawFd;
-                for index in 0..payload / size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(
-                        data.add(index),
-                    )));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&header, cmsg);
-        }
-    }
-    if header.msg_flags & libc::MSG_CTRUNC != 0 {
-        bail!("the loader's descriptors did not all arrive");
-    }
-    text.truncate(received as usize);
-    Ok((String::from_utf8_lossy(&text).into_owned(), fds))
 }

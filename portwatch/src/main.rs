@@ -8,6 +8,8 @@ mod cli;
 mod clock;
 mod enrich;
 mod event;
+#[cfg(test)]
+mod fuzz_replay;
 mod holders;
 mod loader;
 mod metrics_server;

@@ -84,7 +84,9 @@ fn parse_item(item: &str) -> Result<RangeInclusive<u16>, String> {
         Some((start, end)) => {
             let (start, end) = (parse_port(start)?, parse_port(end)?);
             if start > end {
-                return Err(format!("range {item} is reversed; write {end}-{start}"));
+                return Err(format!(
+                    "range {start}-{end} is reversed; write {end}-{start}"
+                ));
             }
             Ok(start..=end)
         }

@@ -1,17 +1,29 @@
-//! Making sure we may load eBPF programs before trying, so the user gets one clear sentence.
+//! Privileges: one clear sentence before trying when loading cannot work, and no capability at
+//! all once the hooks are attached.
+//!
+//! Loading needs CAP_BPF (programs and maps), CAP_PERFMON (tracing programs, kprobes) and
+//! CAP_NET_ADMIN (the tracepoint backend's cgroup hook), or CAP_SYS_ADMIN, which covers all three.
+//! Tracing afterwards needs none on current kernels: the ring buffer is already mapped and the
+//! lost counter is read through a map descriptor the tracer holds, and the kernel checks
+//! capabilities when such objects are created, not when they are used. Older kernels (Debian's
+//! 5.10, with `kernel.unprivileged_bpf_disabled` set, as Debian sets it) refuse every bpf() call
+//! of a task without CAP_BPF, reading a map included; there the tracer keeps CAP_BPF alone. So
+//! the tracer gives up every other capability as soon as it has attached and read the current
+//! holders, before it prints its status line.
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
+use rustix::thread::{CapabilitySet, CapabilitySets};
 
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+/// What loading needs when CAP_SYS_ADMIN is not there.
+const LOAD_NEEDS: CapabilitySet = CapabilitySet::BPF
+    .union(CapabilitySet::PERFMON)
+    .union(CapabilitySet::NET_ADMIN);
 
 pub fn check() -> anyhow::Result<()> {
-    let effective = effective_capabilities().unwrap_or(0);
-    let has = |cap: u32| effective & (1 << cap) != 0;
-    let enough = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON) && has(CAP_NET_ADMIN));
-    if !enough {
+    let effective = rustix::thread::capabilities(None)
+        .map(|sets| sets.effective)
+        .unwrap_or(CapabilitySet::empty());
+    if !effective.contains(CapabilitySet::SYS_ADMIN) && !effective.contains(LOAD_NEEDS) {
         bail!(
             "portwatch needs root (or the capabilities CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) \
              to load its eBPF programs; run it with sudo"
@@ -20,13 +32,81 @@ pub fn check() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn effective_capabilities() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))?
-        .trim();
-    u64::from_str_radix(hex, 16).ok()
+/// Drops every capability the running tracer does not need (effective, permitted and
+/// inheritable; the ambient set goes with them) and sets no_new_privs, so not even an exec could
+/// bring any back. Capabilities belong to threads, so this must run while the tracer has one
+/// thread; it checks that every thread of the process ended up with no more than it kept.
+pub fn drop_all() -> anyhow::Result<()> {
+    let keep = if bpf_needs_capability() {
+        CapabilitySet::BPF
+    } else {
+        CapabilitySet::empty()
+    };
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: keep,
+            permitted: keep,
+            inheritable: CapabilitySet::empty(),
+        },
+    )
+    .context("dropping capabilities after attaching")?;
+    rustix::thread::set_no_new_privs(true).context("setting no_new_privs")?;
+    for task in std::fs::read_dir("/proc/self/task").context("listing this process's threads")? {
+        // The probe thread of `bpf_needs_capability` may still be listed while it goes away;
+        // one that is gone has nothing left to hold.
+        let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else {
+            continue;
+        };
+        let beyond_kept = ["CapEff:", "CapPrm:"].iter().any(|key| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                .is_none_or(|held| held & !keep.bits() != 0)
+        });
+        if beyond_kept {
+            bail!("a thread of portwatch kept its capabilities after they were dropped");
+        }
+    }
+    Ok(())
+}
+
+/// Whether this kernel refuses every bpf() call, even one on a descriptor already held, to a
+/// task without CAP_BPF. Asked of the kernel, not guessed from its version: a thread of our own
+/// drops its capabilities (they are per thread) and looks up an element of a map that does not
+/// exist. A kernel that gates every call says EPERM before it looks at the descriptor; one that
+/// checks only object creation says EBADF.
+fn bpf_needs_capability() -> bool {
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let none = CapabilitySet::empty();
+                let dropped = rustix::thread::set_capabilities(
+                    None,
+                    CapabilitySets {
+                        effective: none,
+                        permitted: none,
+                        inheritable: none,
+                    },
+                );
+                if dropped.is_err() {
+                    return true;
+                }
+                // bpf_attr for BPF_MAP_LOOKUP_ELEM: map_fd, padding, key, value, flags.
+                let mut attr = [0u64; 4];
+                attr[0] = u64::from(u32::MAX);
+                // SAFETY: attr is a live, writable 32-byte bpf_attr prefix; with no valid map
+                // descriptor the kernel reads nothing through its null key and value pointers.
+                let ret = unsafe {
+                    libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_ELEM, attr.as_mut_ptr(), 32)
+                };
+                ret < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+            })
+            .join()
+            .unwrap_or(true)
+    })
 }
 
 /// Kernels before 5.11 charge BPF maps against RLIMIT_MEMLOCK; lift it so the maps fit.

@@ -86,7 +86,11 @@ pub async fn run(
     let mut pipeline = Pipeline::new(Sinks(sinks), clock, &config);
     // Holders are read after the hooks attach, so no change falls between snapshot and trace,
     // and before the status line, so "attached" means the current holders are already out.
-    let outcome = match pipeline.report_holders(&config) {
+    // Then every capability goes: tracing needs none.
+    let outcome = match pipeline
+        .report_holders(&config)
+        .and_then(|()| crate::privileges::drop_all())
+    {
         Ok(()) => {
             eprintln!(
                 "portwatch: attached backend={backend}, watching {}",

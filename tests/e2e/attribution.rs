@@ -40,7 +40,7 @@ pub fn time_wait_end_is_not_credited_to_another_holder() -> Outcome {
     std::thread::sleep(std::time::Duration::from_millis(50));
     accepted.close();
     std::thread::sleep(std::time::Duration::from_secs(63));
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     let first_port = first.local_port()?;
     let held = trace.on_port(port);
     check(

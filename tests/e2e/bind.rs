@@ -18,7 +18,7 @@ pub fn tcp_listener_and_accepted_connection() -> Outcome {
     client.close();
     accepted.close();
     listener.close();
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     let events = trace.on_port(port);
     in_order(
         &events,
@@ -55,7 +55,7 @@ pub fn tcp_bind_any_ipv6() -> Outcome {
     socket.bind(0)?;
     let port = socket.local_port()?;
     socket.close();
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     let events = trace.on_port(port);
     in_order(
         &events,
@@ -82,7 +82,7 @@ pub fn holder_at_start_is_reported() -> Outcome {
     let listener = tcp_listener(V6, port)?;
     let tracer = Tracer::start(&["--port", &port.to_string()])?;
     listener.close();
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     let events = trace.on_port(port);
     in_order(
         &events,
@@ -102,7 +102,7 @@ pub fn tcp_listen_without_bind() -> Outcome {
     socket.listen()?;
     let port = socket.local_port()?;
     socket.close();
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     in_order(
         &trace.on_port(port),
         &[

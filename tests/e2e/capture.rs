@@ -158,7 +158,7 @@ pub fn capture_rotates_under_churn() -> Outcome {
     ];
     let (tracer, _, port) = capture(&dir, &rotation)?;
     churn(port, ROUNDS)?;
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     check(trace.exit_code == Some(0), || {
         format!("portwatch exited {:?}: {:?}", trace.exit_code, trace.stderr)
     })?;
@@ -226,7 +226,7 @@ pub fn sighup_reopens_the_capture() -> Outcome {
         thread::sleep(Duration::from_millis(20));
     }
     churn(port, 50)?;
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     check(trace.exit_code == Some(0), || {
         format!("portwatch exited {:?}: {:?}", trace.exit_code, trace.stderr)
     })?;
@@ -272,7 +272,7 @@ fn fill_the_disk(dir: &Path) -> Outcome {
         churn(port, 50)?;
         thread::sleep(Duration::from_millis(20));
     }
-    let trace = tracer.wait();
+    let trace = tracer.wait()?;
     check(trace.exit_code == Some(1), || {
         format!(
             "exit {:?} after the disk filled: {:?}",
@@ -366,7 +366,7 @@ pub fn audit_names_the_process() -> Outcome {
     tracer.pause();
     let gone = run(gone_port, 0)?;
     tracer.resume();
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     let claim = |port: u16| {
         trace
             .on_port(port)

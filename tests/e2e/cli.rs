@@ -115,10 +115,10 @@ pub fn count_stops_the_trace() -> Outcome {
     let port = free_port();
     let tracer = Tracer::start(&["--port", &port.to_string(), "--count", "2"])?;
     for _ in 0..3 {
-        let socket = Socket::new(Kind::Udp, V4)?;
+        let socket = Socket::rebinding(Kind::Udp, V4)?;
         socket.bind(port)?;
     }
-    let trace = tracer.wait();
+    let trace = tracer.wait()?;
     check(trace.exit_code == Some(0), || {
         format!("exit {:?}", trace.exit_code)
     })?;

@@ -17,7 +17,7 @@ fn connect_claims_ephemeral_port(family: std::net::IpAddr, name: &str) -> Outcom
     client.close();
     std::thread::sleep(std::time::Duration::from_millis(100));
     accepted.close();
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     in_order(
         &trace.on_port(port),
         &[

@@ -24,7 +24,7 @@ pub fn bind_eaddrinuse() -> Outcome {
             format!("second bind failed with {error}, not EADDRINUSE")
         })?;
     }
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     let events = trace.on_port(port);
     for proto in ["tcp", "udp"] {
         in_order(

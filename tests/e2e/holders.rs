@@ -26,7 +26,7 @@ const ANY6: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 fn bind_must_fail(kind: Kind, family: IpAddr, addr: IpAddr, port: u16) -> Outcome {
     let socket = Socket::new(kind, family)?;
     let error = socket
-        .bind_to(addr, port)
+        .bind_address(addr, port)
         .expect_err("the port is held: the bind must fail");
     check(error.raw_os_error() == Some(libc::EADDRINUSE), || {
         format!("bind {addr}:{port} failed with {error}, not EADDRINUSE")
@@ -132,7 +132,7 @@ pub fn eaddrinuse_names_its_holder() -> Outcome {
     let tracer = Tracer::start(&["--port", &ports.list()]);
     let outcome = tracer.map_err(Into::into).and_then(|tracer| {
         let caused = cause_conflicts(&ports);
-        let trace = tracer.stop();
+        let trace = tracer.stop()?;
         caused?;
         let p = &ports;
         check_holder(&trace, p.listen, "tcp", me, "listen", "127.0.0.1")?;
@@ -164,12 +164,12 @@ fn cause_conflicts(ports: &Ports) -> Outcome {
     bind_must_fail(Kind::Tcp, V4, V4, listen)?;
 
     let dual_stack = Socket::new(Kind::Tcp, V6)?;
-    dual_stack.bind_to(ANY6, dual)?;
+    dual_stack.bind_address(ANY6, dual)?;
     dual_stack.listen()?;
     bind_must_fail(Kind::Tcp, V4, ANY4, dual)?;
 
     let any = Socket::new(Kind::Tcp, V4)?;
-    any.bind_to(ANY4, wildcard)?;
+    any.bind_address(ANY4, wildcard)?;
     any.listen()?;
     bind_must_fail(Kind::Tcp, V4, V4, wildcard)?;
 
@@ -215,7 +215,7 @@ pub fn ephemeral_holder_comes_with_a_hint() -> Outcome {
     taker.bind(0)?;
     let port = taker.local_port()?;
     bind_must_fail(Kind::Tcp, V4, V4, port)?;
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     let fail = trace
         .on_port(port)
         .into_iter()

@@ -8,7 +8,7 @@ use std::{
 use crate::{
     Outcome,
     expect::{check, exactly, in_order, want},
-    tracer::{Trace, Tracer},
+    tracer::{Guarded, Trace, Tracer, netns_inode, own_netns},
     workload::{Kind, Socket, V4, V6, free_port, tcp_connection, tcp_listener},
 };
 
@@ -33,17 +33,18 @@ pub fn sigkill_releases_held_ports() -> Outcome {
     let (tcp_port, udp_port) = (free_port(), free_port());
     let ports = format!("{tcp_port},{udp_port}");
     let tracer = Tracer::start(&["--port", &ports])?;
-    let mut holder = Command::new(std::env::current_exe()?)
-        .env(HOLDER_ENV, &ports)
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let mut holder = Guarded::spawn(
+        Command::new(std::env::current_exe()?)
+            .env(HOLDER_ENV, &ports)
+            .stdout(Stdio::piped()),
+    )?;
     let mut ready = String::new();
     BufReader::new(holder.stdout.take().expect("piped")).read_line(&mut ready)?;
     check(ready.trim() == "ready", || format!("holder said {ready:?}"))?;
     let pid = holder.id();
     holder.kill()?;
     holder.wait()?;
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     in_order(
         &trace.on_port(tcp_port),
         &[
@@ -78,7 +79,7 @@ pub fn single_watched_port_sees_nothing_else() -> Outcome {
     let watched = Socket::new(Kind::Udp, V4)?;
     watched.bind(port)?;
     watched.close();
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     check(
         trace.events.iter().all(|event| event["local_port"] == port),
         || format!("events on unwatched ports: {:?}", trace.events),
@@ -121,7 +122,7 @@ pub fn time_wait_and_its_end() -> Outcome {
     again.bind(client_port)?;
     again.connect(port)?;
     let second = listener.accept()?;
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     drop((again, second, listener));
     let events = trace.on_port(port);
     in_order(
@@ -154,43 +155,6 @@ fn time_wait_end_observable(trace: &Trace) -> bool {
     trace.backend != "tracepoint"
 }
 
-/// A stalled reader and a tiny ring buffer: the overflow must be counted and reported, and every
-/// event must be either delivered or counted as lost.
-pub fn ring_buffer_overflow_is_counted() -> Outcome {
-    const ROUNDS: usize = 300;
-    let port = free_port();
-    let tracer = Tracer::start(&["--port", &port.to_string(), "--ring-kib", "4"])?;
-    tracer.pause();
-    for _ in 0..ROUNDS {
-        let socket = Socket::new(Kind::Udp, V4)?;
-        socket.bind(port)?;
-    }
-    tracer.resume();
-    let trace = tracer.stop();
-    let delivered = trace.on_port(port).len();
-    let lost: u64 = trace
-        .events
-        .iter()
-        .filter(|event| event["event"] == "lost")
-        .filter_map(|event| event["count"].as_u64())
-        .sum();
-    check(lost > 0, || {
-        format!("no loss reported with a 4 KiB buffer; {delivered} delivered")
-    })?;
-    check(delivered as u64 + lost == 2 * ROUNDS as u64, || {
-        format!(
-            "{delivered} delivered + {lost} lost != {} caused",
-            2 * ROUNDS
-        )
-    })?;
-    check(
-        trace
-            .summary()
-            .is_some_and(|s| s.ends_with(&format!("lost={lost}"))),
-        || format!("summary {:?} does not say lost={lost}", trace.summary()),
-    )
-}
-
 /// TIME_WAIT left to run out: after its 60 seconds the port is really free, and the end must be
 /// reported by every backend, the syscall-tracepoint one included (through the TIME_WAIT timer).
 /// Runs beside the other scenarios, which use other ports, so the wait costs no extra time.
@@ -206,7 +170,7 @@ pub fn time_wait_runs_out() -> Outcome {
     listener.close();
     // TCP_TIMEWAIT_LEN is 60 s; the timer wheel adds up to a few seconds at that range.
     std::thread::sleep(std::time::Duration::from_secs(68));
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     in_order(
         &trace.on_port(port),
         &[
@@ -220,12 +184,12 @@ pub fn time_wait_runs_out() -> Outcome {
         ],
     )?;
     let end = trace
-        .on_port(port)
+        .of_process(port, me)
         .into_iter()
-        .find(|e| e["time_wait_end"] == true);
+        .find(|e| e["time_wait_end"] == true && e["remote_port"] == client_port);
     let held = end.and_then(|e| e["held_ns"].as_u64()).unwrap_or(0);
     check(held >= 60_000_000_000, || {
-        format!("TIME_WAIT ended after {held} ns, not 60 s")
+        format!("TIME_WAIT ended after {held} ns, not 60 s: {end:?}")
     })
 }
 
@@ -235,7 +199,7 @@ pub const NO_TIME_WAIT_ENV: &str = "PORTWATCH_E2E_NO_TIME_WAIT";
 
 /// In a new network namespace with `tcp_max_tw_buckets` = 0, connect over loopback and close the
 /// client first: its FIN_WAIT2 -> CLOSE looks like the start of TIME_WAIT, but the kernel made
-/// no TIME_WAIT socket. Prints the client's port.
+/// no TIME_WAIT socket. Prints its pid, its network namespace's inode and the client's port.
 pub fn close_without_time_wait() -> ! {
     // SAFETY: unshare with a valid flag; this process is single-threaded here.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
@@ -249,7 +213,8 @@ pub fn close_without_time_wait() -> ! {
     std::thread::sleep(std::time::Duration::from_millis(100));
     accepted.close();
     std::thread::sleep(std::time::Duration::from_millis(100));
-    println!("{port}");
+    let netns = netns_inode("/proc/self/ns/net").expect("own network namespace");
+    println!("{} {netns} {port}", std::process::id());
     std::process::exit(0);
 }
 
@@ -275,29 +240,27 @@ pub fn bring_loopback_up() {
 /// namespace carry that namespace.
 pub fn full_time_wait_table_frees_at_once() -> Outcome {
     let tracer = Tracer::start(&["--events", "claim,free"])?;
-    let child = Command::new(std::env::current_exe()?)
+    let output = Command::new(std::env::current_exe()?)
         .env(NO_TIME_WAIT_ENV, "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let pid = child.id();
-    let output = child.wait_with_output()?;
+        .output()?;
     check(output.status.success(), || {
         format!(
             "namespace child failed: {}",
             String::from_utf8_lossy(&output.stderr)
         )
     })?;
-    let port: u16 = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .map_err(|_| "namespace child printed no port".to_string())?;
-    let trace = tracer.stop();
-    let events: Vec<_> = trace
-        .on_port(port)
-        .into_iter()
-        .filter(|event| event["pid"] == pid)
-        .collect();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let fields: Vec<u64> = stdout
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("namespace child printed {stdout:?}"))?;
+    let [pid, netns, port] = fields[..] else {
+        return Err(format!("namespace child printed {stdout:?}").into());
+    };
+    let (pid, port) = (pid as u32, port as u16);
+    let trace = tracer.stop()?;
+    let events = trace.of_process(port, pid);
     in_order(
         &events,
         &[
@@ -307,14 +270,14 @@ pub fn full_time_wait_table_frees_at_once() -> Outcome {
                 .with("time_wait", false),
         ],
     )?;
-    let host_netns = std::fs::metadata("/proc/self/ns/net").map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.ino()
-    });
+    check(netns != own_netns(), || {
+        "the child did not get a network namespace of its own".to_owned()
+    })?;
+    // Every event of the child names the child's namespace: a missing key fails too.
     check(
         events
             .iter()
-            .all(|event| event["netns"].as_u64() != host_netns.as_ref().ok().copied()),
-        || format!("events from the new namespace carry the host's netns: {events:?}"),
+            .all(|event| event["netns"].as_u64() == Some(netns)),
+        || format!("events from namespace {netns} do not all carry it: {events:?}"),
     )
 }

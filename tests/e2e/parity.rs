@@ -20,7 +20,7 @@ pub fn listen_twice_is_one_listen() -> Outcome {
     socket.listen()?;
     socket.listen()?;
     socket.close();
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     let events = trace.on_port(port);
     exactly(&events, &want("listen", port, me, "tcp", "ipv4"), 1)?;
     in_order(
@@ -49,7 +49,7 @@ pub fn listen_without_its_port_fails() -> Outcome {
     let refused = second.listen();
     second.close();
     first.close();
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     crate::expect::check(
         refused
             .as_ref()

@@ -57,7 +57,7 @@ pub fn pressure_rises_and_eases() -> Outcome {
         .spawn()?;
     let pid = child.id();
     let output = child.wait_with_output()?;
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     check(output.status.success(), || {
         format!(
             "namespace child failed: {}",

@@ -197,7 +197,7 @@ pub fn report_tells_what_the_capture_saw() -> Outcome {
         ],
     )?;
     let done = do_things(ports[0], ports[1], ports[2], ports[3]);
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     let done = done?;
     check(trace.exit_code == Some(0), || {
         format!("portwatch exited {:?}: {:?}", trace.exit_code, trace.stderr)
@@ -333,7 +333,7 @@ pub fn report_states_lost_events() -> Outcome {
     tracer.pause();
     let churned = churn(port, 300);
     tracer.resume();
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     churned?;
     let summary = trace.summary().ok_or("no summary")?.to_string();
     let lost: u64 = summary
@@ -378,7 +378,7 @@ pub fn truncated_capture_is_named_by_file_and_line() -> Outcome {
         ],
     )?;
     let churned = churn(port, 150);
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     churned?;
     check(trace.exit_code == Some(0), || {
         format!("portwatch exited {:?}", trace.exit_code)
@@ -443,7 +443,7 @@ pub fn report_html_is_self_contained() -> Outcome {
     let listener = tcp_listener(V4, port);
     let refused = Socket::new(Kind::Tcp, V4)?.bind(port);
     drop(listener);
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     check(refused.is_err() && trace.exit_code == Some(0), || {
         "the scenario did not run".into()
     })?;

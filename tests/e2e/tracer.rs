@@ -1,9 +1,14 @@
 //! Runs the real portwatch binary as a child and collects what it prints.
+//!
+//! Every process a scenario starts is killed and reaped however the scenario ends (an early `?`,
+//! a panic): a tracer left running would keep its programs attached to the host.
 
 use std::{
     io::{BufRead, BufReader},
+    ops::{Deref, DerefMut},
+    os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -23,8 +28,69 @@ pub fn backend() -> String {
     std::env::var("PORTWATCH_BACKEND").unwrap_or_else(|_| "auto".into())
 }
 
+/// A child process that is killed (SIGKILL) and reaped when dropped, unless already reaped.
+pub struct Guarded(Child);
+
+impl Guarded {
+    /// Starts `command`. The child also gets SIGKILL if the thread that started it dies, so not
+    /// even a killed test binary leaves one behind.
+    pub fn spawn(command: &mut Command) -> std::io::Result<Self> {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
+        let command = unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        command.spawn().map(Self)
+    }
+
+    /// Sends `signal` to the child.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill takes a pid of our own, unreaped child and a valid signal number.
+        unsafe { libc::kill(self.0.id() as i32, signal) };
+    }
+}
+
+impl Deref for Guarded {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // Both are no-ops on a child already waited for: std remembers its status.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Scenarios run in parallel, and a tracer that watches every port gets every other scenario's
+/// events in its ring buffer: a flood beside it would overflow that ring and lose the events the
+/// scenario waits for. Such tracers hold this lock shared; floods hold it alone ([`flood_alone`]).
+static EVERY_PORT: RwLock<()> = RwLock::new(());
+
+/// Keeps every tracer that watches all ports out of the way while the guard lives.
+pub fn flood_alone() -> RwLockWriteGuard<'static, ()> {
+    EVERY_PORT
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 pub struct Tracer {
-    child: Child,
+    child: Guarded,
+    /// Held by a tracer without `--port` (see [`EVERY_PORT`]).
+    _every_port: Option<RwLockReadGuard<'static, ()>>,
     stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
     /// What portwatch said before its status line (notes about this kernel).
@@ -56,13 +122,25 @@ fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> 
 impl Tracer {
     /// Starts `portwatch --json --backend <backend> <args>` and waits for its status line.
     pub fn start(args: &[&str]) -> Result<Self, String> {
-        let mut child = Command::new(binary())
+        Self::start_with(args, |_| {})
+    }
+
+    /// As [`Tracer::start`], with the command adjusted first (credentials, for one).
+    pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Result<Self, String> {
+        let mut command = Command::new(binary());
+        command
             .args(["--json", "--backend", &backend()])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|err| format!("starting {}: {err}", binary()))?;
+            .stderr(Stdio::piped());
+        adjust(&mut command);
+        let every_port = (!args.contains(&"--port")).then(|| {
+            EVERY_PORT
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        });
+        let mut child =
+            Guarded::spawn(&mut command).map_err(|err| format!("starting {}: {err}", binary()))?;
         let stdout = lines(child.stdout.take().expect("piped"));
         let stderr = lines(child.stderr.take().expect("piped"));
         let deadline = Instant::now() + ATTACH_TIMEOUT;
@@ -75,6 +153,7 @@ impl Tracer {
                         let backend = rest.split(',').next().unwrap_or_default().to_string();
                         return Ok(Self {
                             child,
+                            _every_port: every_port,
                             stdout,
                             stderr,
                             before_attach: seen,
@@ -83,27 +162,34 @@ impl Tracer {
                     }
                     seen.push(line);
                 }
-                Err(_) => {
-                    let _ = child.kill();
-                    return Err(format!("portwatch did not attach: {}", seen.join(" | ")));
-                }
+                // The guard kills and reaps the child on the way out.
+                Err(_) => return Err(format!("portwatch did not attach: {}", seen.join(" | "))),
             }
         }
     }
 
     /// Stops the tracer process (SIGSTOP) so the ring buffer fills.
     pub fn pause(&self) {
-        // SAFETY: kill with a valid pid of our own child and a valid signal number.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+        self.child.signal(libc::SIGSTOP);
     }
 
     pub fn resume(&self) {
-        self.signal(libc::SIGCONT);
+        self.child.signal(libc::SIGCONT);
+    }
+
+    /// `kill -9`: no chance to detach or print anything.
+    pub fn kill(mut self) -> std::io::Result<()> {
+        self.child.kill()?;
+        self.child.wait().map(drop)
+    }
+
+    /// The tracer's pid, for scenarios that look at it from outside (/proc, kill -9).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill with a valid pid of our own child and a valid signal number.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.child.signal(signal);
     }
 
     /// Whether the tracer is still running (it has not exited by itself).
@@ -112,16 +198,25 @@ impl Tracer {
     }
 
     /// Gives in-flight kernel work (softirq closes, timers) a moment, then stops the tracer with
-    /// SIGINT and returns everything it printed.
-    pub fn stop(self) -> Trace {
+    /// SIGINT and returns everything it printed. A tracer that does not end cleanly (exit 0, no
+    /// panic, its summary printed) fails the scenario even when the events it printed matched.
+    pub fn stop(self) -> Result<Trace, String> {
         thread::sleep(Duration::from_millis(300));
-        // SAFETY: kill with a valid pid of our own child and a valid signal number.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.wait()
+        self.child.signal(libc::SIGINT);
+        let trace = self.wait()?;
+        let stderr = trace.stderr.join("\n");
+        if trace.exit_code != Some(0) || stderr.contains("panicked") || trace.summary().is_none() {
+            return Err(format!(
+                "portwatch did not stop cleanly on SIGINT (exit {:?}):\n{stderr}",
+                trace.exit_code
+            ));
+        }
+        Ok(trace)
     }
 
-    /// Waits for the tracer to exit by itself (--count, --duration) and collects its output.
-    pub fn wait(mut self) -> Trace {
+    /// Waits for the tracer to exit by itself (--count, --duration) and collects its output. It
+    /// is killed after 30 s; the exit code then is `None`.
+    pub fn wait(mut self) -> Result<Trace, String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             match self.child.try_wait() {
@@ -136,13 +231,13 @@ impl Tracer {
         let events = collect(&self.stdout)
             .into_iter()
             .map(|line| {
-                serde_json::from_str(&line).unwrap_or_else(|err| {
-                    panic!("portwatch printed a line that is not JSON ({err}): {line}")
+                serde_json::from_str(&line).map_err(|err| {
+                    format!("portwatch printed a line that is not JSON ({err}): {line}")
                 })
             })
-            .collect();
-        Trace {
-            backend: self.backend,
+            .collect::<Result<_, _>>()?;
+        Ok(Trace {
+            backend: self.backend.clone(),
             events,
             stderr: self
                 .before_attach
@@ -150,24 +245,40 @@ impl Tracer {
                 .chain(collect(&self.stderr))
                 .collect(),
             exit_code: status.and_then(|s| s.code()),
-        }
+        })
     }
 }
 
+/// Everything left in a stream of the exited tracer: up to the end of the pipe, which comes
+/// once the reader thread has read it all. Waiting for a pause instead would cut the output
+/// short whenever that thread is slow to be scheduled (seen with eight scenarios at once).
 fn collect(receiver: &mpsc::Receiver<String>) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut lines = Vec::new();
-    while let Ok(line) = receiver.recv_timeout(Duration::from_millis(500)) {
+    while let Ok(line) = receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         lines.push(line);
     }
     lines
 }
 
 impl Trace {
-    /// Events about one port.
+    /// Events about one port in this process's network namespace. The same port number in
+    /// another namespace (other tests on the host use their own) is another port; events that
+    /// carry no namespace (a failed bind has no socket to read it from) are kept.
     pub fn on_port(&self, port: u16) -> Vec<&Value> {
+        let own = own_netns();
         self.events
             .iter()
             .filter(|event| event["local_port"] == port)
+            .filter(|event| event["netns"].is_null() || event["netns"].as_u64() == Some(own))
+            .collect()
+    }
+
+    /// Events about one port from one process, in whatever network namespace.
+    pub fn of_process(&self, port: u16, pid: u32) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|event| event["local_port"] == port && event["pid"] == pid)
             .collect()
     }
 
@@ -176,4 +287,14 @@ impl Trace {
             .iter()
             .find_map(|line| line.strip_prefix("portwatch: summary "))
     }
+}
+
+/// The inode of this process's network namespace, as portwatch reports it in `netns`.
+pub fn own_netns() -> u64 {
+    netns_inode("/proc/self/ns/net").expect("/proc/self/ns/net")
+}
+
+pub fn netns_inode(path: &str) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|metadata| metadata.ino())
 }

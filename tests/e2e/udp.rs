@@ -14,7 +14,7 @@ pub fn udp_bind_ipv6() -> Outcome {
     let socket = Socket::new(Kind::Udp, V6)?;
     socket.bind(port)?;
     socket.close();
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     in_order(
         &trace.on_port(port),
         &[
@@ -35,7 +35,7 @@ pub fn udp_send_autobind_ipv4() -> Outcome {
     socket.send_to(target)?;
     let port = socket.local_port()?;
     socket.close();
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     let events = trace.on_port(port);
     crate::expect::exactly(&events, &want("claim", port, me, "udp", "ipv4"), 1)?;
     in_order(
@@ -58,7 +58,7 @@ pub fn udp_connect_autobind_ipv6() -> Outcome {
     socket.connect(target)?;
     let port = socket.local_port()?;
     socket.close();
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     let claim = want("claim", port, me, "udp", "ipv6").with("how", "autobind");
     let claim = if trace.backend == "tracepoint" {
         claim.with("remote_port", target)

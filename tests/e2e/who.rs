@@ -216,7 +216,7 @@ pub fn held_bound_not_listening() -> Outcome {
     socket.bind(port)?;
     let tracer = Tracer::start(&["--port", &port.to_string()])?;
     socket.close();
-    let trace = tracer.stop();
+    let trace = tracer.stop()?;
     let events = trace.on_port(port);
     if !lists_bound_inactive(&trace.stderr.join("\n")) {
         return check(

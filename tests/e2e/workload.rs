@@ -70,37 +70,56 @@ impl Socket {
         Ok(Self { fd, family })
     }
 
+    /// A socket with SO_REUSEADDR, for scenarios that bind a port again right after closing it.
+    /// Another scenario's thread may fork between our close and its exec, and its child then
+    /// holds a copy of the closed socket for a moment; without the option that copy makes the
+    /// next bind fail with EADDRINUSE (seen under qemu, where the window is long).
+    pub fn rebinding(kind: Kind, family: IpAddr) -> io::Result<Self> {
+        let socket = Self::new(kind, family)?;
+        socket.reuse_address()?;
+        Ok(socket)
+    }
+
     pub fn reuse_address(&self) -> io::Result<()> {
-        self.enable(libc::SO_REUSEADDR)
+        self.set_option(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
     }
 
     /// SO_REUSEPORT: several sockets of one user may share the port.
     pub fn reuse_port(&self) -> io::Result<()> {
-        self.enable(libc::SO_REUSEPORT)
+        self.set_option(libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
     }
 
-    fn enable(&self, option: i32) -> io::Result<()> {
-        let one: i32 = 1;
+    /// An integer socket option (SO_REUSEPORT, IPV6_V6ONLY ...).
+    pub fn set_option(&self, level: i32, name: i32, value: i32) -> io::Result<()> {
         // SAFETY: the option value points at a live i32 of the given size.
         check(unsafe {
             libc::setsockopt(
                 self.fd,
-                libc::SOL_SOCKET,
-                option,
-                &one as *const i32 as *const libc::c_void,
+                level,
+                name,
+                &value as *const i32 as *const libc::c_void,
                 size_of::<i32>() as libc::socklen_t,
             )
         })
         .map(drop)
     }
 
-    pub fn bind(&self, port: u16) -> io::Result<()> {
-        self.bind_to(self.family, port)
+    /// Binds to the family's wildcard address (`0.0.0.0` or `[::]`) instead of loopback.
+    pub fn bind_any_address(&self, port: u16) -> io::Result<()> {
+        let wildcard = match self.family {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        self.bind_address(wildcard, port)
     }
 
-    /// Binds to `addr` (the wildcard, say), which must be of the socket's family.
-    pub fn bind_to(&self, addr: IpAddr, port: u16) -> io::Result<()> {
-        let (addr, len) = sockaddr(addr, port);
+    pub fn bind(&self, port: u16) -> io::Result<()> {
+        self.bind_address(self.family, port)
+    }
+
+    /// Binds to `address` (the wildcard, say), which must be of the socket's family.
+    pub fn bind_address(&self, address: IpAddr, port: u16) -> io::Result<()> {
+        let (addr, len) = sockaddr(address, port);
         // SAFETY: addr is a valid sockaddr of length len.
         check(unsafe { libc::bind(self.fd, &addr as *const _ as *const libc::sockaddr, len) })
             .map(drop)
@@ -152,9 +171,10 @@ impl Socket {
     }
 
     pub fn local_port(&self) -> io::Result<u16> {
-        // SAFETY: storage is writable and len holds its size.
+        // SAFETY: sockaddr_storage is plain data; all-zero is a valid (unspecified) address.
         let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
         let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: storage is writable and len holds its size.
         check(unsafe {
             libc::getsockname(
                 self.fd,
@@ -174,6 +194,13 @@ impl Socket {
     }
 
     pub fn close(self) {}
+}
+
+impl std::os::fd::AsFd for Socket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: fd stays open for as long as this value, which the borrow cannot outlive.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) }
+    }
 }
 
 impl Drop for Socket {
@@ -204,6 +231,11 @@ pub fn tcp_connection(listener: &Socket) -> io::Result<(Socket, Socket, u16)> {
 /// A port free for TCP and UDP on both loopbacks right now, outside the ephemeral range so the
 /// kernel is unlikely to hand it to another process meanwhile.
 pub fn free_port() -> u16 {
+    // Never the same port twice in one run: scenarios run in parallel.
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let seed = std::process::id() as u64
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -221,7 +253,8 @@ pub fn free_port() -> u16 {
                     .is_ok()
             })
         });
-        if free {
+        if free && !handed_out.contains(&port) {
+            handed_out.push(port);
             return port;
         }
     }

@@ -58,13 +58,24 @@ pub fn run_portwatch(args: &[String]) -> anyhow::Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
-/// Unit tests, the benchmark's quick mode, then the end-to-end suite: on this host with every
-/// backend it supports and in each kernel of the matrix (one table), or on this host alone.
+/// Everything CI checks, in the order that fails fastest: the host packages the kernel matrix
+/// needs (installed when missing, before any build), the toolchain, lint, xtask's own unit tests,
+/// portwatch's unit tests, the benchmark's quick mode, then the end-to-end suite: on this host
+/// with every backend it supports and in each kernel of the matrix (one table), or on this host
+/// alone.
 pub fn test_all(host_only: bool) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the tests load eBPF programs and must run as root (sudo cargo xtask test)");
     }
+    crate::vm::packages::ensure(crate::vm::packages::HOST_CHECKS)?;
+    if !host_only {
+        crate::vm::packages::ensure(crate::vm::packages::KERNEL_MATRIX)?;
+    }
     toolchain::ensure()?;
+    lint()?;
+    let mut xtask_units = cargo(None);
+    xtask_units.args(["test", "-p", "xtask"]);
+    succeed(xtask_units)?;
     let mut unit = cargo(None);
     unit.args(["test", "--release", "-p", "portwatch", "--bins"]);
     succeed(unit)?;

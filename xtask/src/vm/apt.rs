@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 /// wins; so far trixie's); the security suites carry the newest point releases.
 const ARCHIVE_SUITES: &str = "bullseye bookworm bookworm-backports trixie";
 const SECURITY_SUITES: &str = "bullseye-security bookworm-security trixie-security";
-const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+pub const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const DEFAULT_ARCHIVE: &str = "http://deb.debian.org/debian";
 const DEFAULT_SECURITY: &str = "http://deb.debian.org/debian-security";
 

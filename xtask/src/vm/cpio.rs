@@ -77,3 +77,89 @@ impl<W: Write> Writer<W> {
         self.out.write_all(&[0; 3][..padding])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One member read back: (mode, nlink, name, data), by the rules the kernel's unpacker uses.
+    fn read_members(archive: &[u8]) -> Vec<(u32, u32, String, Vec<u8>)> {
+        let field = |at: usize, index: usize| {
+            let start = at + 6 + index * 8;
+            u32::from_str_radix(std::str::from_utf8(&archive[start..start + 8]).unwrap(), 16)
+                .unwrap()
+        };
+        let align = |n: usize| n.div_ceil(4) * 4;
+        let mut members = Vec::new();
+        let mut at = 0;
+        loop {
+            assert_eq!(&archive[at..at + 6], b"070701", "magic at {at}");
+            let (mode, links, size, name_size) =
+                (field(at, 1), field(at, 4), field(at, 6), field(at, 11));
+            let name_start = at + 110;
+            let name = &archive[name_start..name_start + name_size as usize];
+            assert_eq!(name.last(), Some(&0), "name is NUL-terminated");
+            let name = String::from_utf8(name[..name.len() - 1].to_vec()).unwrap();
+            let data_start = align(name_start + name_size as usize);
+            let data = archive[data_start..data_start + size as usize].to_vec();
+            at = align(data_start + size as usize);
+            if name == "TRAILER!!!" {
+                assert_eq!(at, archive.len(), "nothing after the trailer");
+                return members;
+            }
+            members.push((mode, links, name, data));
+        }
+    }
+
+    #[test]
+    fn members_round_trip_with_modes_and_padding() {
+        let mut writer = Writer::new(Vec::new());
+        writer.append("opt", Member::Directory).unwrap();
+        writer
+            .append(
+                "opt/init",
+                Member::File {
+                    executable: true,
+                    data: b"#!/bin/sh\n",
+                },
+            )
+            .unwrap();
+        writer
+            .append(
+                "opt/odd",
+                Member::File {
+                    executable: false,
+                    data: b"x",
+                },
+            )
+            .unwrap();
+        let archive = writer.finish().unwrap();
+        assert_eq!(archive.len() % 4, 0);
+        assert_eq!(
+            read_members(&archive),
+            vec![
+                (0o040_755, 2, "opt".to_owned(), Vec::new()),
+                (0o100_755, 1, "opt/init".to_owned(), b"#!/bin/sh\n".to_vec()),
+                (0o100_644, 1, "opt/odd".to_owned(), b"x".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_member_gets_its_own_inode() {
+        let mut writer = Writer::new(Vec::new());
+        for name in ["a", "b"] {
+            writer.append(name, Member::Directory).unwrap();
+        }
+        let archive = writer.finish().unwrap();
+        // The inode is the first field after the magic; members are 112 bytes apart here.
+        assert_eq!(&archive[6..14], b"00000001");
+        assert_eq!(&archive[112 + 6..112 + 14], b"00000002");
+    }
+
+    #[test]
+    fn an_empty_archive_is_just_the_trailer() {
+        let archive = Writer::new(Vec::new()).finish().unwrap();
+        assert!(read_members(&archive).is_empty());
+    }
+}

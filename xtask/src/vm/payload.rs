@@ -11,7 +11,8 @@ use anyhow::{Context, Result, bail};
 
 pub struct Payload {
     pub portwatch: PathBuf,
-    /// The harness=false `e2e` test; it reads `PORTWATCH_BIN` and `PORTWATCH_BACKEND`.
+    /// The `e2e` test (libtest-mimic, not cargo's harness); it reads `PORTWATCH_BIN` and
+    /// `PORTWATCH_BACKEND`.
     pub e2e: PathBuf,
 }
 

@@ -28,7 +28,8 @@ const APPLETS: &str = "cat cut grep head ip mount poweroff sleep tail tee timeou
 ///
 /// `portwatch --check --backend B` tells whether B attaches; only then is the suite run with it.
 /// The suite and every check run under busybox `timeout`, so one hung backend costs its timeout
-/// and the others still run. A failed suite's last line (its summary) goes into the result.
+/// and the others still run. A failed suite's result names the failed scenarios and carries the
+/// harness's summary line.
 const INIT_TEMPLATE: &str = r#"#!/bin/busybox sh
 for applet in @APPLETS@; do /bin/busybox ln -s busybox /bin/$applet; done
 export PATH=/@PAYLOAD_DIR@:/bin
@@ -80,7 +81,9 @@ for b in @BACKENDS@; do
 		elif [ $rc -eq 137 ]; then
 			printf 'PORTWATCH-VM-RESULT backend=%s status=failed reason=suite killed after %s s\n' $b $T
 		else
-			printf 'PORTWATCH-VM-RESULT backend=%s status=failed reason=suite exited with status %s: %s\n' $b $rc "$(grep . /tmp/e2e.out | tail -n 1)"
+			# libtest-mimic's lines: `test <name> ... FAILED` per scenario, then `test result: ...`.
+			failed=$(grep ' \.\.\. FAILED$' /tmp/e2e.out | cut -d' ' -f2)
+			printf 'PORTWATCH-VM-RESULT backend=%s status=failed reason=suite exited with status %s: %s; failed: %s\n' $b $rc "$(grep '^test result:' /tmp/e2e.out | tail -n 1)" "$(echo $failed)"
 		fi
 		;;
 	"$b${TAB}unsupported${TAB}"*)
@@ -277,4 +280,139 @@ pub fn write_step_logs(
         }
     }
     Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn console(texts: &[&str]) -> Vec<Line> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(second, text)| Line {
+                at: Duration::from_secs(second as u64),
+                text: (*text).to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_whole_boot_is_read_back() {
+        let lines = console(&[
+            "[    0.5] random kernel chatter",
+            "PORTWATCH-VM-KERNEL release=6.1.0-56-cloud-amd64 btf=yes filter_functions=51234",
+            "PORTWATCH-VM-BEGIN auto",
+            "PORTWATCH-VM-AUTO picked=fentry",
+            "PORTWATCH-VM-BEGIN backend=kprobe",
+            "PORTWATCH-VM-RESULT backend=kprobe status=passed",
+            "PORTWATCH-VM-BEGIN backend=fentry",
+            // A kernel message printed on the same line before ours must not hide it.
+            "[   12.0] audit: noise PORTWATCH-VM-RESULT backend=fentry status=failed reason=test result: FAILED. 1 passed; 1 failed",
+            "PORTWATCH-VM-BEGIN backend=tracepoint",
+            "PORTWATCH-VM-RESULT backend=tracepoint status=unsupported reason=no kprobes here",
+            "PORTWATCH-VM-DONE",
+        ]);
+        let report = Report::parse(&lines);
+        assert!(report.done);
+        assert_eq!(report.booted_after, Some(Duration::from_secs(1)));
+        let kernel = report.kernel.expect("kernel facts");
+        assert_eq!(kernel.release, "6.1.0-56-cloud-amd64");
+        assert_eq!(kernel.btf, "yes");
+        assert_eq!(kernel.filter_functions, "51234");
+        assert!(matches!(report.auto, Some(Auto::Picked(ref b)) if b == "fentry"));
+        let kprobe = &report.results[&Backend::Kprobe];
+        assert!(matches!(kprobe.outcome, Outcome::Passed));
+        assert_eq!(kprobe.took, Duration::from_secs(1));
+        assert!(matches!(
+            &report.results[&Backend::Fentry].outcome,
+            Outcome::Failed { reason } if reason == "test result: FAILED. 1 passed; 1 failed"
+        ));
+        assert!(matches!(
+            &report.results[&Backend::Tracepoint].outcome,
+            Outcome::Unsupported { reason } if reason == "no kprobes here"
+        ));
+    }
+
+    #[test]
+    fn a_guest_that_stops_early_is_not_done_and_lacks_results() {
+        let report = Report::parse(&console(&[
+            "PORTWATCH-VM-AUTO picked=none reason=exit status 1: no BTF",
+            "PORTWATCH-VM-BEGIN backend=kprobe",
+            "Kernel panic - not syncing: oops",
+        ]));
+        assert!(!report.done);
+        assert!(report.results.is_empty());
+        assert!(report.kernel.is_none());
+        assert!(matches!(
+            report.auto,
+            Some(Auto::Nothing { ref reason }) if reason == "exit status 1: no BTF"
+        ));
+    }
+
+    #[test]
+    fn malformed_result_lines_are_ignored() {
+        for line in [
+            "PORTWATCH-VM-RESULT backend=bogus status=passed",
+            "PORTWATCH-VM-RESULT backend=kprobe status=maybe",
+            "PORTWATCH-VM-RESULT status=passed",
+            "PORTWATCH-VM-RESULT",
+        ] {
+            let report = Report::parse(&console(&[line]));
+            assert!(report.results.is_empty(), "{line} was accepted");
+        }
+        let report = Report::parse(&console(&["PORTWATCH-VM-KERNEL release=5.10"]));
+        let kernel = report.kernel.expect("partial facts");
+        assert_eq!(
+            (kernel.release.as_str(), kernel.btf.as_str()),
+            ("5.10", "?")
+        );
+    }
+
+    #[test]
+    fn the_init_script_has_every_placeholder_filled() {
+        let script = init_script(&[Backend::Kprobe, Backend::Tracepoint], 240);
+        for placeholder in [
+            "@APPLETS@",
+            "@PAYLOAD_DIR@",
+            "@TIMEOUT@",
+            "@AUTO_STEP@",
+            "@BACKENDS@",
+        ] {
+            assert!(
+                !script.contains(placeholder),
+                "{placeholder} left in:\n{script}"
+            );
+        }
+        assert!(script.contains("for b in kprobe tracepoint; do"));
+        assert!(script.contains("T=240"));
+        assert!(script.starts_with("#!/bin/busybox sh\n"));
+    }
+
+    #[test]
+    fn step_logs_split_at_begin_lines() {
+        let dir = std::env::temp_dir().join(format!("portwatch-steps-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        // A log left by an earlier run for a step this run never reached goes away.
+        fs::write(dir.join("k-fentry.log"), "old").unwrap();
+        let lines = console(&[
+            "boot",
+            "PORTWATCH-VM-BEGIN auto",
+            "auto output",
+            "PORTWATCH-VM-BEGIN backend=kprobe",
+            "kprobe output",
+            "PORTWATCH-VM-DONE",
+            "after",
+        ]);
+        let steps = steps(&[Backend::Kprobe, Backend::Fentry]);
+        let paths = write_step_logs(&lines, &dir, "k", &steps).unwrap();
+        let auto = fs::read_to_string(&paths["auto"]).unwrap();
+        let kprobe = fs::read_to_string(&paths["kprobe"]).unwrap();
+        assert!(auto.contains("auto output") && !auto.contains("kprobe output"));
+        assert!(kprobe.contains("kprobe output") && !kprobe.contains("after"));
+        assert!(!auto.contains("boot"));
+        assert!(!paths.contains_key("fentry"));
+        assert!(!dir.join("k-fentry.log").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -5,7 +5,7 @@
 //! offers every CPU feature TCG can emulate, so the guest kernel does not take slower paths.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, LineWriter, Read, Write};
+use std::io::{BufRead, BufReader, LineWriter, Read, Write};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -20,21 +20,6 @@ const QEMU: &str = "qemu-system-x86_64";
 /// `panic=-1` turns a panic (or an init that exits) into a reboot, which `-no-reboot` turns into
 /// qemu exiting instead of hanging until the watchdog.
 const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1";
-
-/// Fails early, before kernels are downloaded or payloads built, when qemu is missing.
-pub fn ensure_installed() -> Result<()> {
-    match Command::new(QEMU)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-    {
-        Ok(_) => Ok(()),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            anyhow::bail!("{QEMU} not found; install the qemu-system-x86 package")
-        }
-        Err(err) => Err(err).context(format!("running {QEMU}")),
-    }
-}
 
 /// One console line and when it arrived, counted from qemu's start.
 pub struct Line {
