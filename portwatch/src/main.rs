@@ -13,6 +13,7 @@ mod fuzz_replay;
 mod holders;
 mod loader;
 mod metrics_server;
+mod netns;
 mod ports;
 mod pressure;
 mod privileges;
@@ -100,11 +101,16 @@ fn run_trace(config: cli::Config) -> anyhow::Result<()> {
         .map(|options| sink::open_output(&options.path))
         .transpose()?;
     let metrics = config.metrics.map(metrics_server::bind).transpose()?;
+    // Forked while portwatch has one thread and every capability: it keeps CAP_SYS_ADMIN, which
+    // the tracer gives up, to read other namespaces' ephemeral ranges for pressure events.
+    let namespaces = (config.pressure_pct > 0)
+        .then(netns::RangeReader::spawn)
+        .and_then(Result::ok);
     // Before the runtime starts: the loader forks, which is only sound single-threaded.
     let loaded = loader::load(&config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|err| anyhow::anyhow!("starting the async runtime: {err}"))?;
-    runtime.block_on(trace::run(config, loaded, output, metrics))
+    runtime.block_on(trace::run(config, loaded, output, metrics, namespaces))
 }

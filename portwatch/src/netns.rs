@@ -74,9 +74,14 @@ impl Drop for RangeReader {
 fn serve(mut socket: UnixStream) {
     // SAFETY: prctl with PR_SET_PDEATHSIG and a valid signal number.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    close_all_but(socket.as_raw_fd());
+    // Entering a namespace takes CAP_SYS_ADMIN; opening another process's namespace file takes
+    // ptrace access to it, which a process with more capabilities than the reader grants only
+    // with CAP_SYS_PTRACE.
+    let enter = CapabilitySet::SYS_ADMIN | CapabilitySet::SYS_PTRACE;
     let only_namespaces = CapabilitySets {
-        effective: CapabilitySet::SYS_ADMIN,
-        permitted: CapabilitySet::SYS_ADMIN,
+        effective: enter,
+        permitted: enter,
         inheritable: CapabilitySet::empty(),
     };
     let _ = rustix::thread::set_capabilities(None, only_namespaces);
@@ -92,6 +97,23 @@ fn serve(mut socket: UnixStream) {
         }
         if socket.write_all(&answer).is_err() {
             break;
+        }
+    }
+}
+
+/// The reader holds nothing of the tracer's: not its output, not its listener, not a BPF
+/// object that would keep a hook attached after the tracer let go of it.
+fn close_all_but(keep: i32) {
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in open {
+        if fd > 2 && fd != keep {
+            // SAFETY: closing a descriptor this process owns; nothing in it uses them again.
+            unsafe { libc::close(fd) };
         }
     }
 }

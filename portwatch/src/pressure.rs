@@ -5,18 +5,13 @@
 //! A port counts as in use from its claim until its real release: a TIME_WAIT socket still
 //! holds it. Ports held before tracing count once the start-up snapshot reports them.
 
-use std::{
-    collections::HashMap,
-    fs::File,
-    io::Read as _,
-    ops::RangeInclusive,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
-};
+use std::{collections::HashMap, ops::RangeInclusive};
 
 use crate::{
     clock::Timestamp,
     event::{Event, Kind, Proto, Task},
     holders::Holders,
+    netns::RangeReader,
     ports, snapshot,
 };
 
@@ -59,15 +54,18 @@ pub struct PressureWatch {
     /// Each namespace's ephemeral range, read once (None: unknown, not tracked).
     ranges: HashMap<Option<u32>, Option<RangeInclusive<u16>>>,
     own_netns: Option<u32>,
+    /// Reads other namespaces' ranges; None where it could not be started.
+    reader: Option<RangeReader>,
 }
 
 impl PressureWatch {
-    pub fn new(threshold_pct: u8) -> Self {
+    pub fn new(threshold_pct: u8, reader: Option<RangeReader>) -> Self {
         Self {
             threshold_pct,
             usage: HashMap::new(),
             ranges: HashMap::new(),
             own_netns: snapshot::own_netns(),
+            reader,
         }
     }
 
@@ -122,12 +120,15 @@ impl PressureWatch {
             ports::ephemeral().ok()
         } else {
             let pid = event.task.as_ref().map(|task| task.pid)?;
-            let range = ephemeral_range_in(pid, event.netns?);
+            let netns = event.netns?;
+            let range = self
+                .reader
+                .as_mut()
+                .and_then(|reader| reader.range_of(pid, netns));
             if range.is_none() {
                 eprintln!(
-                    "portwatch: note: the ephemeral range of network namespace {} is unknown \
-                     (entering it needs CAP_SYS_ADMIN); no pressure events for it",
-                    event.netns.unwrap_or(0)
+                    "portwatch: note: the ephemeral range of network namespace {netns} is \
+                     unknown (entering it needs CAP_SYS_ADMIN); no pressure events for it"
                 );
             }
             range
@@ -135,31 +136,6 @@ impl PressureWatch {
         self.ranges.insert(event.netns, range.clone());
         range
     }
-}
-
-/// `net.ipv4.ip_local_port_range` as network namespace `netns` sees it, read by a thread that
-/// enters the namespace through process `pid` (net sysctls answer for the reader's namespace).
-fn ephemeral_range_in(pid: u32, netns: u32) -> Option<RangeInclusive<u16>> {
-    let namespace = File::open(format!("/proc/{pid}/ns/net")).ok()?;
-    // The pid may have been reused by a process in another namespace.
-    if namespace.metadata().ok()?.ino() as u32 != netns {
-        return None;
-    }
-    std::thread::spawn(move || {
-        // SAFETY: the descriptor is an open network namespace file, and only this short-lived
-        // thread, which touches nothing else, changes its namespace.
-        if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return None;
-        }
-        let mut text = String::new();
-        File::open("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()?
-            .read_to_string(&mut text)
-            .ok()?;
-        ports::parse_ephemeral(&text)
-    })
-    .join()
-    .ok()?
 }
 
 #[cfg(test)]
@@ -181,7 +157,7 @@ mod tests {
 
     #[test]
     fn crosses_up_at_the_threshold_and_down_below_ninety_percent_of_it() {
-        let mut watch = PressureWatch::new(80);
+        let mut watch = PressureWatch::new(80, None);
         watch.ranges.insert(Some(7), Some(100..=109));
         let mut holders = Holders::default();
         let mut crossings = Vec::new();
@@ -203,7 +179,7 @@ mod tests {
 
     #[test]
     fn a_time_wait_still_holds_its_port_and_other_ports_do_not_count() {
-        let mut watch = PressureWatch::new(50);
+        let mut watch = PressureWatch::new(50, None);
         watch.ranges.insert(Some(7), Some(100..=101));
         let holders = Holders::default();
         assert!(watch.observe(&event(Kind::Claim, 5000), &holders).is_none());

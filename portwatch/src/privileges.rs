@@ -36,12 +36,17 @@ pub fn check() -> anyhow::Result<()> {
 /// inheritable; the ambient set goes with them) and sets no_new_privs, so not even an exec could
 /// bring any back. Capabilities belong to threads, so this must run while the tracer has one
 /// thread; it checks that every thread of the process ended up with no more than it kept.
-pub fn drop_all() -> anyhow::Result<()> {
-    let keep = if bpf_needs_capability() {
+pub fn drop_all(audit: bool) -> anyhow::Result<()> {
+    let mut keep = if bpf_needs_capability() {
         CapabilitySet::BPF
     } else {
         CapabilitySet::empty()
     };
+    // `--audit` reads /proc/<pid>/exe, which the kernel shows only to a reader with at least the
+    // target's capabilities, or CAP_SYS_PTRACE.
+    if audit {
+        keep |= CapabilitySet::SYS_PTRACE;
+    }
     rustix::thread::set_capabilities(
         None,
         CapabilitySets {

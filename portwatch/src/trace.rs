@@ -28,6 +28,7 @@ use crate::{
     holders::Holders,
     loader::Loaded,
     metrics_server,
+    netns::RangeReader,
     ports::{self, EphemeralPolicy},
     pressure::PressureWatch,
     sink::{FileSink, JsonSink, MetricsSink, Sink, Sinks, TableSink},
@@ -40,11 +41,13 @@ const LOST_POLL: Duration = Duration::from_millis(500);
 
 /// `output`: the capture file opened for `--output`; `metrics`: the bound `--metrics`
 /// listener. Both are opened before loading, so a bad path or address fails at once.
+/// `namespaces`: reads other network namespaces' ephemeral ranges for pressure events.
 pub async fn run(
     config: Config,
     loaded: Loaded,
     output: Option<(File, u64)>,
     metrics: Option<std::net::TcpListener>,
+    namespaces: Option<RangeReader>,
 ) -> anyhow::Result<()> {
     if config.backend == BackendArg::Auto {
         for reason in &loaded.passed_over {
@@ -83,13 +86,13 @@ pub async fn run(
         metrics_server::serve(listener, registry)?;
         sinks.push(Box::new(metrics));
     }
-    let mut pipeline = Pipeline::new(Sinks(sinks), clock, &config);
+    let mut pipeline = Pipeline::new(Sinks(sinks), clock, &config, namespaces);
     // Holders are read after the hooks attach, so no change falls between snapshot and trace,
     // and before the status line, so "attached" means the current holders are already out.
     // Then every capability goes: tracing needs none.
     let outcome = match pipeline
         .report_holders(&config)
-        .and_then(|()| crate::privileges::drop_all())
+        .and_then(|()| crate::privileges::drop_all(config.audit))
     {
         Ok(()) => {
             eprintln!(
@@ -196,7 +199,12 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(sink: Sinks, clock: MonotonicClock, config: &Config) -> Self {
+    fn new(
+        sink: Sinks,
+        clock: MonotonicClock,
+        config: &Config,
+        namespaces: Option<RangeReader>,
+    ) -> Self {
         Self {
             sink,
             summary: Summary {
@@ -207,7 +215,8 @@ impl Pipeline {
             emitted: 0,
             holders: Holders::default(),
             audit: config.audit.then(AuditCache::new),
-            pressure: (config.pressure_pct > 0).then(|| PressureWatch::new(config.pressure_pct)),
+            pressure: (config.pressure_pct > 0)
+                .then(|| PressureWatch::new(config.pressure_pct, namespaces)),
             ephemeral: EphemeralPolicy::read().ok(),
             own_netns: snapshot::own_netns(),
         }

@@ -36,7 +36,13 @@ pub fn runs_as_nobody_with_only_load_capabilities() -> Outcome {
     let paranoid: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")?
         .trim()
         .parse()?;
-    if crate::tracer::backend() == "kprobe" && paranoid >= 3 {
+    // kprobes at Debian's perf_event_paranoid 3, and the tracepoint backend on a host without
+    // tracefs mounted (portwatch then mounts it privately), need CAP_SYS_ADMIN too.
+    let tracefs_mounted = std::path::Path::new("/sys/kernel/tracing/events").is_dir();
+    let backend = crate::tracer::backend();
+    if (backend == "kprobe" && paranoid >= 3)
+        || (backend != "kprobe" && backend != "fentry" && !tracefs_mounted)
+    {
         capabilities.push(CAP_SYS_ADMIN);
     }
     traces_without_capabilities(|args| {
