@@ -14,6 +14,7 @@ use crate::{
 const LOAD_CAPABILITIES: [u32; 3] = [CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF];
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 const NOBODY: u32 = 65534;
@@ -36,14 +37,20 @@ pub fn runs_as_nobody_with_only_load_capabilities() -> Outcome {
     let paranoid: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")?
         .trim()
         .parse()?;
-    // kprobes at Debian's perf_event_paranoid 3, and the tracepoint backend on a host without
-    // tracefs mounted (portwatch then mounts it privately), need CAP_SYS_ADMIN too.
-    let tracefs_mounted = std::path::Path::new("/sys/kernel/tracing/events").is_dir();
-    let backend = crate::tracer::backend();
-    if (backend == "kprobe" && paranoid >= 3)
-        || (backend != "kprobe" && backend != "fentry" && !tracefs_mounted)
-    {
+    if crate::tracer::backend() == "kprobe" && paranoid >= 3 {
         capabilities.push(CAP_SYS_ADMIN);
+    }
+    // The tracepoint backend reads its tracepoints' ids from tracefs, whose root only root may
+    // read (mode 0700): CAP_DAC_READ_SEARCH. Where the host has not mounted tracefs, portwatch
+    // mounts it privately, which takes CAP_SYS_ADMIN; mount it here, as root, as distributions do.
+    if !matches!(crate::tracer::backend().as_str(), "kprobe" | "fentry") {
+        capabilities.push(CAP_DAC_READ_SEARCH);
+    }
+    if !std::path::Path::new("/sys/kernel/tracing/events").is_dir() {
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+            .status()?;
+        check(mounted.success(), || "mounting tracefs failed".into())?;
     }
     traces_without_capabilities(|args| {
         Tracer::start_with(args, |command| as_nobody_with(command, capabilities))
