@@ -24,6 +24,7 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use crate::{
     backend::{self, Kernel},
     cli::Config,
+    mounts,
 };
 
 use report::Attached;
@@ -142,36 +143,9 @@ fn child(config: &Config, socket: &OwnedFd) -> io::Result<()> {
 /// attach points are looked up in the skeleton. In a private mount namespace, which dies with
 /// this child, a tmpfs over `/sys/kernel/btf` holds the skeleton under that name instead.
 fn show_aya_the_skeleton(skeleton: &[u8]) -> io::Result<()> {
-    fn check(ret: i32) -> io::Result<()> {
-        if ret == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-    // SAFETY: unshare takes a flag; this child is single-threaded apart from finished helpers.
-    check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
-    // SAFETY: remounting / as private with null source/type/data is the documented form; it
-    // keeps the bind below from propagating to the host's mount namespace.
-    check(unsafe {
-        libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    })?;
-    // SAFETY: all strings are valid and NUL-terminated; tmpfs needs no data.
-    check(unsafe {
-        libc::mount(
-            c"tmpfs".as_ptr(),
-            c"/sys/kernel/btf".as_ptr(),
-            c"tmpfs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    })?;
+    // Private: the tmpfs below must not propagate to the host's mount namespace.
+    mounts::unshare(libc::MS_PRIVATE)?;
+    mounts::mount(c"tmpfs", c"/sys/kernel/btf")?;
     std::fs::write(crate::btf::VMLINUX, skeleton)
 }
 

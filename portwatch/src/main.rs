@@ -13,6 +13,7 @@ mod fuzz_replay;
 mod holders;
 mod loader;
 mod metrics_server;
+mod mounts;
 mod netns;
 mod ports;
 mod pressure;

@@ -6,6 +6,7 @@
 use std::{io, path::Path};
 
 use super::BackendError;
+use crate::mounts;
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -31,40 +32,11 @@ fn has_entries(path: &Path) -> bool {
 }
 
 fn mount_privately() -> io::Result<()> {
-    fn check(ret: i32) -> io::Result<()> {
-        if ret == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
     // A second unshare costs the kernel a grace period (200 ms here): only when still sharing.
     if !in_own_mount_namespace() {
-        // SAFETY: unshare takes a flag; it fails (EINVAL) rather than misbehaves if this process
-        // shares its filesystem state with other threads.
-        check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
-        // SAFETY: remounting / as a recursive slave with null source/type/data is the
-        // documented form: the host's later mounts still appear here, ours never reach the host.
-        check(unsafe {
-            libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_SLAVE,
-                std::ptr::null(),
-            )
-        })?;
+        mounts::unshare(libc::MS_SLAVE)?;
     }
-    // SAFETY: all strings are valid and NUL-terminated; tracefs needs no data.
-    check(unsafe {
-        libc::mount(
-            c"tracefs".as_ptr(),
-            c"/sys/kernel/tracing".as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    })
+    mounts::mount(c"tracefs", c"/sys/kernel/tracing")
 }
 
 /// Whether this process's mount namespace is not its parent's (the loader child unshared one).
