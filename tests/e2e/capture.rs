@@ -43,7 +43,8 @@ pub fn scratch(name: &str) -> std::io::Result<PathBuf> {
 /// Binds and closes `port` `times` times: one claim and one free each.
 pub fn churn(port: u16, times: usize) -> Outcome {
     for _ in 0..times {
-        let socket = Socket::new(Kind::Udp, V4)?;
+        // Another scenario's fork may hold the socket just closed for a moment.
+        let socket = Socket::rebinding(Kind::Udp, V4)?;
         socket.bind(port)?;
     }
     Ok(())
