@@ -2,7 +2,11 @@
 //! claims, listens and frees. It answers "who holds this port?" when a claim fails, and names the
 //! claimer of a port freed without a seen claim.
 
-use std::{collections::HashMap, net::IpAddr, ops::RangeInclusive};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    ops::RangeInclusive,
+};
 
 use portwatch_ebpf::How;
 
@@ -23,10 +27,6 @@ struct Entry {
 }
 
 impl Entry {
-    fn same_socket(&self, event: &Event) -> bool {
-        same_address(self.local_addr, event.local_addr) && self.remote == event.remote
-    }
-
     fn holder(&self) -> Holder {
         Holder {
             task: self.task.clone(),
@@ -56,47 +56,67 @@ fn key(event: &Event) -> Key {
     (event.netns, event.proto, event.local_port)
 }
 
+/// One socket within a port: its local address and peer. A listener's port can hold thousands
+/// of accepted and TIME_WAIT sockets, so each event finds its own in one lookup, not a scan.
+type SocketId = (IpAddr, Option<(IpAddr, u16)>);
+
+fn socket_id(local: IpAddr, remote: Option<(IpAddr, u16)>) -> SocketId {
+    (
+        canonical(local),
+        remote.map(|(addr, port)| (canonical(addr), port)),
+    )
+}
+
 #[derive(Default)]
 pub struct Holders {
-    ports: HashMap<Key, Vec<Entry>>,
+    ports: HashMap<Key, HashMap<SocketId, Vec<Entry>>>,
 }
 
 impl Holders {
     /// Keeps the table in step with one event (before any user filter: the table must see
     /// everything the kernel reported).
     pub fn observe(&mut self, event: &Event) {
-        let key = key(event);
         match event.kind {
-            Kind::Held => self.ports.entry(key).or_default().push(Entry {
-                task: event.task.clone(),
-                local_addr: event.local_addr,
-                remote: event.remote,
-                how: None,
-                since: event.ts,
-                state: event.state.unwrap_or("unknown"),
-            }),
-            Kind::Claim => self.ports.entry(key).or_default().push(Entry {
-                task: event.task.clone(),
-                local_addr: event.local_addr,
-                remote: event.remote,
-                how: event.how,
-                since: event.ts,
-                state: claimed_state(event),
-            }),
+            Kind::Held => self.put(
+                event,
+                Entry {
+                    task: event.task.clone(),
+                    local_addr: event.local_addr,
+                    remote: event.remote,
+                    how: None,
+                    since: event.ts,
+                    state: event.state.unwrap_or("unknown"),
+                },
+            ),
+            Kind::Claim => self.put(
+                event,
+                Entry {
+                    task: event.task.clone(),
+                    local_addr: event.local_addr,
+                    remote: event.remote,
+                    how: event.how,
+                    since: event.ts,
+                    state: claimed_state(event),
+                },
+            ),
             Kind::Listen => {
-                if let Some(entry) = self.find_mut(event) {
+                if let Some(mut entry) = self.take(event) {
                     entry.state = "listen";
+                    self.put(event, entry);
                 }
             }
             Kind::Free if event.time_wait => {
-                if let Some(entry) = self.find_mut(event) {
+                if let Some(mut entry) = self.take(event) {
                     // The TIME_WAIT socket is known by its connection from now on.
                     entry.state = "time_wait";
                     entry.local_addr = event.local_addr;
                     entry.remote = event.remote;
+                    self.put(event, entry);
                 }
             }
-            Kind::Free => self.remove(event),
+            Kind::Free => {
+                self.take(event);
+            }
             Kind::Fail => {}
         }
     }
@@ -106,40 +126,69 @@ impl Holders {
     pub fn claimer_of(&self, event: &Event) -> Option<Task> {
         self.ports
             .get(&key(event))?
+            .get(&socket_id(event.local_addr, event.remote))?
             .iter()
-            .filter(|entry| entry.same_socket(event))
             .find_map(|entry| entry.task.clone())
     }
 
     /// Who holds the port a failed claim wanted: the sockets whose address conflicts with the
     /// one asked for (equal, or either one a wildcard; IPv4 and IPv4-mapped IPv6 alike).
     pub fn holder_for(&self, failed: &Event) -> Option<Holder> {
-        let entries = self.ports.get(&key(failed))?;
-        entries
-            .iter()
+        let entries = || {
+            self.ports
+                .get(&key(failed))
+                .into_iter()
+                .flat_map(|port| port.values().flatten())
+        };
+        entries()
             .filter(|entry| addresses_conflict(entry.local_addr, failed.local_addr))
             .min_by_key(|entry| entry.rank())
-            .or_else(|| entries.iter().min_by_key(|entry| entry.rank()))
+            .or_else(|| entries().min_by_key(|entry| entry.rank()))
             .map(Entry::holder)
     }
 
-    fn find_mut(&mut self, event: &Event) -> Option<&mut Entry> {
-        let entries = self.ports.get_mut(&key(event))?;
-        let at = position_of(entries, event)?;
-        entries.get_mut(at)
+    fn put(&mut self, event: &Event, entry: Entry) {
+        self.ports
+            .entry(key(event))
+            .or_default()
+            .entry(socket_id(entry.local_addr, entry.remote))
+            .or_default()
+            .push(entry);
     }
 
-    fn remove(&mut self, event: &Event) {
+    /// Takes out the entry an event about a socket refers to: the same socket of the same
+    /// process, else a socket of that process claimed before it had a peer (bind, then connect;
+    /// a wildcard bind gets a specific address when it connects), else the same socket of
+    /// whichever process.
+    fn take(&mut self, event: &Event) -> Option<Entry> {
         let key = key(event);
-        let Some(entries) = self.ports.get_mut(&key) else {
-            return;
-        };
-        if let Some(at) = position_of(entries, event) {
-            entries.swap_remove(at);
-        }
+        let port = self.ports.get_mut(&key)?;
+        let pid = event.task.as_ref().map(|task| task.pid);
+        let same_pid = |entry: &Entry| entry.task.as_ref().map(|task| task.pid) == pid;
+        let exact = socket_id(event.local_addr, event.remote);
+        let unconnected = [
+            socket_id(event.local_addr, None),
+            socket_id(IpAddr::V4(Ipv4Addr::UNSPECIFIED), None),
+            socket_id(IpAddr::V6(Ipv6Addr::UNSPECIFIED), None),
+        ];
+        let found = std::iter::once(exact)
+            .chain(unconnected)
+            .find_map(|id| Some((id, port.get(&id)?.iter().position(same_pid)?)))
+            .or_else(|| {
+                port.get(&exact)
+                    .filter(|entries| !entries.is_empty())
+                    .map(|_| (exact, 0))
+            });
+        let (id, at) = found?;
+        let entries = port.get_mut(&id)?;
+        let entry = entries.swap_remove(at);
         if entries.is_empty() {
+            port.remove(&id);
+        }
+        if port.is_empty() {
             self.ports.remove(&key);
         }
+        Some(entry)
     }
 
     /// The processes holding most ports in `range` of one namespace and protocol, busiest
@@ -154,11 +203,11 @@ impl Holders {
         // Keyed by (pid, comm), None for sockets without a process.
         type Process<'a> = Option<(u32, &'a str)>;
         let mut ports_by_process: HashMap<Process, (Option<&Task>, usize)> = HashMap::new();
-        for ((ns, p, port), entries) in &self.ports {
+        for ((ns, p, port), sockets) in &self.ports {
             if *ns != netns || *p != proto || !range.contains(port) {
                 continue;
             }
-            for entry in entries {
+            for entry in sockets.values().flatten() {
                 let id = entry
                     .task
                     .as_ref()
@@ -181,29 +230,12 @@ impl Holders {
     /// Sockets in the table, for tests and for watching the table's size in a soak.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.ports.values().map(Vec::len).sum()
+        self.ports
+            .values()
+            .flat_map(|port| port.values())
+            .map(Vec::len)
+            .sum()
     }
-}
-
-/// The entry an event about a socket refers to: the same socket of the same process, else a
-/// socket of that process claimed before it had a peer (bind, then connect), else the same
-/// socket of whichever process.
-fn position_of(entries: &[Entry], event: &Event) -> Option<usize> {
-    let pid = event.task.as_ref().map(|task| task.pid);
-    let same_pid = |entry: &Entry| entry.task.as_ref().map(|task| task.pid) == pid;
-    // A socket bound to a wildcard gets a specific address when it connects.
-    let same_local = |entry: &Entry| {
-        entry.local_addr.is_unspecified() || same_address(entry.local_addr, event.local_addr)
-    };
-    entries
-        .iter()
-        .position(|entry| entry.same_socket(event) && same_pid(entry))
-        .or_else(|| {
-            entries
-                .iter()
-                .position(|entry| same_local(entry) && entry.remote.is_none() && same_pid(entry))
-        })
-        .or_else(|| entries.iter().position(|entry| entry.same_socket(event)))
 }
 
 /// The state a freshly claimed socket is in, in `ss`'s words.
@@ -222,10 +254,6 @@ fn canonical(addr: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
         v4 => v4,
     }
-}
-
-fn same_address(a: IpAddr, b: IpAddr) -> bool {
-    canonical(a) == canonical(b)
 }
 
 /// Whether two local addresses on one port collide in the kernel's bind tables: equal, or
