@@ -89,7 +89,7 @@ pub async fn run(
     let mut pipeline = Pipeline::new(Sinks(sinks), clock, &config, namespaces);
     // Holders are read after the hooks attach, so no change falls between snapshot and trace,
     // and before the status line, so "attached" means the current holders are already out.
-    // Then every capability goes: tracing needs none.
+    // Then the capabilities go: tracing needs none (with --audit, CAP_SYS_PTRACE stays).
     let outcome = match pipeline
         .report_holders(&config)
         .and_then(|()| crate::privileges::drop_all(config.audit))

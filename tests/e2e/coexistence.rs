@@ -123,9 +123,12 @@ fn workload(port: u16) -> Vec<String> {
         "bind foreign {}",
         outcome(TcpListener::bind((Ipv4Addr::new(192, 0, 2, 1), port)))
     ));
+    // A port of its own that nothing ever listened on: the listener above may live on for a
+    // moment in another scenario's child, forked before it exec'd.
+    let closed = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
     results.push(format!(
         "connect refused {}",
-        outcome(TcpStream::connect(local))
+        outcome(TcpStream::connect(closed))
     ));
     results
 }

@@ -191,6 +191,19 @@ impl FileSink {
         Ok(())
     }
 
+    /// A write failed after `sent` bytes of the pending records reached the file: keep the
+    /// whole records among them and cut off the torn one, so the file never ends mid-line.
+    fn cut_back(&mut self, sent: usize, err: io::Error) -> io::Result<()> {
+        let whole = self.pending[..sent]
+            .iter()
+            .rposition(|&byte| byte == b'\n')
+            .map_or(0, |newline| newline + 1);
+        let _ = self.file.set_len(self.written + whole as u64);
+        self.written += whole as u64;
+        self.pending.drain(..whole);
+        Err(context(err, "writing the capture file", &self.options.path))
+    }
+
     /// FILE becomes FILE.1 (FILE.1 becomes FILE.2, ...), and a new part starts in a new FILE.
     fn rotate(&mut self) -> io::Result<()> {
         self.flush()?;
@@ -248,18 +261,20 @@ impl Sink for FileSink {
         if self.pending.is_empty() {
             return Ok(());
         }
-        match self.file.write_all(&self.pending) {
-            Ok(()) => {
-                self.written += self.pending.len() as u64;
-                self.pending.clear();
-                Ok(())
-            }
-            Err(err) => {
-                // Never leave half a record behind: cut back to the last whole one.
-                let _ = self.file.set_len(self.written);
-                Err(context(err, "writing the capture file", &self.options.path))
+        let mut sent = 0;
+        while sent < self.pending.len() {
+            match self.file.write(&self.pending[sent..]) {
+                Ok(0) => {
+                    return self.cut_back(sent, io::ErrorKind::WriteZero.into());
+                }
+                Ok(n) => sent += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return self.cut_back(sent, err),
             }
         }
+        self.written += sent as u64;
+        self.pending.clear();
+        Ok(())
     }
 
     fn reopen(&mut self) -> io::Result<()> {
