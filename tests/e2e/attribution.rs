@@ -53,7 +53,9 @@ pub fn time_wait_end_is_not_credited_to_another_holder() -> Outcome {
         .iter()
         .find(|event| event["event"] == "free" && event["remote_port"] == first_port)
         .ok_or_else(|| format!("no end of the TIME_WAIT towards {first_port}: {held:?}"))?;
-    check(end["claimer_seen"] == false && end["pid"] != me, || {
-        format!("the TIME_WAIT's end was credited to this process: {end}")
+    // Unseen, its identity is whatever task ran when the kernel released the port (on some
+    // kernels the timer interrupts this very process): what matters is that it is not claimed.
+    check(end["claimer_seen"] == false, || {
+        format!("the TIME_WAIT's end was credited to a holder: {end}")
     })
 }
