@@ -37,7 +37,9 @@ pub fn runs_as_nobody_with_only_load_capabilities() -> Outcome {
     let paranoid: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")?
         .trim()
         .parse()?;
-    if crate::tracer::backend() == "kprobe" && paranoid >= 3 {
+    // At Debian's perf_event_paranoid 3, perf_event_open (kprobes, and the tracepoint
+    // backend's syscall tracepoints) wants CAP_SYS_ADMIN.
+    if matches!(crate::tracer::backend().as_str(), "kprobe" | "tracepoint") && paranoid >= 3 {
         capabilities.push(CAP_SYS_ADMIN);
     }
     // The tracepoint backend reads its tracepoints' ids from tracefs, whose root only root may
