@@ -45,7 +45,13 @@ pub fn split(line: &str) -> Option<(String, &str)> {
 }
 
 pub fn to_hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(64);
+    for byte in bytes {
+        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(byte & 15)]));
+    }
+    hex
 }
 
 pub fn from_hex(text: &str) -> Option<[u8; 32]> {
@@ -72,6 +78,7 @@ mod tests {
         let (unsealed, carried) = split(&line).unwrap();
         assert_eq!((unsealed.as_str(), carried), (record, seal.as_str()));
         assert_eq!(from_hex(&seal), Some(chain.last()));
+        assert_eq!(to_hex(&[0xab; 32]), "ab".repeat(32));
     }
 
     #[test]
