@@ -3,6 +3,8 @@
 
 use std::{ffi::CStr, fs, time::Duration};
 
+use crate::enrich;
+
 /// The account name of `uid` through the C library (so NSS sources such as LDAP count), or
 /// None when it has none.
 pub fn user_name(uid: u32) -> Option<String> {
@@ -33,16 +35,11 @@ pub fn user_name(uid: u32) -> Option<String> {
 pub fn age(pid: u32) -> Option<Duration> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let uptime = fs::read_to_string("/proc/uptime").ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    age_from(&stat, &uptime, u64::try_from(ticks_per_second).ok()?)
+    age_from(&stat, &uptime, enrich::ticks_per_second())
 }
 
 fn age_from(stat: &str, uptime: &str, ticks_per_second: u64) -> Option<Duration> {
-    // The command name is in parentheses and may hold spaces and parentheses itself; the fields
-    // after the last ')' start with the state (field 3); the start time is field 22.
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    let start_ticks: u64 = after_comm.split_whitespace().nth(22 - 3)?.parse().ok()?;
+    let (_, start_ticks) = enrich::parse_stat(stat)?;
     let uptime: f64 = uptime.split_whitespace().next()?.parse().ok()?;
     let started = start_ticks as f64 / ticks_per_second.max(1) as f64;
     Some(Duration::from_secs_f64((uptime - started).max(0.0)))
