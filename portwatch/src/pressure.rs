@@ -12,7 +12,7 @@ use crate::{
     event::{Event, Kind, Proto, Task},
     holders::Holders,
     netns::RangeReader,
-    ports, snapshot,
+    snapshot,
 };
 
 /// How many claimers a pressure event names.
@@ -53,18 +53,22 @@ pub struct PressureWatch {
     usage: HashMap<(Option<u32>, Proto), Usage>,
     /// Each namespace's ephemeral range, read once (None: unknown, not tracked).
     ranges: HashMap<Option<u32>, Option<RangeInclusive<u16>>>,
-    own_netns: Option<u32>,
     /// Reads other namespaces' ranges; None where it could not be started.
     reader: Option<RangeReader>,
 }
 
 impl PressureWatch {
-    pub fn new(threshold_pct: u8, reader: Option<RangeReader>) -> Self {
+    /// `own_range`: portwatch's own namespace's range, already read.
+    pub fn new(
+        threshold_pct: u8,
+        reader: Option<RangeReader>,
+        own_range: Option<RangeInclusive<u16>>,
+    ) -> Self {
+        let own_netns = snapshot::own_netns();
         Self {
             threshold_pct,
             usage: HashMap::new(),
-            ranges: HashMap::new(),
-            own_netns: snapshot::own_netns(),
+            ranges: HashMap::from([(own_netns, own_range.clone()), (None, own_range)]),
             reader,
         }
     }
@@ -116,9 +120,7 @@ impl PressureWatch {
         if let Some(known) = self.ranges.get(&event.netns) {
             return known.clone();
         }
-        let range = if event.netns.is_none() || event.netns == self.own_netns {
-            ports::ephemeral().ok()
-        } else {
+        let range = {
             let pid = event.task.as_ref().map(|task| task.pid)?;
             let netns = event.netns?;
             let range = self
@@ -157,7 +159,7 @@ mod tests {
 
     #[test]
     fn crosses_up_at_the_threshold_and_down_below_ninety_percent_of_it() {
-        let mut watch = PressureWatch::new(80, None);
+        let mut watch = PressureWatch::new(80, None, None);
         watch.ranges.insert(Some(7), Some(100..=109));
         let mut holders = Holders::default();
         let mut crossings = Vec::new();
@@ -179,7 +181,7 @@ mod tests {
 
     #[test]
     fn a_time_wait_still_holds_its_port_and_other_ports_do_not_count() {
-        let mut watch = PressureWatch::new(50, None);
+        let mut watch = PressureWatch::new(50, None, None);
         watch.ranges.insert(Some(7), Some(100..=101));
         let holders = Holders::default();
         assert!(watch.observe(&event(Kind::Claim, 5000), &holders).is_none());

@@ -4,6 +4,7 @@
 use std::{
     fs::File,
     io::{self, BufWriter, IsTerminal, Write},
+    ops::RangeInclusive,
     os::{
         fd::{AsFd as _, OwnedFd},
         unix::fs::FileTypeExt as _,
@@ -29,7 +30,7 @@ use crate::{
     loader::Loaded,
     metrics_server,
     netns::RangeReader,
-    ports::{self, EphemeralPolicy},
+    ports::EphemeralPolicy,
     pressure::PressureWatch,
     sink::{FileSink, JsonSink, MetricsSink, Sink, Sinks, TableSink},
     snapshot::{self, Family},
@@ -66,6 +67,9 @@ pub async fn run(
     } = loaded;
     let mut stream = Stream::new(events, lost)?;
     let clock = MonotonicClock::new();
+    // Read once: the header, the metrics' ranges, pressure and the reservation hint all use it.
+    let ephemeral = EphemeralPolicy::read().ok();
+    let ephemeral_range = ephemeral.as_ref().map(|policy| policy.range.clone());
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if !config.quiet {
         let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
@@ -75,18 +79,18 @@ pub async fn run(
         });
     }
     if let (Some(options), Some(file)) = (&config.output, output) {
-        let header = capture_header(&config, &backend, &clock);
+        let header = capture_header(&config, &backend, &clock, ephemeral_range.as_ref());
         let sink = FileSink::start(options.clone(), header, file)
             .with_context(|| format!("starting the capture in {}", options.path.display()))?;
         sinks.push(Box::new(sink));
     }
     if let Some(listener) = metrics {
-        let (metrics, registry) = MetricsSink::new(&backend, ports::ephemeral().ok())
+        let (metrics, registry) = MetricsSink::new(&backend, ephemeral_range.clone())
             .context("setting up the metrics")?;
         metrics_server::serve(listener, registry)?;
         sinks.push(Box::new(metrics));
     }
-    let mut pipeline = Pipeline::new(Sinks(sinks), clock, &config, namespaces);
+    let mut pipeline = Pipeline::new(Sinks(sinks), clock, &config, namespaces, ephemeral);
     // Holders are read after the hooks attach, so no change falls between snapshot and trace,
     // and before the status line, so "attached" means the current holders are already out.
     // Then the capabilities go: tracing needs none (with --audit, CAP_SYS_PTRACE stays).
@@ -125,7 +129,12 @@ pub async fn run(
 }
 
 /// What a capture file's header says about this trace.
-fn capture_header(config: &Config, backend: &str, clock: &MonotonicClock) -> capture::Header {
+fn capture_header(
+    config: &Config,
+    backend: &str,
+    clock: &MonotonicClock,
+    ephemeral_range: Option<&RangeInclusive<u16>>,
+) -> capture::Header {
     let (kernel, hostname, boot_id) = capture::host_facts();
     let (started, monotonic_ns) = clock.anchor();
     capture::Header {
@@ -140,9 +149,7 @@ fn capture_header(config: &Config, backend: &str, clock: &MonotonicClock) -> cap
         started,
         monotonic_ns,
         audit: config.audit,
-        ephemeral_range: ports::ephemeral()
-            .ok()
-            .map(|range| format!("{}-{}", range.start(), range.end())),
+        ephemeral_range: ephemeral_range.map(|range| format!("{}-{}", range.start(), range.end())),
     }
 }
 
@@ -204,6 +211,7 @@ impl Pipeline {
         clock: MonotonicClock,
         config: &Config,
         namespaces: Option<RangeReader>,
+        ephemeral: Option<EphemeralPolicy>,
     ) -> Self {
         Self {
             sink,
@@ -215,9 +223,11 @@ impl Pipeline {
             emitted: 0,
             holders: Holders::default(),
             audit: config.audit.then(AuditCache::new),
-            pressure: (config.pressure_pct > 0)
-                .then(|| PressureWatch::new(config.pressure_pct, namespaces)),
-            ephemeral: EphemeralPolicy::read().ok(),
+            pressure: (config.pressure_pct > 0).then(|| {
+                let own_range = ephemeral.as_ref().map(|policy| policy.range.clone());
+                PressureWatch::new(config.pressure_pct, namespaces, own_range)
+            }),
+            ephemeral,
             own_netns: snapshot::own_netns(),
         }
     }
