@@ -51,7 +51,11 @@ macro_rules! scenarios {
     ($($module:ident :: $function:ident),* $(,)?) => {
         vec![$(
             Trial::test(concat!(stringify!($module), "::", stringify!($function)), || {
-                Ok($module::$function()?)
+                tracer::take_last_summary();
+                $module::$function().map_err(|failure| match tracer::take_last_summary() {
+                    Some(summary) => format!("{failure}\n  tracer summary: {summary}").into(),
+                    None => failure.to_string().into(),
+                })
             })
         ),*]
     };
@@ -88,6 +92,12 @@ fn scenarios() -> Vec<Trial> {
         report::report_html_is_self_contained,
         parity::listen_twice_is_one_listen,
         parity::listen_without_its_port_fails,
+        parity::refused_connect_claims_and_frees,
+        parity::bound_socket_refused_frees_once,
+        parity::disconnect_frees_once,
+        parity::closing_listener_with_queued_connections_frees_once,
+        parity::fast_open_send_claims,
+        parity::udp_write_autobind,
         who::who_tcp_listener,
         who::who_udp_socket,
         who::who_time_wait,

@@ -236,7 +236,7 @@ impl Tracer {
                 })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Trace {
+        let trace = Trace {
             backend: self.backend.clone(),
             events,
             stderr: self
@@ -245,8 +245,21 @@ impl Tracer {
                 .chain(collect(&self.stderr))
                 .collect(),
             exit_code: status.and_then(|s| s.code()),
-        })
+        };
+        LAST_SUMMARY.set(trace.summary().map(str::to_string));
+        Ok(trace)
     }
+}
+
+thread_local! {
+    /// The summary of the last tracer this scenario's thread stopped, so that a failing scenario
+    /// says what the tracer counted (lost events above all) without each scenario asking.
+    static LAST_SUMMARY: std::cell::Cell<Option<String>> = const { std::cell::Cell::new(None) };
+}
+
+/// Takes the summary [`LAST_SUMMARY`] holds, leaving none for the next scenario.
+pub fn take_last_summary() -> Option<String> {
+    LAST_SUMMARY.take()
 }
 
 /// Everything left in a stream of the exited tracer: up to the end of the pipe, which comes

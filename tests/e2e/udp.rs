@@ -28,7 +28,7 @@ pub fn udp_bind_ipv6() -> Outcome {
 pub fn udp_send_autobind_ipv4() -> Outcome {
     let me = std::process::id();
     let target = free_port();
-    let tracer = Tracer::start(&["--pid", &me.to_string()])?;
+    let tracer = Tracer::start(&["--pid", &me.to_string(), "--proto", "udp"])?;
     let socket = Socket::new(Kind::Udp, V4)?;
     socket.send_to(target)?;
     // A second send must not claim again.
@@ -53,7 +53,7 @@ pub fn udp_send_autobind_ipv4() -> Outcome {
 pub fn udp_connect_autobind_ipv6() -> Outcome {
     let me = std::process::id();
     let target = free_port();
-    let tracer = Tracer::start(&["--pid", &me.to_string(), "-6"])?;
+    let tracer = Tracer::start(&["--pid", &me.to_string(), "-6", "--proto", "udp"])?;
     let socket = Socket::new(Kind::Udp, V6)?;
     socket.connect(target)?;
     let port = socket.local_port()?;
