@@ -78,6 +78,18 @@ pub fn accept_exit_4(ctx: FExitContext) -> i32 {
     0
 }
 
+#[fentry(function = "inet_csk_listen_stop")]
+pub fn listen_stop_entry(ctx: FEntryContext) -> i32 {
+    kfunc::before_listen_stop(ctx.arg(0));
+    0
+}
+
+#[fexit(function = "inet_csk_listen_stop")]
+pub fn listen_stop_exit(_ctx: FExitContext) -> i32 {
+    crate::lifecycle::listener_stopped();
+    0
+}
+
 #[fentry(function = "inet_put_port")]
 pub fn put_port_entry(ctx: FEntryContext) -> i32 {
     kfunc::port_table_left(ctx.arg(0));

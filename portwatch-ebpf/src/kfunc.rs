@@ -110,6 +110,13 @@ pub fn after_listen_start(sk: u64, ret: i32) {
     lifecycle::listen_returned(sk, port_before, ret);
 }
 
+/// `inet_csk_listen_stop` is entered: the listener drops its accept queue next. Its port is read
+/// from `inet_sport`, as `inet_num` is already 0 when closing returned it.
+#[inline(always)]
+pub fn before_listen_stop(sk: u64) {
+    lifecycle::listener_stopping(sk, sock::source_port(sk));
+}
+
 /// `inet_csk_accept` returned the accepted socket (or NULL).
 #[inline(always)]
 pub fn after_accept(child: u64) {

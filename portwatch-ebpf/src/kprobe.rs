@@ -108,6 +108,18 @@ pub fn kp_accept_ret(ctx: RetProbeContext) -> u32 {
     0
 }
 
+#[kprobe(function = "inet_csk_listen_stop")]
+pub fn kp_listen_stop(ctx: ProbeContext) -> u32 {
+    kfunc::before_listen_stop(ctx.arg(0).unwrap_or(0));
+    0
+}
+
+#[kretprobe(function = "inet_csk_listen_stop")]
+pub fn kp_listen_stop_ret(_ctx: RetProbeContext) -> u32 {
+    lifecycle::listener_stopped();
+    0
+}
+
 #[kprobe(function = "inet_put_port")]
 pub fn kp_put_port(ctx: ProbeContext) -> u32 {
     kfunc::port_table_left(ctx.arg(0).unwrap_or(0));

@@ -10,7 +10,7 @@ use portwatch_ebpf::{
 
 use crate::{
     emit::{self, Outcome, Requested},
-    maps::{CLAIMS, Claim, ClaimState, TIME_WAITS},
+    maps::{CLAIMS, Claim, ClaimState, LISTEN_STOPS, ListenStop, TIME_WAITS},
     sock,
 };
 
@@ -20,20 +20,46 @@ const EADDRINUSE: i32 = 98;
 #[inline(always)]
 pub fn claimed(sk: u64, how: How) {
     let port = sock::local_port(sk);
-    if port == 0 || !emit::port_watched(port) {
+    if port == 0 || !emit::port_watched(port) || already_held(sk) {
         return;
     }
-    if let Some(claim) = CLAIMS.get_ptr(sk) {
-        // SAFETY: map value pointers stay valid for the duration of the program.
-        if unsafe { (*claim).state } == ClaimState::Held {
-            return;
-        }
+    claimed_by(sk, port, how, emit::current_claim(port, how as u8, 0));
+}
+
+/// As [`claimed`], for a claim found after the fact: `port` is the one the socket held, and
+/// `claimer` the identity its connect recorded on entry (the current task is a softirq's).
+#[inline(always)]
+pub fn claimed_earlier(sk: u64, port: u16, how: How, claimer: Claim) {
+    if port == 0 || !emit::port_watched(port) || already_held(sk) {
+        return;
     }
+    claimed_by(
+        sk,
+        port,
+        how,
+        Claim {
+            port,
+            how: how as u8,
+            ..claimer
+        },
+    );
+}
+
+/// Whether the socket's claim was reported already (several hooks can see one claim).
+#[inline(always)]
+fn already_held(sk: u64) -> bool {
+    // SAFETY: map value pointers stay valid for the duration of the program.
+    CLAIMS
+        .get_ptr(sk)
+        .is_some_and(|held| unsafe { (*held).state } == ClaimState::Held)
+}
+
+#[inline(always)]
+fn claimed_by(sk: u64, port: u16, how: How, claim: Claim) {
     let (proto, family) = (sock::protocol(sk), sock::family(sk));
     if !emit::socket_watched(proto, family) {
         return;
     }
-    let claim = emit::current_claim(port, how as u8, 0);
     let _ = CLAIMS.insert(sk, claim, 0);
     emit::submit(
         &Outcome {
@@ -189,7 +215,7 @@ fn released_with(sk: u64, port_now: u16, repeat: Repeat, flags: u8) -> Option<Cl
             }
         },
         None => {
-            if port_now == 0 || !emit::port_watched(port_now) {
+            if port_now == 0 || !emit::port_watched(port_now) || left_accept_queue(sk, port_now) {
                 return None;
             }
             (
@@ -229,17 +255,51 @@ fn released_with(sk: u64, port_now: u16, repeat: Repeat, flags: u8) -> Option<Cl
     Some(claim)
 }
 
-/// Whether the socket's seen claim keeps its port until the socket is destroyed: an explicit
-/// bind (and accepted children, which inherit the listener's bind lock) hold the port through a
-/// CLOSE transition, other claims give it back there.
+/// A listener on `port` is being stopped by this thread: the connections still waiting in its
+/// accept queue are destroyed next, in the same call. They never held a port of their own (they
+/// share the listener's, and nobody accepted them), so their destruction is no free.
 #[inline(always)]
-pub fn keeps_port_until_destroyed(sk: u64) -> bool {
-    match CLAIMS.get_ptr(sk) {
-        Some(claim) => {
-            // SAFETY: map value pointers stay valid for the duration of the program.
-            let how = unsafe { (*claim).how };
-            how == How::Bind as u8 || how == How::Accept as u8
-        }
-        None => true,
+pub fn listener_stopping(listener: u64, port: u16) {
+    if port != 0 && emit::port_watched(port) {
+        let stop = ListenStop {
+            listener,
+            port,
+            _pad: [0; 6],
+        };
+        let _ = LISTEN_STOPS.insert(current_tid(), stop, 0);
     }
+}
+
+/// The listener this thread was stopping is destroyed, so its accept queue is gone: the syscall
+/// hooks see no end of the stop itself.
+#[inline(always)]
+pub fn listener_destroyed(listener: u64) {
+    if this_threads_listen_stop().is_some_and(|stop| stop.listener == listener) {
+        let _ = LISTEN_STOPS.remove(current_tid());
+    }
+}
+
+/// The kernel's listener stop (`inet_csk_listen_stop`) returned: its accept queue is gone.
+#[inline(always)]
+pub fn listener_stopped() {
+    let _ = LISTEN_STOPS.remove(current_tid());
+}
+
+/// Whether `sk`, a socket with no claim seen on `port`, is a connection this thread is dropping
+/// from the accept queue of a listener it is stopping.
+#[inline(always)]
+fn left_accept_queue(sk: u64, port: u16) -> bool {
+    this_threads_listen_stop().is_some_and(|stop| stop.port == port && stop.listener != sk)
+}
+
+#[inline(always)]
+fn this_threads_listen_stop() -> Option<ListenStop> {
+    let stop = LISTEN_STOPS.get_ptr(current_tid())?;
+    // SAFETY: map value pointers stay valid for the duration of the program.
+    Some(unsafe { *stop })
+}
+
+#[inline(always)]
+fn current_tid() -> u32 {
+    aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32
 }

@@ -42,6 +42,26 @@ pub static TIME_WAIT_ARMED: LruHashMap<Connection, u64> = LruHashMap::with_max_e
 #[map]
 pub static TIME_WAIT_HANDLER: Array<u64> = Array::with_max_entries(1, 0);
 
+/// The identity of each thread's connect (or TCP Fast Open send) on a TCP socket that has no
+/// port yet, keyed by socket, from the syscall's entry to its exit. A refused connect gets its
+/// port and gives it back before the syscall returns, in a softirq that runs in whatever task;
+/// this is how that release can still report the claim, by the process that made it.
+#[map]
+pub static CONNECTING: LruHashMap<u64, Claim> = LruHashMap::with_max_entries(8192, 0);
+
+/// Listeners being stopped, keyed by the thread stopping them (see
+/// [`crate::lifecycle::listener_stopping`]).
+#[map]
+pub static LISTEN_STOPS: LruHashMap<u32, ListenStop> = LruHashMap::with_max_entries(1024, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ListenStop {
+    pub listener: u64,
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
 /// A TCP connection, as both its full socket and its TIME_WAIT socket describe it.
 #[repr(C)]
 #[derive(Clone, Copy)]

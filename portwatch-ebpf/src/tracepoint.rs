@@ -26,12 +26,13 @@ use crate::{
     globals::global,
     kfunc::{self, Hook},
     lifecycle::{self, Repeat},
-    maps::{InFlight, TIME_WAIT_ARMED, TIME_WAIT_HANDLER},
+    maps::{CONNECTING, InFlight, TIME_WAIT_ARMED, TIME_WAIT_HANDLER},
     sock,
 };
 
 const EAGAIN: i32 = 11;
 const EADDRNOTAVAIL: i32 = 99;
+const TCP_SYN_SENT: i32 = 2;
 const TCP_FIN_WAIT2: i32 = 5;
 const TCP_CLOSE: i32 = 7;
 const TCP_CLOSING: i32 = 11;
@@ -150,11 +151,15 @@ fn socket_call_entered(call: Call, fd: u64, uaddr: u64) {
         Call::Listen => {
             (port_before == 0 || emit::port_watched(port_before)) && sock::state(sk) != TCP_LISTEN
         }
-        // Only a UDP send on an unbound socket claims a port (not the hot path of a server).
-        _ => port_before == 0 && proto == PROTO_UDP as u16,
+        // Only a send on an unbound socket claims a port (not the hot path of a server): a UDP
+        // autobind, or a TCP Fast Open connect (`MSG_FASTOPEN`).
+        _ => port_before == 0,
     };
     if !follow || !emit::socket_watched(proto, family) {
         return;
+    }
+    if port_before == 0 && call != Call::Listen && proto == PROTO_TCP as u16 {
+        let _ = CONNECTING.insert(sk, emit::current_claim(0, How::Connect as u8, 0), 0);
     }
     kfunc::remember(
         Hook::Syscall,
@@ -209,11 +214,11 @@ fn on_exit(call: Call, entered: InFlight, ret: i64) {
             }
         }
         Call::Connect | Call::Send => {
-            let how = if call == Call::Connect && sock::protocol(sk) == PROTO_TCP as u16 {
-                How::Connect
-            } else {
-                How::Autobind
-            };
+            let tcp = sock::protocol(sk) == PROTO_TCP as u16;
+            if tcp && entered.port_before == 0 {
+                let _ = CONNECTING.remove(sk);
+            }
+            let how = if tcp { How::Connect } else { How::Autobind };
             let port_after = sock::local_port(sk);
             if entered.port_before == 0 && port_after != 0 {
                 lifecycle::claimed(sk, how);
@@ -262,8 +267,9 @@ pub fn post_bind6(ctx: SockContext) -> i32 {
     1
 }
 
-/// TCP transitions into CLOSE: a connect-, autobind- or bind-any-claimed socket gives its port back
-/// here; from FIN_WAIT2 or CLOSING a TIME_WAIT socket usually takes the port over instead.
+/// TCP transitions into CLOSE. The kernel has returned the port by now unless the socket was
+/// bound to it explicitly (then destruction returns it), or a TIME_WAIT socket took it over
+/// (from FIN_WAIT2 or CLOSING). A listener's close goes on to drop its accept queue.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcp_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
@@ -272,16 +278,34 @@ pub fn tcp_set_state(ctx: BtfTracePointContext) -> i32 {
     if new != TCP_CLOSE || sock::protocol(sk) != PROTO_TCP as u16 {
         return 0;
     }
+    // `inet_num` reads 0 once the port is returned; `inet_sport` still names it.
     let port = sock::source_port(sk);
     if port != 0 && !emit::port_watched(port) {
         return 0;
     }
+    if old == TCP_LISTEN as i32 {
+        lifecycle::listener_stopping(sk, port);
+    }
     if (old == TCP_FIN_WAIT2 || old == TCP_CLOSING) && time_wait_took_over(sk, port) {
         lifecycle::entered_time_wait(sk, port);
-    } else if !lifecycle::keeps_port_until_destroyed(sk) {
-        lifecycle::released(sk, 0, Repeat::Expected);
+    } else if sock::local_port(sk) == 0 {
+        if old == TCP_SYN_SENT {
+            claimed_while_connecting(sk, port);
+        }
+        lifecycle::released(sk, port, Repeat::Expected);
     }
     0
+}
+
+/// A connect that got its port and lost it before returning (refused, reset, timed out): the
+/// claim the syscall exit would have reported is reported now, by the connecting process.
+#[inline(always)]
+fn claimed_while_connecting(sk: u64, port: u16) {
+    // SAFETY: map value pointers stay valid for the duration of the program.
+    if let Some(claimer) = CONNECTING.get_ptr(sk).map(|claimer| unsafe { *claimer }) {
+        let _ = CONNECTING.remove(sk);
+        lifecycle::claimed_earlier(sk, port, How::Connect, claimer);
+    }
 }
 
 /// Whether a TIME_WAIT socket was made for this closing connection: its timer was armed moments
@@ -330,11 +354,13 @@ pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// A TCP socket is destroyed: whatever port it still held is released.
+/// A TCP socket is destroyed: whatever port it still holds (`inet_num` not yet zeroed) is
+/// released. A listener's destruction also ends the stop of its accept queue.
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    lifecycle::released(sk, sock::source_port(sk), Repeat::Final);
+    lifecycle::released(sk, sock::local_port(sk), Repeat::Final);
+    lifecycle::listener_destroyed(sk);
     0
 }
 

@@ -1,11 +1,13 @@
 //! Places where the backends used to disagree (issue 9): each scenario asserts the same events
 //! on every backend.
 
+use serde_json::Value;
+
 use crate::{
     Outcome,
-    expect::{exactly, in_order, want},
-    tracer::Tracer,
-    workload::{Kind, Socket, V4, free_port},
+    expect::{check, exactly, in_order, want},
+    tracer::{Trace, Tracer},
+    workload::{Kind, Socket, V4, free_port, tcp_listener},
 };
 
 const EADDRINUSE: i32 = 98;
@@ -50,7 +52,7 @@ pub fn listen_without_its_port_fails() -> Outcome {
     second.close();
     first.close();
     let trace = tracer.stop()?;
-    crate::expect::check(
+    check(
         refused
             .as_ref()
             .is_err_and(|err| err.raw_os_error() == Some(EADDRINUSE)),
@@ -64,5 +66,215 @@ pub fn listen_without_its_port_fails() -> Outcome {
             .with("how", "bind")
             .with("errno", "EADDRINUSE"),
         1,
+    )
+}
+
+const ECONNREFUSED: i32 = 111;
+const EDESTADDRREQ: i32 = 89;
+
+/// The events one process made on one local port (another scenario's thread may share the pid).
+fn mine(trace: &Trace, port: u16) -> Vec<&Value> {
+    trace.of_process(port, std::process::id())
+}
+
+/// A connect refused by a closed port: the kernel gave the socket an ephemeral port and took it
+/// back before connect() returned. One claim (by connect, naming the peer) and one free.
+pub fn refused_connect_claims_and_frees() -> Outcome {
+    let me = std::process::id();
+    let target = free_port();
+    let tracer = Tracer::start(&["--pid", &me.to_string(), "--proto", "tcp", "-4"])?;
+    let socket = Socket::new(Kind::Tcp, V4)?;
+    let refused = socket.connect(target);
+    socket.close();
+    let trace = tracer.stop()?;
+    is_errno(&refused, ECONNREFUSED, "connect() to a closed port")?;
+    let port = claimed_port(&trace, target)?;
+    claimed_and_freed_once(&trace, port, "tcp", "connect", Some(target))
+}
+
+/// bind(ip, 0) and then a refused connect: the port bind chose goes back when the connect
+/// fails (no explicit port locks it), and closing the socket later frees nothing more.
+pub fn bound_socket_refused_frees_once() -> Outcome {
+    let me = std::process::id();
+    let target = free_port();
+    let tracer = Tracer::start(&["--pid", &me.to_string(), "--proto", "tcp", "-4"])?;
+    let socket = Socket::new(Kind::Tcp, V4)?;
+    socket.bind(0)?;
+    let port = socket.local_port()?;
+    let refused = socket.connect(target);
+    socket.close();
+    let trace = tracer.stop()?;
+    is_errno(&refused, ECONNREFUSED, "connect() to a closed port")?;
+    claimed_and_freed_once(&trace, port, "tcp", "bind-any", None)
+}
+
+/// connect(AF_UNSPEC) dissolves a connection and gives back the port connect chose; closing
+/// the socket afterwards frees nothing more. TCP and UDP.
+pub fn disconnect_frees_once() -> Outcome {
+    let me = std::process::id();
+    let listener = tcp_listener(V4, 0)?;
+    let target = free_port();
+    let tracer = Tracer::start(&["--pid", &me.to_string(), "-4"])?;
+    let tcp = Socket::new(Kind::Tcp, V4)?;
+    tcp.connect(listener.local_port()?)?;
+    let tcp_port = tcp.local_port()?;
+    tcp.disconnect()?;
+    let udp = Socket::new(Kind::Udp, V4)?;
+    udp.connect(target)?;
+    let udp_port = udp.local_port()?;
+    udp.disconnect()?;
+    tcp.close();
+    udp.close();
+    listener.close();
+    let trace = tracer.stop()?;
+    claimed_and_freed_once(&trace, tcp_port, "tcp", "connect", None)?;
+    claimed_and_freed_once(&trace, udp_port, "udp", "autobind", None)
+}
+
+/// A listener closed with connections still waiting in its accept queue: those connections
+/// never held a port of their own, so the listener's free is the only one on its port. Both
+/// for a listener bound explicitly (the port outlives the CLOSE transition) and one that listen()
+/// autobound (the port goes back at once).
+pub fn closing_listener_with_queued_connections_frees_once() -> Outcome {
+    let me = std::process::id();
+    let port = free_port();
+    let tracer = Tracer::start(&["--pid", &me.to_string(), "--proto", "tcp", "-4"])?;
+    let bound = tcp_listener(V4, port)?;
+    let autobound = Socket::new(Kind::Tcp, V4)?;
+    autobound.listen()?;
+    let autobound_port = autobound.local_port()?;
+    let mut waiting = Vec::new();
+    for listener_port in [port, port, autobound_port, autobound_port] {
+        let client = Socket::new(Kind::Tcp, V4)?;
+        client.connect(listener_port)?;
+        waiting.push(client);
+    }
+    bound.close();
+    autobound.close();
+    drop(waiting);
+    let trace = tracer.stop()?;
+    for (port, how) in [(port, "bind"), (autobound_port, "autobind")] {
+        let events = mine(&trace, port);
+        in_order(
+            &events,
+            &[
+                want("claim", port, me, "tcp", "ipv4").with("how", how),
+                want("listen", port, me, "tcp", "ipv4"),
+                want("free", port, me, "tcp", "ipv4").with("how", how),
+            ],
+        )?;
+        exactly(&events, &want("free", port, me, "tcp", "ipv4"), 1)?;
+    }
+    Ok(())
+}
+
+/// sendto(MSG_FASTOPEN) on an unconnected TCP socket connects it (TCP Fast Open): a claim by
+/// connect, made by this process, and its free.
+pub fn fast_open_send_claims() -> Outcome {
+    let me = std::process::id();
+    let listener = tcp_listener(V4, 0)?;
+    let target = listener.local_port()?;
+    let tracer = Tracer::start(&["--pid", &me.to_string(), "--proto", "tcp", "-4"])?;
+    let client = Socket::new(Kind::Tcp, V4)?;
+    client.send_to_with(target, libc::MSG_FASTOPEN)?;
+    let port = client.local_port()?;
+    // The server closes first, so the client's close ends the connection without a TIME_WAIT
+    // of its own.
+    listener.accept()?.close();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    client.close();
+    listener.close();
+    let trace = tracer.stop()?;
+    claimed_and_freed_once(&trace, port, "tcp", "connect", Some(target))
+}
+
+/// write() on an unconnected UDP socket: the kernel autobinds a port, then the call fails with
+/// EDESTADDRREQ, and the port stays held until close. fentry and kprobe see the autobind
+/// itself. The tracepoint backend follows no write() (it is every program's hottest call), so
+/// it sees only the release, as a free whose claim it did not see: the limit the README states.
+pub fn udp_write_autobind() -> Outcome {
+    let me = std::process::id();
+    let tracer = Tracer::start(&["--pid", &me.to_string(), "--proto", "udp", "-4"])?;
+    let socket = Socket::new(Kind::Udp, V4)?;
+    let written = socket.write();
+    let port = socket.local_port()?;
+    socket.close();
+    let trace = tracer.stop()?;
+    is_errno(
+        &written,
+        EDESTADDRREQ,
+        "write() on an unconnected UDP socket",
+    )?;
+    check(port != 0, || "the failed write() left no port bound".into())?;
+    let events = mine(&trace, port);
+    if trace.backend == "tracepoint" {
+        exactly(&events, &want("claim", port, me, "udp", "ipv4"), 0)?;
+        in_order(
+            &events,
+            &[want("free", port, me, "udp", "ipv4").with("claimer_seen", false)],
+        )
+    } else {
+        in_order(
+            &events,
+            &[
+                want("claim", port, me, "udp", "ipv4").with("how", "autobind"),
+                want("free", port, me, "udp", "ipv4").with("how", "autobind"),
+            ],
+        )
+    }
+}
+
+/// This process claimed `port` (`how`, naming `peer` when given) and freed it, once each.
+fn claimed_and_freed_once(
+    trace: &Trace,
+    port: u16,
+    proto: &str,
+    how: &str,
+    peer: Option<u16>,
+) -> Outcome {
+    let me = std::process::id();
+    let events = mine(trace, port);
+    let claim = want("claim", port, me, proto, "ipv4").with("how", how);
+    let claim = match peer {
+        Some(peer) => claim.with("remote_port", peer),
+        None => claim,
+    };
+    in_order(
+        &events,
+        &[
+            claim,
+            want("free", port, me, proto, "ipv4").with("how", how),
+        ],
+    )?;
+    exactly(&events, &want("claim", port, me, proto, "ipv4"), 1)?;
+    exactly(&events, &want("free", port, me, proto, "ipv4"), 1)
+}
+
+/// The local port of this process's one claim that names `remote_port` as its peer.
+fn claimed_port(trace: &Trace, remote_port: u16) -> Result<u16, String> {
+    let claims: Vec<&Value> = trace
+        .events
+        .iter()
+        .filter(|event| {
+            event["event"] == "claim"
+                && event["pid"] == std::process::id()
+                && event["remote_port"] == remote_port
+        })
+        .collect();
+    match claims.as_slice() {
+        [claim] => Ok(claim["local_port"].as_u64().unwrap_or(0) as u16),
+        _ => Err(format!(
+            "expected one claim with remote_port {remote_port}, found {}: {claims:?}",
+            claims.len()
+        )),
+    }
+}
+
+fn is_errno(result: &std::io::Result<()>, errno: i32, what: &str) -> Outcome {
+    check(
+        result
+            .as_ref()
+            .is_err_and(|err| err.raw_os_error() == Some(errno)),
+        || format!("{what} should fail with errno {errno}, got {result:?}"),
     )
 }

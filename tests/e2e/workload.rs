@@ -132,6 +132,15 @@ impl Socket {
             .map(drop)
     }
 
+    /// connect() to an `AF_UNSPEC` address: dissolves the socket's association (TCP and UDP).
+    pub fn disconnect(&self) -> io::Result<()> {
+        // SAFETY: sockaddr is plain data; all-zero is AF_UNSPEC.
+        let addr: libc::sockaddr = unsafe { zeroed() };
+        let len = size_of::<libc::sockaddr>() as libc::socklen_t;
+        // SAFETY: addr is a valid sockaddr of length len.
+        check(unsafe { libc::connect(self.fd, &addr, len) }).map(drop)
+    }
+
     pub fn listen(&self) -> io::Result<()> {
         // SAFETY: plain integers.
         check(unsafe { libc::listen(self.fd, 16) }).map(drop)
@@ -154,6 +163,11 @@ impl Socket {
     }
 
     pub fn send_to(&self, port: u16) -> io::Result<()> {
+        self.send_to_with(port, 0)
+    }
+
+    /// sendto() with `flags` (`MSG_FASTOPEN`: a TCP connect that carries data in its SYN).
+    pub fn send_to_with(&self, port: u16, flags: i32) -> io::Result<()> {
         let (addr, len) = sockaddr(self.family, port);
         let payload = b"portwatch";
         // SAFETY: the payload and address are valid for the lengths given.
@@ -162,12 +176,21 @@ impl Socket {
                 self.fd,
                 payload.as_ptr() as *const libc::c_void,
                 payload.len(),
-                0,
+                flags,
                 &addr as *const _ as *const libc::sockaddr,
                 len,
             ) as i32
         })
         .map(drop)
+    }
+
+    /// write() on the socket: on an unconnected UDP socket the kernel autobinds a port, then
+    /// fails with EDESTADDRREQ.
+    pub fn write(&self) -> io::Result<()> {
+        let payload = b"portwatch";
+        // SAFETY: the payload is valid for its length.
+        check(unsafe { libc::write(self.fd, payload.as_ptr().cast(), payload.len()) as i32 })
+            .map(drop)
     }
 
     pub fn local_port(&self) -> io::Result<u16> {

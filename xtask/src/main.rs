@@ -5,6 +5,8 @@
 
 mod bench;
 mod dist;
+#[cfg(test)]
+mod parity_table;
 mod project;
 mod report_page;
 mod soak;

@@ -10,7 +10,7 @@ use super::{BackendError, Kernel, kernel_function, parameter_count};
 /// Program name in the object, the hook it serves, and for fexit programs the parameter count
 /// of the kernel function they were written for (their return value sits right after the
 /// parameters); 0 for fentry programs, which work whatever the count.
-pub const PROGRAMS: [(&str, &str, u32); 13] = [
+pub const PROGRAMS: [(&str, &str, u32); 15] = [
     ("inet_bind_exit", "bind", 4),
     ("inet6_bind_exit", "bind6", 4),
     ("hash_connect_exit", "hash_connect", 4),
@@ -20,6 +20,8 @@ pub const PROGRAMS: [(&str, &str, u32); 13] = [
     ("listen_start_exit_2", "listen_start", 2),
     ("accept_exit_2", "accept", 2),
     ("accept_exit_4", "accept", 4),
+    ("listen_stop_entry", "listen_stop", 0),
+    ("listen_stop_exit", "listen_stop", 0),
     ("put_port_entry", "put_port", 0),
     ("udp_unhash_entry", "udp_unhash", 0),
     ("time_wait_start", "time_wait_start", 0),

@@ -6,7 +6,7 @@ use aya::{Ebpf, programs::Program};
 use super::{BackendError, Kernel, kernel_function};
 
 /// Program name in the object, and the hook it serves.
-pub const PROGRAMS: [(&str, &str); 15] = [
+pub const PROGRAMS: [(&str, &str); 17] = [
     ("kp_inet_bind", "bind"),
     ("kp_inet_bind_ret", "bind"),
     ("kp_inet6_bind", "bind6"),
@@ -18,6 +18,8 @@ pub const PROGRAMS: [(&str, &str); 15] = [
     ("kp_listen_start", "listen_start"),
     ("kp_listen_start_ret", "listen_start"),
     ("kp_accept_ret", "accept"),
+    ("kp_listen_stop", "listen_stop"),
+    ("kp_listen_stop_ret", "listen_stop"),
     ("kp_put_port", "put_port"),
     ("kp_udp_unhash", "udp_unhash"),
     ("kp_time_wait_start", "time_wait_start"),

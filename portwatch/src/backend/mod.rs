@@ -381,13 +381,14 @@ fn parameter_count(kernel: &Kernel, function: &str) -> u32 {
 
 /// The kernel functions the fentry and kprobe backends hook, by program name, with the function
 /// names to try in order.
-const KERNEL_FUNCTIONS: [(&str, &[&str]); 10] = [
+const KERNEL_FUNCTIONS: [(&str, &[&str]); 11] = [
     ("bind", &["__inet_bind"]),
     ("bind6", &["__inet6_bind"]),
     ("hash_connect", &["__inet_hash_connect"]),
     ("autobind", &["inet_autobind"]),
     ("listen_start", &["inet_csk_listen_start"]),
     ("accept", &["inet_csk_accept"]),
+    ("listen_stop", &["inet_csk_listen_stop"]),
     ("put_port", &["inet_put_port"]),
     ("udp_unhash", &["udp_lib_unhash"]),
     (
