@@ -20,7 +20,7 @@ const EADDRINUSE: i32 = 98;
 #[inline(always)]
 pub fn claimed(sk: u64, how: How) {
     let port = sock::local_port(sk);
-    if port == 0 || !emit::port_watched(port) || already_held(sk) {
+    if port == 0 || !emit::port_watched(port) || already_held(sk, port) {
         return;
     }
     claimed_by(sk, port, how, emit::current_claim(port, how as u8, 0));
@@ -30,7 +30,7 @@ pub fn claimed(sk: u64, how: How) {
 /// `claimer` the identity its connect recorded on entry (the current task is a softirq's).
 #[inline(always)]
 pub fn claimed_earlier(sk: u64, port: u16, how: How, claimer: Claim) {
-    if port == 0 || !emit::port_watched(port) || already_held(sk) {
+    if port == 0 || !emit::port_watched(port) || already_held(sk, port) {
         return;
     }
     claimed_by(
@@ -45,13 +45,18 @@ pub fn claimed_earlier(sk: u64, port: u16, how: How, claimer: Claim) {
     );
 }
 
-/// Whether the socket's claim was reported already (several hooks can see one claim).
+/// Whether the socket's claim of `port` was reported already (several hooks can see one claim).
+/// A held claim of another port is not this socket's: it is left by an earlier socket at the same
+/// address whose release no hook saw (a program skipped by the kernel's recursion guard), and is
+/// overwritten rather than allowed to hide this claim and misname its free.
 #[inline(always)]
-fn already_held(sk: u64) -> bool {
+fn already_held(sk: u64, port: u16) -> bool {
+    let Some(held) = CLAIMS.get_ptr(sk) else {
+        return false;
+    };
     // SAFETY: map value pointers stay valid for the duration of the program.
-    CLAIMS
-        .get_ptr(sk)
-        .is_some_and(|held| unsafe { (*held).state } == ClaimState::Held)
+    let held = unsafe { *held };
+    held.state == ClaimState::Held && held.port == port
 }
 
 #[inline(always)]

@@ -26,6 +26,7 @@ mod flood;
 mod holders;
 mod lifetimes;
 mod parity;
+mod pid_reuse;
 mod pressure;
 mod privileges;
 mod report;
@@ -122,6 +123,7 @@ fn scenarios() -> Vec<Trial> {
         sharing::thread_claim_names_its_tid,
         sharing::reuseport_group_frees_per_socket,
         sharing::dual_stack_listener_accepts_ipv4,
+        pid_reuse::reused_pid_is_another_process,
         privileges::capabilities_dropped_after_attach,
         privileges::runs_as_nobody_with_only_load_capabilities,
         cli::count_stops_the_trace,

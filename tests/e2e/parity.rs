@@ -263,10 +263,14 @@ fn claimed_port(trace: &Trace, remote_port: u16) -> Result<u16, String> {
         .collect();
     match claims.as_slice() {
         [claim] => Ok(claim["local_port"].as_u64().unwrap_or(0) as u16),
-        _ => Err(format!(
-            "expected one claim with remote_port {remote_port}, found {}: {claims:?}",
-            claims.len()
-        )),
+        _ => {
+            let everything: Vec<String> = trace.events.iter().map(Value::to_string).collect();
+            Err(format!(
+                "expected one claim with remote_port {remote_port}, found {}; the whole trace:\n    {}",
+                claims.len(),
+                everything.join("\n    ")
+            ))
+        }
     }
 }
 

@@ -56,6 +56,10 @@ pub struct VmArgs {
     /// Add a row for this machine: the suite with each backend it supports, after the kernels.
     #[arg(long)]
     pub with_host: bool,
+    /// Run only the scenarios whose names contain this (libtest's filter, e.g. `parity::`), to
+    /// look into one failure without a whole matrix run. Letters, digits, `_` and `:` only.
+    #[arg(long, value_name = "FILTER", value_parser = scenario_filter)]
+    pub scenarios: Option<String>,
     /// Use this portwatch binary instead of building it (needs --e2e too).
     #[arg(long, requires = "e2e", value_name = "PATH")]
     pub portwatch: Option<PathBuf>,
@@ -84,6 +88,20 @@ impl Backend {
     /// The backend named `name`, as portwatch prints it.
     pub fn parse(name: &str) -> Option<Backend> {
         Backend::from_str(name, false).ok()
+    }
+}
+
+/// A scenario filter goes into the guest's shell script unquoted, so it may hold only what a
+/// scenario name holds.
+fn scenario_filter(text: &str) -> Result<String, String> {
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    {
+        Ok(text.to_string())
+    } else {
+        Err("a scenario filter holds only letters, digits, '_' and ':'".into())
     }
 }
 
@@ -120,7 +138,7 @@ pub fn run(args: VmArgs) -> Result<()> {
         _ => payload::build()?,
     };
     let initrd = dir.join("initramfs.cpio");
-    let init = protocol::init_script(&backends, args.timeout_secs);
+    let init = protocol::init_script(&backends, args.timeout_secs, args.scenarios.as_deref());
     initramfs::build(&initrd, &payload, &init)?;
 
     let logs = dir.join("logs");

@@ -10,7 +10,17 @@ use super::{BackendError, Kernel, kernel_function, parameter_count};
 /// Program name in the object, the hook it serves, and for fexit programs the parameter count
 /// of the kernel function they were written for (their return value sits right after the
 /// parameters); 0 for fentry programs, which work whatever the count.
+///
+/// Attached in this order: every release hook before any claim hook. A claim recorded while its
+/// socket's release went unseen would stay in the claim map after the socket is gone, and the
+/// next socket allocated at that address would look as if it had claimed already.
 pub const PROGRAMS: [(&str, &str, u32); 15] = [
+    ("put_port_entry", "put_port", 0),
+    ("udp_unhash_entry", "udp_unhash", 0),
+    ("time_wait_start", "time_wait_start", 0),
+    ("time_wait_end", "time_wait_end", 0),
+    ("listen_stop_entry", "listen_stop", 0),
+    ("listen_stop_exit", "listen_stop", 0),
     ("inet_bind_exit", "bind", 4),
     ("inet6_bind_exit", "bind6", 4),
     ("hash_connect_exit", "hash_connect", 4),
@@ -20,12 +30,6 @@ pub const PROGRAMS: [(&str, &str, u32); 15] = [
     ("listen_start_exit_2", "listen_start", 2),
     ("accept_exit_2", "accept", 2),
     ("accept_exit_4", "accept", 4),
-    ("listen_stop_entry", "listen_stop", 0),
-    ("listen_stop_exit", "listen_stop", 0),
-    ("put_port_entry", "put_port", 0),
-    ("udp_unhash_entry", "udp_unhash", 0),
-    ("time_wait_start", "time_wait_start", 0),
-    ("time_wait_end", "time_wait_end", 0),
 ];
 
 pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {

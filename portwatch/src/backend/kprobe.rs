@@ -5,8 +5,15 @@ use aya::{Ebpf, programs::Program};
 
 use super::{BackendError, Kernel, kernel_function};
 
-/// Program name in the object, and the hook it serves.
+/// Program name in the object, and the hook it serves. Release hooks come first, for the reason
+/// given at [`super::fentry::PROGRAMS`].
 pub const PROGRAMS: [(&str, &str); 17] = [
+    ("kp_put_port", "put_port"),
+    ("kp_udp_unhash", "udp_unhash"),
+    ("kp_time_wait_start", "time_wait_start"),
+    ("kp_time_wait_end", "time_wait_end"),
+    ("kp_listen_stop", "listen_stop"),
+    ("kp_listen_stop_ret", "listen_stop"),
     ("kp_inet_bind", "bind"),
     ("kp_inet_bind_ret", "bind"),
     ("kp_inet6_bind", "bind6"),
@@ -18,12 +25,6 @@ pub const PROGRAMS: [(&str, &str); 17] = [
     ("kp_listen_start", "listen_start"),
     ("kp_listen_start_ret", "listen_start"),
     ("kp_accept_ret", "accept"),
-    ("kp_listen_stop", "listen_stop"),
-    ("kp_listen_stop_ret", "listen_stop"),
-    ("kp_put_port", "put_port"),
-    ("kp_udp_unhash", "udp_unhash"),
-    ("kp_time_wait_start", "time_wait_start"),
-    ("kp_time_wait_end", "time_wait_end"),
 ];
 
 /// Present when the kernel was built with kprobe support (CONFIG_KPROBES and perf events).

@@ -45,28 +45,11 @@ const SYSCALL_EXITS: [&str; 8] = [
 ];
 
 /// Attaches every hook; returns what the backend cannot see on this kernel beyond its
-/// documented limits.
+/// documented limits. Release hooks go first, for the reason given at
+/// [`super::fentry::PROGRAMS`]: the TCP tracepoints, then `sock_release`, then the claim hooks
+/// (`post_bind`, the syscalls).
 pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<Vec<String>, BackendError> {
     tracefs::ensure_mounted()?;
-    for (program, direction, calls) in [
-        ("sys_enter", "enter", &SYSCALL_ENTRIES[..]),
-        ("sys_exit", "exit", &SYSCALL_EXITS[..]),
-    ] {
-        let Some(Program::TracePoint(tracepoint)) = ebpf.program_mut(program) else {
-            return Err(BackendError::Unsupported(format!(
-                "the object lacks {program}"
-            )));
-        };
-        tracepoint
-            .load()
-            .map_err(|err| BackendError::hook(format!("tracepoint program {program}"), err))?;
-        for call in calls {
-            let name = format!("sys_{direction}_{call}");
-            tracepoint
-                .attach("syscalls", &name)
-                .map_err(|err| BackendError::hook(format!("tracepoint syscalls:{name}"), err))?;
-        }
-    }
     let mut btf_tracepoints = vec![
         ("tcp_set_state", "inet_sock_set_state"),
         ("tcp_destroy", "tcp_destroy_sock"),
@@ -96,9 +79,9 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<Vec<String>, BackendEr
     }
     let cgroup = cgroup2_root()?;
     for (program, hook) in [
+        ("sock_release", "cgroup sock_release"),
         ("post_bind4", "cgroup post_bind4"),
         ("post_bind6", "cgroup post_bind6"),
-        ("sock_release", "cgroup sock_release"),
     ] {
         let Some(Program::CgroupSock(sock)) = ebpf.program_mut(program) else {
             return Err(BackendError::Unsupported(format!(
@@ -108,6 +91,25 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<Vec<String>, BackendEr
         sock.load()
             .and_then(|()| sock.attach(&cgroup, CgroupAttachMode::Single).map(drop))
             .map_err(|err| BackendError::hook(hook, err))?;
+    }
+    for (program, direction, calls) in [
+        ("sys_enter", "enter", &SYSCALL_ENTRIES[..]),
+        ("sys_exit", "exit", &SYSCALL_EXITS[..]),
+    ] {
+        let Some(Program::TracePoint(tracepoint)) = ebpf.program_mut(program) else {
+            return Err(BackendError::Unsupported(format!(
+                "the object lacks {program}"
+            )));
+        };
+        tracepoint
+            .load()
+            .map_err(|err| BackendError::hook(format!("tracepoint program {program}"), err))?;
+        for call in calls {
+            let name = format!("sys_{direction}_{call}");
+            tracepoint
+                .attach("syscalls", &name)
+                .map_err(|err| BackendError::hook(format!("tracepoint syscalls:{name}"), err))?;
+        }
     }
     Ok(notes)
 }

@@ -72,7 +72,7 @@ for b in @BACKENDS@; do
 	case "$answer" in
 	"$b${TAB}ok")
 		{
-			PORTWATCH_BIN=/@PAYLOAD_DIR@/portwatch PORTWATCH_BACKEND=$b timeout -s KILL $T e2e
+			PORTWATCH_BIN=/@PAYLOAD_DIR@/portwatch PORTWATCH_BACKEND=$b timeout -s KILL $T e2e @SCENARIOS@
 			echo $? >/tmp/e2e.status
 		} 2>&1 | tee /tmp/e2e.out
 		rc=$(cat /tmp/e2e.status)
@@ -101,7 +101,8 @@ sleep 1
 poweroff -f
 "#;
 
-pub fn init_script(backends: &[Backend], timeout_secs: u64) -> String {
+/// `scenarios`: a libtest name filter (checked to be shell-safe by the caller); None runs all.
+pub fn init_script(backends: &[Backend], timeout_secs: u64, scenarios: Option<&str>) -> String {
     let names: Vec<&str> = backends.iter().map(|backend| backend.name()).collect();
     INIT_TEMPLATE
         .replace("@PAYLOAD_DIR@", PAYLOAD_DIR)
@@ -109,6 +110,7 @@ pub fn init_script(backends: &[Backend], timeout_secs: u64) -> String {
         .replace("@APPLETS@", APPLETS)
         .replace("@TIMEOUT@", &timeout_secs.to_string())
         .replace("@BACKENDS@", &names.join(" "))
+        .replace("@SCENARIOS@", scenarios.unwrap_or_default())
 }
 
 /// The part of `line` meant for the host, if it has one.
@@ -371,13 +373,18 @@ mod tests {
 
     #[test]
     fn the_init_script_has_every_placeholder_filled() {
-        let script = init_script(&[Backend::Kprobe, Backend::Tracepoint], 240);
+        let script = init_script(
+            &[Backend::Kprobe, Backend::Tracepoint],
+            240,
+            Some("parity::"),
+        );
         for placeholder in [
             "@APPLETS@",
             "@PAYLOAD_DIR@",
             "@TIMEOUT@",
             "@AUTO_STEP@",
             "@BACKENDS@",
+            "@SCENARIOS@",
         ] {
             assert!(
                 !script.contains(placeholder),
@@ -386,6 +393,7 @@ mod tests {
         }
         assert!(script.contains("for b in kprobe tracepoint; do"));
         assert!(script.contains("T=240"));
+        assert!(script.contains("timeout -s KILL $T e2e parity::\n"));
         assert!(script.starts_with("#!/bin/busybox sh\n"));
     }
 
