@@ -9,6 +9,7 @@ use aya_ebpf::helpers::{
 use portwatch_ebpf::{EventKind, FAMILY_INET, FAMILY_INET6, PROTO_TCP, PROTO_UDP, RawEvent};
 
 use crate::{
+    diag,
     globals::global,
     maps::{Claim, ClaimState, EVENTS, LOST, WATCHED_PORTS},
     sock,
@@ -63,6 +64,9 @@ pub fn current_claim(port: u16, how: u8, flags: u8) -> Claim {
     // SAFETY: the helper has no preconditions; it returns the current task's address.
     let task = unsafe { bpf_get_current_task() };
     let parent: u64 = sock::read(task, global!(OFFSETS.task_real_parent));
+    if parent == 0 {
+        diag::parent_unreadable((pid_tgid >> 32) as u32);
+    }
     let leader: u64 = sock::read(task, global!(OFFSETS.task_group_leader));
     Claim {
         ts_ns: now,

@@ -5,10 +5,12 @@
 //! [`CLAIMS`] makes each transition report exactly once and lets frees name the claimer.
 
 use portwatch_ebpf::{
-    EventKind, FLAG_CLAIMER_UNSEEN, FLAG_TIME_WAIT, FLAG_TIME_WAIT_END, How, PROTO_TCP,
+    EventKind, FAMILY_INET, FAMILY_INET6, FLAG_CLAIMER_UNSEEN, FLAG_TIME_WAIT, FLAG_TIME_WAIT_END,
+    How, PROTO_TCP,
 };
 
 use crate::{
+    diag,
     emit::{self, Outcome, Requested},
     maps::{CLAIMS, Claim, ClaimState, LISTEN_STOPS, ListenStop, TIME_WAITS},
     sock,
@@ -56,16 +58,28 @@ fn already_held(sk: u64, port: u16) -> bool {
     };
     // SAFETY: map value pointers stay valid for the duration of the program.
     let held = unsafe { *held };
-    held.state == ClaimState::Held && held.port == port
+    if held.state != ClaimState::Held {
+        return false;
+    }
+    if held.port != port {
+        diag::stale_claim(held.port, port);
+        return false;
+    }
+    true
 }
 
 #[inline(always)]
 fn claimed_by(sk: u64, port: u16, how: How, claim: Claim) {
     let (proto, family) = (sock::protocol(sk), sock::family(sk));
     if !emit::socket_watched(proto, family) {
+        if family != FAMILY_INET && family != FAMILY_INET6 {
+            diag::unknown_family(port, family);
+        }
         return;
     }
-    let _ = CLAIMS.insert(sk, claim, 0);
+    if let Err(errno) = CLAIMS.insert(sk, claim, 0) {
+        diag::claim_not_recorded(port, errno);
+    }
     emit::submit(
         &Outcome {
             how: how as u8,

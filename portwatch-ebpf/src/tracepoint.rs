@@ -22,6 +22,7 @@ use aya_ebpf::{
 use portwatch_ebpf::{FAMILY_INET, FAMILY_INET6, How, PROTO_TCP, PROTO_UDP};
 
 use crate::{
+    diag,
     emit::{self, Requested},
     globals::global,
     kfunc::{self, Hook},
@@ -203,14 +204,16 @@ fn on_exit(call: Call, entered: InFlight, ret: i64) {
             // Successful binds were reported by post_bind.
             if ret < 0 {
                 let sk = sock::sock_from_fd(entered.fd as u64);
-                if sk != 0 {
-                    lifecycle::bind_returned(
-                        sk,
-                        entered.requested_port,
-                        Requested::User(entered.arg),
-                        ret as i32,
-                    );
+                if sk == 0 {
+                    diag::unpaired_bind_exit(entered.fd, -ret as i32);
+                    return;
                 }
+                lifecycle::bind_returned(
+                    sk,
+                    entered.requested_port,
+                    Requested::User(entered.arg),
+                    ret as i32,
+                );
             }
         }
         Call::Connect | Call::Send => {
@@ -286,9 +289,15 @@ pub fn tcp_set_state(ctx: BtfTracePointContext) -> i32 {
     if old == TCP_LISTEN as i32 {
         lifecycle::listener_stopping(sk, port);
     }
-    if (old == TCP_FIN_WAIT2 || old == TCP_CLOSING) && time_wait_took_over(sk, port) {
+    let closing = old == TCP_FIN_WAIT2 || old == TCP_CLOSING;
+    if closing && time_wait_took_over(sk, port) {
         lifecycle::entered_time_wait(sk, port);
-    } else if sock::local_port(sk) == 0 {
+        return 0;
+    }
+    if closing {
+        diag::no_time_wait(port);
+    }
+    if sock::local_port(sk) == 0 {
         if old == TCP_SYN_SENT {
             claimed_while_connecting(sk, port);
         }

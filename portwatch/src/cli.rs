@@ -178,6 +178,10 @@ struct TraceArgs {
     /// Report when this share of a namespace's ephemeral range is in use (0: never).
     #[arg(long, value_name = "PCT", default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
     pressure: u8,
+    /// Report rare states the kernel programs did not expect (a socket of an unknown family, a
+    /// claim map that refused an insert, an unpaired syscall) on stderr, for bug reports.
+    #[arg(long)]
+    debug_kernel: bool,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9834.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<SocketAddr>,
@@ -326,6 +330,8 @@ pub struct Config {
     pub output: Option<FileOptions>,
     pub quiet: bool,
     pub audit: bool,
+    /// Whether the kernel programs' aya-log diagnostics are on.
+    pub debug_kernel: bool,
     /// Percent of the ephemeral range in use that makes a `pressure` event; 0: off.
     pub pressure_pct: u8,
     /// Where to serve Prometheus metrics, if anywhere.
@@ -400,6 +406,7 @@ impl Config {
             }),
             quiet: args.quiet,
             audit: args.audit,
+            debug_kernel: args.debug_kernel,
             pressure_pct: args.pressure,
             metrics: args.metrics,
         })

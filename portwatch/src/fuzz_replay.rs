@@ -72,3 +72,19 @@ fn raw_event_corpus() {
         let _ = (event::comm(&raw.comm), event::errno_name(raw.errno));
     }
 }
+
+#[test]
+fn capture_file_corpus() {
+    let dir = std::env::temp_dir().join(format!("portwatch-capture-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let path = dir.join("capture.jsonl");
+    for input in corpus("capture_file") {
+        std::fs::write(&path, &input).expect("writing the input");
+        let paths = [path.clone()];
+        let _ = crate::verify::verify(&paths);
+        for strict in [false, true] {
+            let _ = crate::report::load::load(&paths, strict, |_| {}, |_| {});
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

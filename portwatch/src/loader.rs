@@ -24,6 +24,7 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use crate::{
     backend::{self, Kernel},
     cli::Config,
+    kernel_log::{self, KernelLog},
     mounts,
 };
 
@@ -38,6 +39,8 @@ pub struct Loaded {
     pub notes: Vec<String>,
     pub events: RingBuf<MapData>,
     pub lost: PerCpuArray<MapData, u64>,
+    /// With `--debug-kernel`: the kernel programs' log records.
+    pub kernel_log: Option<KernelLog>,
     /// Every other descriptor of the attachment (programs, links, perf events, maps): closing
     /// them detaches the hooks, so they live as long as the trace.
     pub attachment: Vec<OwnedFd>,
@@ -127,10 +130,21 @@ fn child(config: &Config, socket: &OwnedFd) -> io::Result<()> {
         .iter()
         .map(|&fd| unsafe { BorrowedFd::borrow_raw(fd) })
         .collect();
+    let log_program = config
+        .debug_kernel
+        .then(|| {
+            attached
+                .ebpf
+                .programs()
+                .find_map(|(_, program)| program.info().ok())
+                .map(|info| info.id())
+        })
+        .flatten();
     let text = Attached {
         backend: attached.backend.name().to_string(),
         notes: attached.notes.clone(),
         passed_over,
+        log_program,
     }
     .encode();
     let sent = report::send(socket, &text, &borrowed);
@@ -193,7 +207,9 @@ fn parent((text, mut fds): (String, Vec<OwnedFd>)) -> anyhow::Result<Loaded> {
         backend,
         notes,
         passed_over,
+        log_program,
     } = report::decode(&text)?;
+    let kernel_log = log_program.map(kernel_log::open).transpose()?;
     if fds.len() < 2 {
         anyhow::bail!("the loader sent no map descriptors");
     }
@@ -207,6 +223,7 @@ fn parent((text, mut fds): (String, Vec<OwnedFd>)) -> anyhow::Result<Loaded> {
         passed_over,
         events: RingBuf::try_from(events).context("EVENTS is not a ring buffer")?,
         lost: PerCpuArray::try_from(lost).context("LOST is not a per-CPU array")?,
+        kernel_log,
         attachment: rest,
     })
 }

@@ -11,6 +11,7 @@ mod event;
 #[cfg(test)]
 mod fuzz_replay;
 mod holders;
+mod kernel_log;
 mod loader;
 mod metrics_server;
 mod mounts;

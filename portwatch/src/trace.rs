@@ -27,6 +27,7 @@ use crate::{
     enrich::AuditCache,
     event::{Event, Holder, Kind},
     holders::Holders,
+    kernel_log::KernelLog,
     loader::Loaded,
     metrics_server,
     netns::RangeReader,
@@ -62,6 +63,7 @@ pub async fn run(
         backend,
         events,
         lost,
+        kernel_log,
         attachment,
         ..
     } = loaded;
@@ -91,6 +93,7 @@ pub async fn run(
         sinks.push(Box::new(metrics));
     }
     let mut pipeline = Pipeline::new(Sinks(sinks), clock, &config, namespaces, ephemeral);
+    pipeline.kernel_log = kernel_log;
     // Holders are read after the hooks attach, so no change falls between snapshot and trace,
     // and before the status line, so "attached" means the current holders are already out.
     // Then the capabilities go: tracing needs none (with --audit, CAP_SYS_PTRACE stays).
@@ -203,6 +206,8 @@ struct Pipeline {
     /// got the port as an ephemeral one.
     ephemeral: Option<EphemeralPolicy>,
     own_netns: Option<u32>,
+    /// `--debug-kernel`: read with the lost counter, and once more at the end.
+    kernel_log: Option<KernelLog>,
 }
 
 impl Pipeline {
@@ -229,6 +234,7 @@ impl Pipeline {
             }),
             ephemeral,
             own_netns: snapshot::own_netns(),
+            kernel_log: None,
         }
     }
 
@@ -255,6 +261,7 @@ impl Pipeline {
                 }
                 _ = lost_poll.tick() => {
                     self.report_lost(stream)?;
+                    self.flush_kernel_log();
                     // However busy the stream, nothing waits in memory longer than this.
                     self.sink.flush()?;
                 }
@@ -270,8 +277,15 @@ impl Pipeline {
             self.drain(stream, config)?;
         }
         self.report_lost(stream)?;
+        self.flush_kernel_log();
         self.sink.flush()?;
         Ok(end)
+    }
+
+    fn flush_kernel_log(&mut self) {
+        if let Some(log) = &mut self.kernel_log {
+            log.flush();
+        }
     }
 
     fn reached_count(&self, config: &Config) -> bool {

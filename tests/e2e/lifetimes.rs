@@ -239,7 +239,9 @@ pub fn bring_loopback_up() {
 /// the port at once: the free must not claim TIME_WAIT. Also shows events from another network
 /// namespace carry that namespace.
 pub fn full_time_wait_table_frees_at_once() -> Outcome {
-    let tracer = Tracer::start(&["--events", "claim,free"])?;
+    // --debug-kernel: the kernel programs load with their aya-log calls live, and the tracepoint
+    // backend, which infers TIME_WAIT from a timer, reports the close that armed none.
+    let tracer = Tracer::start(&["--events", "claim,free", "--debug-kernel"])?;
     let output = Command::new(std::env::current_exe()?)
         .env(NO_TIME_WAIT_ENV, "1")
         .output()?;
@@ -273,6 +275,15 @@ pub fn full_time_wait_table_frees_at_once() -> Outcome {
     check(netns != own_netns(), || {
         "the child did not get a network namespace of its own".to_owned()
     })?;
+    if trace.backend == "tracepoint" {
+        check(
+            trace.stderr.iter().any(|line| {
+                line.starts_with("portwatch: kernel: debug: a socket closed")
+                    && line.ends_with(&format!("on port {port} without a TIME_WAIT timer"))
+            }),
+            || format!("no kernel log line for port {port}: {:?}", trace.stderr),
+        )?;
+    }
     // Every event of the child names the child's namespace: a missing key fails too.
     check(
         events

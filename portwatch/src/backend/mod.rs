@@ -180,6 +180,8 @@ fn load_object(kernel: &Kernel, config: &Config) -> Result<Ebpf, BackendError> {
         .override_global("OFFSETS", &offsets, true)
         .override_global("SETTINGS", &settings(config), true)
         .override_global("SYSCALLS", &syscalls(), true)
+        // aya-log's level, frozen: 0 (off) turns every kernel log call into dead code.
+        .override_global("AYA_LOG_LEVEL", &kernel_log_level(config), true)
         .map_max_entries("EVENTS", config.ring_bytes)
         .load(OBJECT)?;
     if let Some(ports) = &config.ports {
@@ -338,6 +340,14 @@ fn settings(config: &Config) -> Settings {
         ipv6: config.ipv6 as u8,
         _pad: [0; 2],
         wakeup_bytes: config.ring_bytes / WAKEUP_FILL_DIVISOR,
+    }
+}
+
+fn kernel_log_level(config: &Config) -> u8 {
+    if config.debug_kernel {
+        aya_log::Level::Debug as u8
+    } else {
+        0
     }
 }
 

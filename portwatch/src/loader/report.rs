@@ -29,6 +29,9 @@ pub struct Attached {
     pub notes: Vec<String>,
     /// Why `auto` passed over better backends.
     pub passed_over: Vec<String>,
+    /// With `--debug-kernel`: one of the attached programs, by which the tracer finds the
+    /// kernel log ring.
+    pub log_program: Option<u32>,
 }
 
 impl Attached {
@@ -41,6 +44,9 @@ impl Attached {
         for reason in &self.passed_over {
             text.push_str("\npassed ");
             text.push_str(&one_line(reason));
+        }
+        if let Some(id) = self.log_program {
+            text.push_str(&format!("\nlogs {id}"));
         }
         text
     }
@@ -62,12 +68,14 @@ pub fn decode(text: &str) -> anyhow::Result<Attached> {
     }
     let backend = lines.next().unwrap_or_default().to_string();
     ensure!(!backend.is_empty(), "the loader's report names no backend");
-    let (mut notes, mut passed_over) = (Vec::new(), Vec::new());
+    let (mut notes, mut passed_over, mut log_program) = (Vec::new(), Vec::new(), None);
     for line in lines {
         if let Some(note) = line.strip_prefix("note ") {
             notes.push(note.to_string());
         } else if let Some(reason) = line.strip_prefix("passed ") {
             passed_over.push(reason.to_string());
+        } else if let Some(id) = line.strip_prefix("logs ").and_then(|id| id.parse().ok()) {
+            log_program = Some(id);
         } else {
             bail!("the loader's report has a line that is not one: {line:?}");
         }
@@ -76,6 +84,7 @@ pub fn decode(text: &str) -> anyhow::Result<Attached> {
         backend,
         notes,
         passed_over,
+        log_program,
     })
 }
 
@@ -164,6 +173,7 @@ mod tests {
             backend: "tracepoint".into(),
             notes: vec!["no TIME_WAIT end".into()],
             passed_over: vec!["fentry: EPERM".into(), "kprobe: no kprobes".into()],
+            log_program: Some(4711),
         }
     }
 

@@ -5,7 +5,7 @@
 mod chart;
 mod html;
 mod json;
-mod load;
+pub(crate) mod load;
 mod model;
 mod pressure;
 mod processes;

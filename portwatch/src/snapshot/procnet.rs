@@ -29,14 +29,25 @@ pub fn dump(
     );
     let file = fs::File::open(&path)
         .map_err(|err| io::Error::new(err.kind(), format!("{path}: {err}")))?;
-    let mut sockets = Vec::new();
-    for line in BufReader::new(file).lines().skip(1) {
-        if let Some(socket) = parse_line(&line?, proto).filter(|socket| wanted(socket.local.port()))
-        {
+    let lines = BufReader::new(file)
+        .lines()
+        .skip(1)
+        .collect::<io::Result<Vec<_>>>()?;
+    Ok(distinct_wanted(&lines, proto, wanted))
+}
+
+/// The wanted sockets of a table's lines, each once. The kernel prints a table in chunks, one
+/// read at a time, and a table that changes between two reads can print a socket twice (seen:
+/// one TIME_WAIT socket listed twice under qemu). Two lines with the same endpoints, state and
+/// inode are one socket: a TIME_WAIT's endpoints are unique, and every other socket's inode is.
+fn distinct_wanted(lines: &[String], proto: Proto, wanted: impl Fn(u16) -> bool) -> Vec<Diagnosed> {
+    let mut sockets: Vec<Diagnosed> = Vec::new();
+    for socket in lines.iter().filter_map(|line| parse_line(line, proto)) {
+        if wanted(socket.local.port()) && !sockets.contains(&socket) {
             sockets.push(socket);
         }
     }
-    Ok(sockets)
+    sockets
 }
 
 fn parse_line(line: &str, proto: Proto) -> Option<Diagnosed> {
@@ -91,6 +102,17 @@ mod tests {
         let socket = parse_line(v6, Proto::Udp).unwrap();
         assert_eq!(socket.local, "[::1]:8080".parse().unwrap());
         assert_eq!((socket.state, socket.uid), (7, 1000));
+    }
+
+    #[test]
+    fn a_socket_printed_twice_is_one_socket() {
+        let time_wait = "  12: 0100007F:5DE8 0100007F:6840 06 00000000:00000000 03:00000D9C 00000000     0        0 0 3 0000000000000000";
+        let other = "  13: 0100007F:5DE8 0100007F:6841 06 00000000:00000000 03:00000D9C 00000000     0        0 0 3 0000000000000000";
+        let lines = [time_wait, other, time_wait].map(String::from);
+        let found = distinct_wanted(&lines, Proto::Tcp, |port| port == 24040);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].remote, Some("127.0.0.1:26688".parse().unwrap()));
+        assert_eq!(found[1].remote, Some("127.0.0.1:26689".parse().unwrap()));
     }
 
     #[test]
