@@ -49,8 +49,9 @@ pub fn claimed_earlier(sk: u64, port: u16, how: How, claimer: Claim) {
 
 /// Whether the socket's claim of `port` was reported already (several hooks can see one claim).
 /// A held claim of another port is not this socket's: it is left by an earlier socket at the same
-/// address whose release no hook saw (a program skipped by the kernel's recursion guard), and is
-/// overwritten rather than allowed to hide this claim and misname its free.
+/// address whose release no hook saw (released while portwatch was still attaching, or in a
+/// program run the kernel skipped), and is overwritten rather than allowed to hide this claim
+/// and misname its free.
 #[inline(always)]
 fn already_held(sk: u64, port: u16) -> bool {
     let Some(held) = CLAIMS.get_ptr(sk) else {
