@@ -99,6 +99,7 @@ fn scenarios() -> Vec<Trial> {
         parity::closing_listener_with_queued_connections_frees_once,
         parity::fast_open_send_claims,
         parity::udp_write_autobind,
+        parity::mptcp_binds_are_claims,
         who::who_tcp_listener,
         who::who_udp_socket,
         who::who_time_wait,

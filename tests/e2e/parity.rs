@@ -250,6 +250,48 @@ fn claimed_and_freed_once(
     exactly(&events, &want("free", port, me, proto, "ipv4"), 1)
 }
 
+/// MPTCP: a listener and a client, each bound to its own port, one connection accepted, then
+/// closed. What every backend reports: both binds as claims by this process, the client's free
+/// and the listener's free by this process. Beyond that they differ (the README's backend table
+/// says how), because the calls act on the MPTCP socket and the TCP subflows behind it are
+/// sockets the kernel makes.
+pub fn mptcp_binds_are_claims() -> Outcome {
+    let me = std::process::id();
+    let (server_port, client_port) = (free_port(), free_port());
+    let tracer = Tracer::start(&["--port", &format!("{server_port},{client_port}")])?;
+    let listener = Socket::new(Kind::Mptcp, V4).map_err(|err| {
+        format!("an MPTCP socket (needs CONFIG_MPTCP and net.mptcp.enabled=1): {err}")
+    })?;
+    listener.bind(server_port)?;
+    listener.listen()?;
+    let client = Socket::new(Kind::Mptcp, V4)?;
+    client.bind(client_port)?;
+    client.connect(server_port)?;
+    let accepted = listener.accept()?;
+    // The server end closes first: the client's close then leaves no TIME_WAIT of its own.
+    accepted.close();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    client.close();
+    listener.close();
+    let trace = tracer.stop()?;
+    for port in [server_port, client_port] {
+        let events = mine(&trace, port);
+        in_order(
+            &events,
+            &[
+                want("claim", port, me, "tcp", "ipv4").with("how", "bind"),
+                want("free", port, me, "tcp", "ipv4").with("how", "bind"),
+            ],
+        )?;
+        exactly(
+            &events,
+            &want("claim", port, me, "tcp", "ipv4").with("how", "bind"),
+            1,
+        )?;
+    }
+    Ok(())
+}
+
 /// The local port of this process's one claim that names `remote_port` as its peer.
 fn claimed_port(trace: &Trace, remote_port: u16) -> Result<u16, String> {
     let claims: Vec<&Value> = trace

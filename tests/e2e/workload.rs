@@ -14,6 +14,8 @@ pub const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 pub enum Kind {
     Tcp,
     Udp,
+    /// Multipath TCP (`IPPROTO_MPTCP`): a stream socket whose TCP subflows the kernel makes.
+    Mptcp,
 }
 
 pub struct Socket {
@@ -61,12 +63,13 @@ impl Socket {
         } else {
             libc::AF_INET6
         };
-        let ty = match kind {
-            Kind::Tcp => libc::SOCK_STREAM,
-            Kind::Udp => libc::SOCK_DGRAM,
+        let (ty, protocol) = match kind {
+            Kind::Tcp => (libc::SOCK_STREAM, 0),
+            Kind::Udp => (libc::SOCK_DGRAM, 0),
+            Kind::Mptcp => (libc::SOCK_STREAM, libc::IPPROTO_MPTCP),
         };
         // SAFETY: socket() takes plain integers.
-        let fd = check(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, 0) })?;
+        let fd = check(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) })?;
         Ok(Self { fd, family })
     }
 
