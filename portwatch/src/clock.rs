@@ -30,8 +30,48 @@ impl Timestamp {
 
     /// `2026-11-26T04:59:01.123456789Z`.
     pub fn rfc3339(self) -> String {
-        let (date, time, nanos) = self.parts();
-        format!("{date}T{time}.{nanos:09}Z")
+        match self.rfc3339_bytes() {
+            Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            None => {
+                let (date, time, nanos) = self.parts();
+                format!("{date}T{time}.{nanos:09}Z")
+            }
+        }
+    }
+
+    /// Writes [`Timestamp::rfc3339`] without allocating: every event's `ts` goes through this.
+    pub fn write_rfc3339(self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        match self.rfc3339_bytes() {
+            Some(bytes) => out.write_all(&bytes),
+            None => out.write_all(self.rfc3339().as_bytes()),
+        }
+    }
+
+    /// The RFC 3339 text in a fixed-size buffer, for the years 0 to 9999 (every wall clock this
+    /// tool will meet); None beyond them, where the year takes more digits.
+    fn rfc3339_bytes(self) -> Option<[u8; 30]> {
+        let seconds = i64::try_from(self.0 / 1_000_000_000).ok()?;
+        let nanos = (self.0 % 1_000_000_000) as u64;
+        let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+        let (year, month, day) = civil_from_days(days);
+        let year = u64::try_from(year).ok().filter(|year| *year <= 9999)?;
+        let mut text = *b"0000-00-00T00:00:00.000000000Z";
+        for (range, value) in [
+            (0..4, year),
+            (5..7, u64::from(month)),
+            (8..10, u64::from(day)),
+            (11..13, (second_of_day / 3600) as u64),
+            (14..16, (second_of_day / 60 % 60) as u64),
+            (17..19, (second_of_day % 60) as u64),
+            (20..29, nanos),
+        ] {
+            let mut value = value;
+            for digit in text[range].iter_mut().rev() {
+                *digit = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        }
+        Some(text)
     }
 
     /// `04:59:01.123456`: the table's compact form (UTC, microseconds).
@@ -131,6 +171,14 @@ mod tests {
             Timestamp(951_782_400 * 1_000_000_000).rfc3339(),
             "2000-02-29T00:00:00.000000000Z"
         );
+        // Beyond year 9999 the text grows a digit rather than wrapping.
+        assert_eq!(
+            Timestamp(253_402_300_800 * 1_000_000_000).rfc3339(),
+            "10000-01-01T00:00:00.000000000Z"
+        );
+        let mut written = Vec::new();
+        ts.write_rfc3339(&mut written).unwrap();
+        assert_eq!(written, b"2026-11-26T04:59:01.123456789Z");
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //! claimer of a port freed without a seen claim.
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::RangeInclusive,
 };
 
+use foldhash::HashMap;
 use portwatch_ebpf::How;
 
 use crate::{
@@ -202,7 +202,7 @@ impl Holders {
     ) -> Vec<(Option<Task>, usize)> {
         // Keyed by (pid, comm), None for sockets without a process.
         type Process<'a> = Option<(u32, &'a str)>;
-        let mut ports_by_process: HashMap<Process, (Option<&Task>, usize)> = HashMap::new();
+        let mut ports_by_process: HashMap<Process, (Option<&Task>, usize)> = HashMap::default();
         for ((ns, p, port), sockets) in &self.ports {
             if *ns != netns || *p != proto || !range.contains(port) {
                 continue;

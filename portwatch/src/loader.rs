@@ -132,13 +132,7 @@ fn child(config: &Config, socket: &OwnedFd) -> io::Result<()> {
         .collect();
     let log_program = config
         .debug_kernel
-        .then(|| {
-            attached
-                .ebpf
-                .programs()
-                .find_map(|(_, program)| program.info().ok())
-                .map(|info| info.id())
-        })
+        .then(|| log_program(&attached.ebpf))
         .flatten();
     let text = Attached {
         backend: attached.backend.name().to_string(),
@@ -150,6 +144,24 @@ fn child(config: &Config, socket: &OwnedFd) -> io::Result<()> {
     let sent = report::send(socket, &text, &borrowed);
     drop(attached);
     sent
+}
+
+/// A loaded program that writes to the kernel log ring, by which the tracer finds that ring (not
+/// every program logs, and the map is found through a program's map ids).
+fn log_program(ebpf: &aya::Ebpf) -> Option<u32> {
+    let Some(Map::RingBuf(logs)) = ebpf.map("AYA_LOGS") else {
+        return None;
+    };
+    let logs = logs.info().ok()?.id();
+    ebpf.programs()
+        .filter_map(|(_, program)| program.info().ok())
+        .find(|info| {
+            info.map_ids()
+                .ok()
+                .flatten()
+                .is_some_and(|ids| ids.contains(&logs))
+        })
+        .map(|info| info.id())
 }
 
 /// aya's loader parses `/sys/kernel/btf/vmlinux` whole when it is created (tens of megabytes

@@ -5,7 +5,9 @@
 //! A port counts as in use from its claim until its real release: a TIME_WAIT socket still
 //! holds it. Ports held before tracing count once the start-up snapshot reports them.
 
-use std::{collections::HashMap, ops::RangeInclusive};
+use std::ops::RangeInclusive;
+
+use foldhash::HashMap;
 
 use crate::{
     clock::Timestamp,
@@ -67,8 +69,10 @@ impl PressureWatch {
         let own_netns = snapshot::own_netns();
         Self {
             threshold_pct,
-            usage: HashMap::new(),
-            ranges: HashMap::from([(own_netns, own_range.clone()), (None, own_range)]),
+            usage: HashMap::default(),
+            ranges: [(own_netns, own_range.clone()), (None, own_range)]
+                .into_iter()
+                .collect(),
             reader,
         }
     }

@@ -3,6 +3,14 @@
 //! Software emulation (`-accel tcg -cpu max`): KVM is missing on CI runners and crashes on some
 //! development machines, and TCG boots a cloud kernel into an initramfs in seconds. `-cpu max`
 //! offers every CPU feature TCG can emulate, so the guest kernel does not take slower paths.
+//!
+//! `thread=single` runs both vCPUs on one host thread, in turn. With one thread per vCPU (qemu's
+//! default), the guests' live patching of kernel text went wrong when a killed tracer's fentry
+//! trampolines were torn down while the other vCPU ran the patched functions: an `int3` oops in
+//! `udp_lib_unhash` (6.12, a kernel panic) and a 60 s soft lockup (5.10), both right after the
+//! kill -9 scenario, in one CI run of 2026-11-26. The likely cause is a vCPU still running its
+//! translation of the old text after the other vCPU rewrote it; taking turns on one thread, each
+//! sees the other's writes before it runs again.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, LineWriter, Read, Write};
@@ -76,7 +84,16 @@ pub fn boot(
     let mut log =
         LineWriter::new(File::create(log).with_context(|| format!("creating {}", log.display()))?);
     let mut child = Command::new(QEMU)
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
+        .args([
+            "-accel",
+            "tcg,thread=single",
+            "-cpu",
+            "max",
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+        ])
         // The suite uses loopback only; a network card would only add probing to the boot.
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
