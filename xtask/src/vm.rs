@@ -43,8 +43,9 @@ pub struct VmArgs {
     #[arg(long, value_delimiter = ',', default_values = ["kprobe", "fentry", "tracepoint"])]
     pub backends: Vec<Backend>,
     /// Seconds one backend's suite may run inside the guest before it counts as hung. The suite
-    /// took 110-190 s per backend under TCG with three guests on two host CPUs (2026-11-26).
-    #[arg(long, default_value_t = 420)]
+    /// took 220-360 s per backend under single-threaded TCG with three guests on two host CPUs
+    /// (2026-11-26).
+    #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
     /// How many kernels boot at once. The suites mostly wait (one scenario waits out the kernel's
     /// 60 s TIME_WAIT timer), so guests overlap well even on a two-CPU machine.
