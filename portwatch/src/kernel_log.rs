@@ -22,7 +22,7 @@ impl log::Log for Stderr {
 
 pub type KernelLog = EbpfLogger<Stderr>;
 
-/// Opens the log ring of the object that `program_id` (any of its loaded programs) belongs to.
+/// Opens the log ring that `program_id`, one of the programs writing to it, refers to.
 /// Finding it by id takes CAP_SYS_ADMIN, so this runs before the tracer drops its capabilities.
 pub fn open(program_id: u32) -> anyhow::Result<KernelLog> {
     EbpfLogger::init_from_id_with_logger(program_id, Stderr).map_err(|err| {

@@ -281,6 +281,11 @@ pub fn free_port() -> u16 {
         });
         if free && !handed_out.contains(&port) {
             handed_out.push(port);
+            // Another scenario's thread may have forked while the probes were open: its child
+            // holds copies of them until it execs, and a bind of the port fails meanwhile (seen:
+            // EADDRINUSE on a port just handed out, on this host and under qemu). Give such a
+            // child the moment it needs to exec before the port is used.
+            std::thread::sleep(std::time::Duration::from_millis(50));
             return port;
         }
     }
