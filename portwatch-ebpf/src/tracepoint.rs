@@ -369,7 +369,11 @@ pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
 pub fn tcp_destroy(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     lifecycle::released(sk, sock::local_port(sk), Repeat::Final);
-    lifecycle::listener_destroyed(sk);
+    // Stops are recorded only for watched ports (`inet_sport` still names a listener's port):
+    // other sockets' destruction skips the lookup.
+    if emit::port_watched(sock::source_port(sk)) {
+        lifecycle::listener_destroyed(sk);
+    }
     0
 }
 
