@@ -5,7 +5,7 @@ use aya::{
     programs::{Program, ProgramError},
 };
 
-use super::{BackendError, Kernel, kernel_function, parameter_count};
+use super::{BackendError, Kernel, concurrent, kernel_function, lacks, parameter_count};
 
 /// Program name in the object, the hook it serves, and for fexit programs the parameter count
 /// of the kernel function they were written for (their return value sits right after the
@@ -32,7 +32,10 @@ pub const PROGRAMS: [(&str, &str, u32); 15] = [
     ("accept_exit_4", "accept", 4),
 ];
 
+/// Loads the programs this kernel's signatures call for, all at once (see [`concurrent`]), then
+/// attaches them in [`PROGRAMS`] order.
 pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
+    let mut chosen: Vec<(&str, &'static str)> = Vec::new();
     for (program, hook, written_for) in PROGRAMS {
         let function = kernel_function(kernel, hook)?;
         let parameters = parameter_count(kernel, function);
@@ -48,31 +51,41 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
                  for that signature"
             )));
         }
-        let label = format!("{program} on {function}");
-        let result = match ebpf.program_mut(program) {
-            Some(Program::FEntry(entry)) => entry
-                .load(function, &kernel.aya_btf)
-                .and_then(|()| entry.attach().map(drop)),
-            Some(Program::FExit(exit)) => exit
-                .load(function, &kernel.aya_btf)
-                .and_then(|()| exit.attach().map(drop)),
-            _ => {
-                return Err(BackendError::Unsupported(format!(
-                    "the object lacks {program}"
-                )));
-            }
+        chosen.push((program, function));
+    }
+    let function_of = |program: &str| {
+        chosen
+            .iter()
+            .find(|(name, _)| *name == program)
+            .map_or("", |(_, function)| *function)
+    };
+    let names: Vec<&str> = chosen.iter().map(|(program, _)| *program).collect();
+    concurrent::load_all(ebpf, &names, |program, loaded| {
+        let function = function_of(program);
+        let result = match loaded {
+            Program::FEntry(entry) => entry.load(function, &kernel.aya_btf),
+            Program::FExit(exit) => exit.load(function, &kernel.aya_btf),
+            _ => return Err(lacks(program)),
         };
         result.map_err(|err| match &err {
             ProgramError::LoadError { io_error, .. }
                 if io_error.raw_os_error() == Some(libc::EPERM) =>
             {
                 BackendError::Unsupported(format!(
-                    "this kernel refuses fentry/fexit programs (EPERM loading {label}): BPF \
-                     trampolines are disabled or unsupported here"
+                    "this kernel refuses fentry/fexit programs (EPERM loading {program} on \
+                     {function}): BPF trampolines are disabled or unsupported here"
                 ))
             }
-            _ => BackendError::hook(label, err),
-        })?;
+            _ => BackendError::hook(format!("{program} on {function}"), err),
+        })
+    })?;
+    for (program, function) in chosen {
+        let attached = match ebpf.program_mut(program) {
+            Some(Program::FEntry(entry)) => entry.attach().map(drop),
+            Some(Program::FExit(exit)) => exit.attach().map(drop),
+            _ => return Err(lacks(program)),
+        };
+        attached.map_err(|err| BackendError::hook(format!("{program} on {function}"), err))?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use aya::{Ebpf, programs::Program};
 
-use super::{BackendError, Kernel, kernel_function};
+use super::{BackendError, Kernel, concurrent, kernel_function, lacks};
 
 /// Program name in the object, and the hook it serves. Release hooks come first, for the reason
 /// given at [`super::fentry::PROGRAMS`].
@@ -30,24 +30,32 @@ pub const PROGRAMS: [(&str, &str); 17] = [
 /// Present when the kernel was built with kprobe support (CONFIG_KPROBES and perf events).
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
+/// Loads every program at once (see [`concurrent`]), then attaches them in [`PROGRAMS`] order.
 pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
     if !std::path::Path::new(KPROBE_PMU).exists() {
         return Err(BackendError::Unsupported(format!(
             "this kernel has no kprobes ({KPROBE_PMU} is missing: built without CONFIG_KPROBES)"
         )));
     }
+    let mut chosen: Vec<(&str, &'static str)> = Vec::new();
     for (program, hook) in PROGRAMS {
-        let function = kernel_function(kernel, hook)?;
-        let label = format!("{program} on {function}");
+        chosen.push((program, kernel_function(kernel, hook)?));
+    }
+    let names: Vec<&str> = chosen.iter().map(|(program, _)| *program).collect();
+    concurrent::load_all(ebpf, &names, |program, loaded| match loaded {
+        Program::KProbe(probe) => probe
+            .load()
+            .map_err(|err| BackendError::hook(format!("loading {program}"), err)),
+        _ => Err(lacks(program)),
+    })?;
+    for (program, function) in chosen {
         let Some(Program::KProbe(probe)) = ebpf.program_mut(program) else {
-            return Err(BackendError::Unsupported(format!(
-                "the object lacks {program}"
-            )));
+            return Err(lacks(program));
         };
         probe
-            .load()
-            .and_then(|()| probe.attach(function, 0).map(drop))
-            .map_err(|err| BackendError::hook(label, err))?;
+            .attach(function, 0)
+            .map(drop)
+            .map_err(|err| BackendError::hook(format!("{program} on {function}"), err))?;
     }
     Ok(())
 }

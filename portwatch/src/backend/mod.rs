@@ -2,6 +2,7 @@
 //! backend is the set of hooks it attaches. `auto` tries them best first and says why it passed
 //! over the others.
 
+mod concurrent;
 mod fentry;
 mod kprobe;
 mod tracefs;
@@ -93,6 +94,13 @@ impl BackendError {
             reason,
         }
     }
+}
+
+/// A backend's program missing from the object, or of another program type than it expects.
+fn lacks(program: &str) -> BackendError {
+    BackendError::Unsupported(format!(
+        "the object lacks the program {program} of this backend"
+    ))
 }
 
 /// An error and its causes on one line: aya's outer errors often name only a path.

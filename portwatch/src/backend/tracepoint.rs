@@ -13,7 +13,7 @@ use aya::{
     programs::{CgroupAttachMode, Program},
 };
 
-use super::{BackendError, Kernel, tracefs};
+use super::{BackendError, Kernel, concurrent, lacks, tracefs};
 
 /// The tp_btf tracepoints, as aya finds them in BTF (`btf_trace_<name>` typedefs).
 pub const BTF_TRACEPOINT_TYPES: [&str; 4] = [
@@ -44,10 +44,13 @@ const SYSCALL_EXITS: [&str; 8] = [
     "bind", "connect", "listen", "accept", "accept4", "sendto", "sendmsg", "sendmmsg",
 ];
 
-/// Attaches every hook; returns what the backend cannot see on this kernel beyond its
-/// documented limits. Release hooks go first, for the reason given at
-/// [`super::fentry::PROGRAMS`]: the TCP tracepoints, then `sock_release`, then the claim hooks
-/// (`post_bind`, the syscalls).
+/// The cgroup socket hooks, release first; each program's section names its attach point.
+const CGROUP_HOOKS: [&str; 3] = ["sock_release", "post_bind4", "post_bind6"];
+
+/// Loads every program at once (see [`concurrent`]), then attaches them; returns what the
+/// backend cannot see on this kernel beyond its documented limits. Release hooks go first, for
+/// the reason given at [`super::fentry::PROGRAMS`]: the TCP tracepoints, then `sock_release`,
+/// then the claim hooks (`post_bind`, the syscalls).
 pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<Vec<String>, BackendError> {
     tracefs::ensure_mounted()?;
     let mut btf_tracepoints = vec![
@@ -66,44 +69,55 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<Vec<String>, BackendEr
                 .to_owned(),
         );
     }
+    // Largest first, so the two longest verifications run side by side.
+    let programs: Vec<&str> = ["sys_exit", "tcp_set_state", "sys_enter"]
+        .into_iter()
+        .chain(btf_tracepoints.iter().map(|(program, _)| *program))
+        .chain(CGROUP_HOOKS)
+        .fold(Vec::new(), |mut unique, program| {
+            if !unique.contains(&program) {
+                unique.push(program);
+            }
+            unique
+        });
+    concurrent::load_all(ebpf, &programs, |name, program| {
+        let loaded = match program {
+            Program::BtfTracePoint(btf_tp) => {
+                let tracepoint = btf_tracepoints
+                    .iter()
+                    .find(|(program, _)| *program == name)
+                    .map_or(name, |(_, tracepoint)| *tracepoint);
+                btf_tp.load(tracepoint, &kernel.aya_btf)
+            }
+            Program::CgroupSock(sock) => sock.load(),
+            Program::TracePoint(tracepoint) => tracepoint.load(),
+            _ => return Err(lacks(name)),
+        };
+        loaded.map_err(|err| BackendError::hook(format!("loading {name}"), err))
+    })?;
     for (program, tracepoint) in btf_tracepoints {
         let Some(Program::BtfTracePoint(btf_tp)) = ebpf.program_mut(program) else {
-            return Err(BackendError::Unsupported(format!(
-                "the object lacks {program}"
-            )));
+            return Err(lacks(program));
         };
         btf_tp
-            .load(tracepoint, &kernel.aya_btf)
-            .and_then(|()| btf_tp.attach().map(drop))
+            .attach()
             .map_err(|err| BackendError::hook(format!("tp_btf {tracepoint}"), err))?;
     }
     let cgroup = cgroup2_root()?;
-    for (program, hook) in [
-        ("sock_release", "cgroup sock_release"),
-        ("post_bind4", "cgroup post_bind4"),
-        ("post_bind6", "cgroup post_bind6"),
-    ] {
+    for program in CGROUP_HOOKS {
         let Some(Program::CgroupSock(sock)) = ebpf.program_mut(program) else {
-            return Err(BackendError::Unsupported(format!(
-                "the object lacks {program}"
-            )));
+            return Err(lacks(program));
         };
-        sock.load()
-            .and_then(|()| sock.attach(&cgroup, CgroupAttachMode::Single).map(drop))
-            .map_err(|err| BackendError::hook(hook, err))?;
+        sock.attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|err| BackendError::hook(format!("cgroup {program}"), err))?;
     }
     for (program, direction, calls) in [
         ("sys_enter", "enter", &SYSCALL_ENTRIES[..]),
         ("sys_exit", "exit", &SYSCALL_EXITS[..]),
     ] {
         let Some(Program::TracePoint(tracepoint)) = ebpf.program_mut(program) else {
-            return Err(BackendError::Unsupported(format!(
-                "the object lacks {program}"
-            )));
+            return Err(lacks(program));
         };
-        tracepoint
-            .load()
-            .map_err(|err| BackendError::hook(format!("tracepoint program {program}"), err))?;
         for call in calls {
             let name = format!("sys_{direction}_{call}");
             tracepoint
