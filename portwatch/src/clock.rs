@@ -47,14 +47,16 @@ impl Timestamp {
         }
     }
 
-    /// The RFC 3339 text in a fixed-size buffer, for the years 0 to 9999 (every wall clock this
-    /// tool will meet); None beyond them, where the year takes more digits.
+    /// The RFC 3339 text in a fixed-size buffer, for the years 1970 to 2554 (every wall clock
+    /// this tool will meet); None beyond them, which [`Timestamp::parts`] formats instead.
     fn rfc3339_bytes(self) -> Option<[u8; 30]> {
-        let seconds = i64::try_from(self.0 / 1_000_000_000).ok()?;
-        let nanos = (self.0 % 1_000_000_000) as u64;
+        // In u64 (nanoseconds fit until 2554): 128-bit division is a library call per event.
+        let since_epoch = u64::try_from(self.0).ok()?;
+        let seconds = (since_epoch / 1_000_000_000) as i64;
+        let nanos = since_epoch % 1_000_000_000;
         let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
         let (year, month, day) = civil_from_days(days);
-        let year = u64::try_from(year).ok().filter(|year| *year <= 9999)?;
+        let year = u64::try_from(year).ok()?;
         let mut text = *b"0000-00-00T00:00:00.000000000Z";
         for (range, value) in [
             (0..4, year),
@@ -170,6 +172,11 @@ mod tests {
         assert_eq!(
             Timestamp(951_782_400 * 1_000_000_000).rfc3339(),
             "2000-02-29T00:00:00.000000000Z"
+        );
+        // Past 2554 nanoseconds leave u64, and the slower formatting takes over.
+        assert_eq!(
+            Timestamp(32_503_680_000 * 1_000_000_000).rfc3339(),
+            "3000-01-01T00:00:00.000000000Z"
         );
         // Beyond year 9999 the text grows a digit rather than wrapping.
         assert_eq!(

@@ -200,6 +200,7 @@ fn read_users() -> HashMap<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Comm;
 
     #[test]
     fn names_containers_and_units_from_cgroup_paths() {
@@ -233,7 +234,7 @@ mod tests {
             pid,
             tid: pid,
             ppid: 0,
-            comm: String::new(),
+            comm: Comm::default(),
             start_ns: ticks * (1_000_000_000 / cache.ticks_per_second),
         };
         let Audit::Found(info) = cache.lookup(&task, 0) else {

@@ -1,6 +1,10 @@
 //! The owned event model every sink consumes, decoded once from the kernel's [`RawEvent`].
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    borrow::Cow,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use portwatch_ebpf::{
     EventKind, FAMILY_INET6, FLAG_CLAIMER_UNSEEN, FLAG_TIME_WAIT, FLAG_TIME_WAIT_END, How,
@@ -65,13 +69,13 @@ pub fn how_name(how: How) -> &'static str {
 }
 
 /// The task behind an event: the claimer, or the task that ran when the event happened.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Task {
     pub pid: u32,
     pub tid: u32,
     /// The parent's pid, read in the kernel at the time of the event (0 when unknown).
     pub ppid: u32,
-    pub comm: String,
+    pub comm: Comm,
     /// When the process started (CLOCK_BOOTTIME ns; 0 when unknown): with the pid, it names one
     /// process even after the pid is reused.
     pub start_ns: u64,
@@ -187,7 +191,7 @@ impl Event {
                 pid: raw.pid,
                 tid: raw.tid,
                 ppid: raw.ppid,
-                comm: comm(&raw.comm),
+                comm: Comm::from_kernel(&raw.comm),
                 start_ns: raw.start_ns,
             }),
             uid: raw.uid,
@@ -215,13 +219,56 @@ fn address(bytes: &[u8; 16], v6: bool) -> IpAddr {
     }
 }
 
-/// A kernel `comm`: up to 16 bytes, NUL-terminated unless full, not necessarily UTF-8.
-pub fn comm(bytes: &[u8]) -> String {
-    let end = bytes
-        .iter()
-        .position(|&byte| byte == 0)
-        .unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+/// A process name as the kernel keeps it (`comm`): up to 16 bytes, not necessarily UTF-8.
+///
+/// Kept inline rather than as a `String`: every event and every entry of the holder table
+/// carries one, and copying 17 bytes costs far less than an allocation per copy.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Comm {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl Comm {
+    /// From the kernel's bytes: up to the first NUL, or all 16 when full.
+    pub fn from_kernel(bytes: &[u8]) -> Self {
+        let end = bytes
+            .iter()
+            .position(|&byte| byte == 0)
+            .unwrap_or(bytes.len())
+            .min(16);
+        let mut comm = Comm {
+            bytes: [0; 16],
+            len: end as u8,
+        };
+        comm.bytes[..end].copy_from_slice(&bytes[..end]);
+        comm
+    }
+
+    /// As text, with any byte that is not UTF-8 shown as U+FFFD; allocates only then.
+    pub fn as_str(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.bytes[..self.len as usize])
+    }
+}
+
+/// From a name read in /proc (at most 15 bytes there); longer text keeps its first 16 bytes,
+/// as the kernel would.
+impl From<&str> for Comm {
+    fn from(text: &str) -> Self {
+        Comm::from_kernel(text.as_bytes())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.as_str())
+    }
 }
 
 /// The symbolic name of an errno, as users search for it ("Address already in use" is
@@ -293,7 +340,10 @@ mod tests {
         assert_eq!(free.errno, None);
         assert!(free.time_wait && free.claimer_seen);
         let task = free.task.as_ref().unwrap();
-        assert_eq!((task.comm.as_str(), task.pid, task.ppid), ("server", 42, 1));
+        assert_eq!(
+            (task.comm.as_str().as_ref(), task.pid, task.ppid),
+            ("server", 42, 1)
+        );
         assert_eq!(free.local_addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(free.remote, None);
         let fail = Event::from_raw(&raw(EventKind::Fail), Timestamp::from_unix_nanos(0)).unwrap();

@@ -69,7 +69,10 @@ fn raw_event_corpus() {
         let ts = clock.to_wall(raw.ts_ns);
         let _ = (ts.rfc3339(), ts.time_of_day());
         let _ = event::Event::from_raw(&raw, ts);
-        let _ = (event::comm(&raw.comm), event::errno_name(raw.errno));
+        let _ = (
+            event::Comm::from_kernel(&raw.comm),
+            event::errno_name(raw.errno),
+        );
     }
 }
 

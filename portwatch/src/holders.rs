@@ -12,7 +12,7 @@ use portwatch_ebpf::How;
 
 use crate::{
     clock::Timestamp,
-    event::{Event, Holder, Kind, Proto, Task},
+    event::{Comm, Event, Holder, Kind, Proto, Task},
 };
 
 /// One socket holding a port.
@@ -29,7 +29,7 @@ struct Entry {
 impl Entry {
     fn holder(&self) -> Holder {
         Holder {
-            task: self.task.clone(),
+            task: self.task,
             local_addr: self.local_addr,
             remote: self.remote,
             how: self.how,
@@ -67,10 +67,22 @@ fn socket_id(local: IpAddr, remote: Option<(IpAddr, u16)>) -> SocketId {
     )
 }
 
+type Sockets = HashMap<SocketId, Vec<Entry>>;
+
 #[derive(Default)]
 pub struct Holders {
-    ports: HashMap<Key, HashMap<SocketId, Vec<Entry>>>,
+    ports: HashMap<Key, Sockets>,
+    /// Emptied small tables, kept for the next ports claimed. On socket churn every claim is
+    /// on a new port and every free empties one; reusing the tables spares an allocation and a
+    /// free per event.
+    spare_sockets: Vec<Sockets>,
+    spare_entries: Vec<Vec<Entry>>,
 }
+
+/// How many emptied tables are kept, and how large (in slots) each may be: a table that once
+/// held a busy listener's thousands of connections goes back to the allocator.
+const SPARES: usize = 64;
+const SPARE_CAPACITY: usize = 8;
 
 impl Holders {
     /// Keeps the table in step with one event (before any user filter: the table must see
@@ -80,7 +92,7 @@ impl Holders {
             Kind::Held => self.put(
                 event,
                 Entry {
-                    task: event.task.clone(),
+                    task: event.task,
                     local_addr: event.local_addr,
                     remote: event.remote,
                     how: None,
@@ -91,7 +103,7 @@ impl Holders {
             Kind::Claim => self.put(
                 event,
                 Entry {
-                    task: event.task.clone(),
+                    task: event.task,
                     local_addr: event.local_addr,
                     remote: event.remote,
                     how: event.how,
@@ -128,7 +140,7 @@ impl Holders {
             .get(&key(event))?
             .get(&socket_id(event.local_addr, event.remote))?
             .iter()
-            .find_map(|entry| entry.task.clone())
+            .find_map(|entry| entry.task)
     }
 
     /// Who holds the port a failed claim wanted: the sockets whose address conflicts with the
@@ -148,11 +160,16 @@ impl Holders {
     }
 
     fn put(&mut self, event: &Event, entry: Entry) {
-        self.ports
+        let Self {
+            ports,
+            spare_sockets,
+            spare_entries,
+        } = self;
+        ports
             .entry(key(event))
-            .or_default()
+            .or_insert_with(|| spare_sockets.pop().unwrap_or_default())
             .entry(socket_id(entry.local_addr, entry.remote))
-            .or_default()
+            .or_insert_with(|| spare_entries.pop().unwrap_or_default())
             .push(entry);
     }
 
@@ -182,11 +199,15 @@ impl Holders {
         let (id, at) = found?;
         let entries = port.get_mut(&id)?;
         let entry = entries.swap_remove(at);
-        if entries.is_empty() {
-            port.remove(&id);
+        if entries.is_empty()
+            && let Some(emptied) = port.remove(&id)
+        {
+            keep_spare(&mut self.spare_entries, emptied, Vec::capacity);
         }
-        if port.is_empty() {
-            self.ports.remove(&key);
+        if port.is_empty()
+            && let Some(emptied) = self.ports.remove(&key)
+        {
+            keep_spare(&mut self.spare_sockets, emptied, HashMap::capacity);
         }
         Some(entry)
     }
@@ -201,17 +222,14 @@ impl Holders {
         limit: usize,
     ) -> Vec<(Option<Task>, usize)> {
         // Keyed by (pid, comm), None for sockets without a process.
-        type Process<'a> = Option<(u32, &'a str)>;
+        type Process = Option<(u32, Comm)>;
         let mut ports_by_process: HashMap<Process, (Option<&Task>, usize)> = HashMap::default();
         for ((ns, p, port), sockets) in &self.ports {
             if *ns != netns || *p != proto || !range.contains(port) {
                 continue;
             }
             for entry in sockets.values().flatten() {
-                let id = entry
-                    .task
-                    .as_ref()
-                    .map(|task| (task.pid, task.comm.as_str()));
+                let id = entry.task.as_ref().map(|task| (task.pid, task.comm));
                 ports_by_process
                     .entry(id)
                     .or_insert((entry.task.as_ref(), 0))
@@ -235,6 +253,13 @@ impl Holders {
             .flat_map(|port| port.values())
             .map(Vec::len)
             .sum()
+    }
+}
+
+/// Keeps an emptied table for reuse, unless enough are kept or it is large.
+fn keep_spare<T>(spares: &mut Vec<T>, emptied: T, capacity: impl Fn(&T) -> usize) {
+    if spares.len() < SPARES && capacity(&emptied) <= SPARE_CAPACITY {
+        spares.push(emptied);
     }
 }
 
@@ -314,6 +339,28 @@ mod tests {
                 .is_none()
         );
         assert_eq!(holders.len(), 0);
+    }
+
+    #[test]
+    fn a_reused_table_holds_only_its_new_port() {
+        let mut holders = Holders::default();
+        let on = |kind, port, pid| {
+            let mut event = event(kind, LO4, None, pid);
+            event.local_port = port;
+            event
+        };
+        holders.observe(&on(Kind::Claim, 5000, 10));
+        holders.observe(&on(Kind::Free, 5000, 10));
+        assert_eq!(
+            (holders.spare_sockets.len(), holders.spare_entries.len()),
+            (1, 1)
+        );
+        holders.observe(&on(Kind::Claim, 5001, 11));
+        assert_eq!(holders.spare_sockets.len(), 0);
+        assert!(holders.holder_for(&on(Kind::Fail, 5000, 12)).is_none());
+        let holder = holders.holder_for(&on(Kind::Fail, 5001, 12)).unwrap();
+        assert_eq!(holder.task.unwrap().pid, 11);
+        assert_eq!(holders.len(), 1);
     }
 
     #[test]

@@ -368,6 +368,7 @@ impl Pipeline {
     fn deliver(&mut self, event: &mut Event, config: &Config) -> anyhow::Result<()> {
         let pid = event.task.as_ref().map(|task| task.pid);
         let comm = event.task.as_ref().map(|task| task.comm.as_str());
+        let comm = comm.as_deref();
         if !config.kinds.contains(&event.kind)
             || (!config.pids.is_empty() && !pid.is_some_and(|pid| config.pids.contains(&pid)))
             || (!config.comms.is_empty() && !comm.is_some_and(|comm| config.comms.contains(comm)))

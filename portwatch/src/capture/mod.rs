@@ -7,7 +7,9 @@
 pub mod reader;
 pub mod seal;
 
-use std::{collections::HashMap, io, io::Write};
+use std::{io, io::Write};
+
+use foldhash::HashMap;
 
 use crate::{clock::Timestamp, event::Kind, sink::json::quote};
 

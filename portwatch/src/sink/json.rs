@@ -104,7 +104,7 @@ fn task_fields(out: &mut impl Write, task: Option<&Task>) -> io::Result<()> {
             out.write_all(b",\"ppid\":")?;
             number(out, task.ppid)?;
             out.write_all(b",\"comm\":")?;
-            quote(out, &task.comm)
+            quote(out, &task.comm.as_str())
         }
         None => out.write_all(b"\"pid\":null,\"tid\":null,\"ppid\":null,\"comm\":null"),
     }

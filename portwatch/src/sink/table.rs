@@ -118,7 +118,7 @@ fn detail(event: &Event) -> String {
 /// `held by nginx[1234] since 10:02:03 (listen)`.
 fn held_by(holder: &Holder) -> String {
     let who = match &holder.task {
-        Some(task) => format!("{}[{}]", printable(&task.comm), task.pid),
+        Some(task) => format!("{}[{}]", printable(&task.comm.as_str()), task.pid),
         None => "a socket with no process".into(),
     };
     let time_of_day = holder.since.time_of_day();
@@ -170,7 +170,7 @@ impl<W: Write> Sink for TableSink<W> {
             event
                 .task
                 .as_ref()
-                .map_or("-".into(), |task| printable(&task.comm)),
+                .map_or("-".into(), |task| printable(&task.comm.as_str())),
             detail(event)
         );
         writeln!(self.out, "{}", line.trim_end())
@@ -194,7 +194,7 @@ impl<W: Write> Sink for TableSink<W> {
             .top
             .iter()
             .map(|(task, ports)| match task {
-                Some(task) => format!("{}[{}] {ports}", printable(&task.comm), task.pid),
+                Some(task) => format!("{}[{}] {ports}", printable(&task.comm.as_str()), task.pid),
                 None => format!("no process {ports}"),
             })
             .collect();

@@ -15,7 +15,7 @@ pub use owners::Owner;
 use crate::{
     clock::Timestamp,
     enrich,
-    event::{Event, Kind, Proto, Task},
+    event::{Comm, Event, Kind, Proto, Task},
     ports::PortSet,
 };
 
@@ -218,7 +218,7 @@ pub fn held(query: &Query) -> Held {
                         pid: owner.pid,
                         tid: owner.pid,
                         ppid,
-                        comm: owner.comm.clone(),
+                        comm: Comm::from(owner.comm.as_str()),
                         start_ns,
                     }
                 }),
