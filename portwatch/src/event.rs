@@ -247,7 +247,13 @@ impl Comm {
 
     /// As text, with any byte that is not UTF-8 shown as U+FFFD; allocates only then.
     pub fn as_str(&self) -> Cow<'_, str> {
-        String::from_utf8_lossy(&self.bytes[..self.len as usize])
+        let bytes = &self.bytes[..self.len as usize];
+        // The plain check first: the lossy one walks chunk by chunk, and names are nearly
+        // always valid.
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(bytes),
+        }
     }
 }
 

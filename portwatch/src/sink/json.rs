@@ -14,11 +14,17 @@ use crate::{
 
 pub struct JsonSink<W: Write> {
     out: W,
+    /// One event's line, built here and handed to `out` whole: the many short pieces of a line
+    /// are cheaper to append to a `Vec` than to pass one by one through a buffered writer.
+    line: Vec<u8>,
 }
 
 impl<W: Write> JsonSink<W> {
     pub fn new(out: W) -> Self {
-        Self { out }
+        Self {
+            out,
+            line: Vec::with_capacity(512),
+        }
     }
 
     #[cfg(test)]
@@ -171,7 +177,9 @@ pub fn event_fields(out: &mut impl Write, event: &Event) -> io::Result<()> {
         out.write_all(b"\"")?;
     }
     if let Some(errno) = event.errno {
-        write!(out, ",\"errno\":\"{}\"", errno_name(errno))?;
+        out.write_all(b",\"errno\":\"")?;
+        out.write_all(errno_name(errno).as_bytes())?;
+        out.write_all(b"\"")?;
     }
     if let Some(holder) = &event.holder {
         holder_fields(out, holder.as_ref())?;
@@ -184,7 +192,10 @@ pub fn event_fields(out: &mut impl Write, event: &Event) -> io::Result<()> {
         number(out, held_ns)?;
     }
     if event.kind == Kind::Free || event.time_wait {
-        write!(out, ",\"time_wait\":{}", event.time_wait)?;
+        out.write_all(match event.time_wait {
+            true => b",\"time_wait\":true",
+            false => b",\"time_wait\":false",
+        })?;
     }
     if event.time_wait_end {
         out.write_all(b",\"time_wait_end\":true")?;
@@ -193,7 +204,9 @@ pub fn event_fields(out: &mut impl Write, event: &Event) -> io::Result<()> {
         out.write_all(b",\"claimer_seen\":false")?;
     }
     if let Some(state) = event.state {
-        write!(out, ",\"state\":\"{state}\"")?;
+        out.write_all(b",\"state\":\"")?;
+        out.write_all(state.as_bytes())?;
+        out.write_all(b"\"")?;
     }
     if let Some((addr, port)) = event.remote {
         out.write_all(b",\"remote_addr\":\"")?;
@@ -256,9 +269,11 @@ pub fn pressure_fields(out: &mut impl Write, pressure: &Pressure) -> io::Result<
 
 impl<W: Write> Sink for JsonSink<W> {
     fn event(&mut self, event: &Event) -> io::Result<()> {
-        self.out.write_all(b"{")?;
-        event_fields(&mut self.out, event)?;
-        self.out.write_all(b"}\n")
+        self.line.clear();
+        self.line.push(b'{');
+        event_fields(&mut self.line, event)?;
+        self.line.extend_from_slice(b"}\n");
+        self.out.write_all(&self.line)
     }
 
     fn lost(&mut self, ts: Timestamp, count: u64) -> io::Result<()> {
