@@ -183,64 +183,72 @@ pub fn take(query: &Query) -> Result<Snapshot, SnapshotError> {
 
 /// The start-up holders as `held` events, and what the caller should tell the user.
 pub struct Held {
-    pub events: Vec<Event>,
+    /// Made one at a time as the caller takes them: a host can hold a hundred thousand
+    /// TIME_WAIT sockets, and a list of their events would be the tracer's largest allocation.
+    pub events: HeldEvents,
     pub notes: Vec<String>,
+}
+
+/// The snapshot's sockets, each turned into its `held` event when asked for.
+pub struct HeldEvents {
+    sockets: std::vec::IntoIter<Socket>,
+    now: Timestamp,
+    netns: Option<u32>,
+}
+
+impl Iterator for HeldEvents {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        let socket = self.sockets.next()?;
+        let owner = socket.owners.first();
+        Some(Event {
+            ts: self.now,
+            kind: Kind::Held,
+            proto: socket.proto,
+            local_addr: socket.local.ip(),
+            local_port: socket.local.port(),
+            remote: socket.remote.map(|remote| (remote.ip(), remote.port())),
+            task: owner.map(|owner| {
+                let (ppid, start_ns) = enrich::parent_and_start(owner.pid).unwrap_or((0, 0));
+                Task {
+                    pid: owner.pid,
+                    tid: owner.pid,
+                    ppid,
+                    comm: Comm::from(owner.comm.as_str()),
+                    start_ns,
+                }
+            }),
+            uid: socket.uid.unwrap_or(0),
+            how: None,
+            errno: None,
+            held_ns: None,
+            time_wait: socket.state == "time_wait",
+            time_wait_end: false,
+            claimer_seen: true,
+            state: Some(socket.state),
+            cgroup_id: None,
+            netns: self.netns,
+            holder: None,
+            hint: None,
+            audit: None,
+        })
+    }
 }
 
 /// Current holders of the ports `query` asks for, as `held` events.
 pub fn held(query: &Query) -> Held {
-    let snapshot = match take(query) {
-        Ok(snapshot) => snapshot,
-        Err(err) => {
-            return Held {
-                events: Vec::new(),
-                notes: vec![format!("{err}; no held events")],
-            };
-        }
+    let (sockets, notes) = match take(query) {
+        Ok(snapshot) => (snapshot.sockets, snapshot.notes),
+        Err(err) => (Vec::new(), vec![format!("{err}; no held events")]),
     };
-    let now = Timestamp::now();
-    let netns = own_netns();
-    let events = snapshot
-        .sockets
-        .into_iter()
-        .map(|socket| {
-            let owner = socket.owners.first();
-            Event {
-                ts: now,
-                kind: Kind::Held,
-                proto: socket.proto,
-                local_addr: socket.local.ip(),
-                local_port: socket.local.port(),
-                remote: socket.remote.map(|remote| (remote.ip(), remote.port())),
-                task: owner.map(|owner| {
-                    let (ppid, start_ns) = enrich::parent_and_start(owner.pid).unwrap_or((0, 0));
-                    Task {
-                        pid: owner.pid,
-                        tid: owner.pid,
-                        ppid,
-                        comm: Comm::from(owner.comm.as_str()),
-                        start_ns,
-                    }
-                }),
-                uid: socket.uid.unwrap_or(0),
-                how: None,
-                errno: None,
-                held_ns: None,
-                time_wait: socket.state == "time_wait",
-                time_wait_end: false,
-                claimer_seen: true,
-                state: Some(socket.state),
-                cgroup_id: None,
-                netns,
-                holder: None,
-                hint: None,
-                audit: None,
-            }
-        })
-        .collect();
     Held {
-        events,
-        notes: snapshot.notes,
+        events: HeldEvents {
+            sockets: sockets.into_iter(),
+            now: Timestamp::now(),
+            netns: own_netns(),
+        },
+        notes,
     }
 }
 
@@ -310,12 +318,12 @@ mod tests {
     fn finds_a_real_listener_and_its_process() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let held = held(&query(port, Proto::Tcp));
-        assert_eq!(held.events.len(), 1, "{:?}", held.events);
-        let task = held.events[0].task.as_ref().unwrap();
+        let events: Vec<Event> = held(&query(port, Proto::Tcp)).events.collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let task = events[0].task.as_ref().unwrap();
         assert_eq!(task.pid, std::process::id());
         assert_eq!(task.ppid, std::os::unix::process::parent_id());
-        assert_eq!(held.events[0].state, Some("listen"));
+        assert_eq!(events[0].state, Some("listen"));
     }
 
     #[test]
