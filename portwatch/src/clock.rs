@@ -78,8 +78,14 @@ impl Timestamp {
 
     /// `04:59:01.123456`: the table's compact form (UTC, microseconds).
     pub fn time_of_day(self) -> String {
-        let (_, time, nanos) = self.parts();
-        format!("{time}.{:06}", nanos / 1000)
+        match self.rfc3339_bytes() {
+            // `2026-11-26T04:59:01.123456789Z`: the time, cut after the microseconds.
+            Some(bytes) => String::from_utf8_lossy(&bytes[11..26]).into_owned(),
+            None => {
+                let (_, time, nanos) = self.parts();
+                format!("{time}.{:06}", nanos / 1000)
+            }
+        }
     }
 
     fn parts(self) -> (String, String, u128) {

@@ -92,8 +92,14 @@ pub async fn run(
         metrics_server::serve(listener, registry)?;
         sinks.push(Box::new(metrics));
     }
-    let mut pipeline = Pipeline::new(Sinks(sinks), clock, &config, namespaces, ephemeral);
-    pipeline.kernel_log = kernel_log;
+    let mut pipeline = Pipeline::new(
+        Sinks(sinks),
+        clock,
+        &config,
+        namespaces,
+        ephemeral,
+        kernel_log,
+    );
     // Holders are read after the hooks attach, so no change falls between snapshot and trace,
     // and before the status line, so "attached" means the current holders are already out.
     // Then the capabilities go: tracing needs none (with --audit, CAP_SYS_PTRACE stays).
@@ -217,6 +223,7 @@ impl Pipeline {
         config: &Config,
         namespaces: Option<RangeReader>,
         ephemeral: Option<EphemeralPolicy>,
+        kernel_log: Option<KernelLog>,
     ) -> Self {
         Self {
             sink,
@@ -234,7 +241,7 @@ impl Pipeline {
             }),
             ephemeral,
             own_netns: snapshot::own_netns(),
-            kernel_log: None,
+            kernel_log,
         }
     }
 
