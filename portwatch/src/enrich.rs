@@ -9,7 +9,10 @@ use std::{
     io::Read as _,
 };
 
-use crate::event::{Audit, ProcessInfo, Task};
+use crate::{
+    event::{Audit, ProcessInfo, Task},
+    users,
+};
 
 /// Command lines are cut at this many bytes.
 const CMDLINE_MAX: usize = 4096;
@@ -29,7 +32,7 @@ impl AuditCache {
         Self {
             entries: HashMap::new(),
             order: VecDeque::new(),
-            users: read_users(),
+            users: users::from_passwd_file(),
             ticks_per_second: ticks_per_second(),
         }
     }
@@ -181,20 +184,6 @@ pub fn container_of(cgroup: &str) -> Option<String> {
         return Some(format!("{runtime}:{leaf}"));
     }
     (leaf.ends_with(".service") || leaf.ends_with(".scope")).then(|| format!("systemd:{leaf}"))
-}
-
-/// uid → user name from /etc/passwd (no NSS: portwatch must not load modules as root).
-fn read_users() -> HashMap<u32, String> {
-    fs::read_to_string("/etc/passwd")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(':');
-            let name = fields.next()?;
-            let uid = fields.nth(1)?.parse().ok()?;
-            Some((uid, name.to_string()))
-        })
-        .collect()
 }
 
 #[cfg(test)]

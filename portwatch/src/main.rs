@@ -24,6 +24,7 @@ mod sink;
 mod snapshot;
 mod stream;
 mod trace;
+mod users;
 mod verify;
 mod who;
 

@@ -129,7 +129,7 @@ fn gather(ports: &[u16]) -> anyhow::Result<Report> {
                 hidden += usize::from(missing == Some(Missing::Hidden));
                 Holder {
                     socket: socket.clone(),
-                    user: socket.uid.and_then(process::user_name),
+                    user: socket.uid.and_then(crate::users::through_nss),
                     processes: socket
                         .owners
                         .iter()

@@ -1,35 +1,8 @@
-//! What `who` tells about a holder beyond its pid and comm: its user's name and how long the
-//! process has existed.
+//! How long a holder's process has existed, for `who`.
 
-use std::{ffi::CStr, fs, time::Duration};
+use std::{fs, time::Duration};
 
 use crate::enrich;
-
-/// The account name of `uid` through the C library (so NSS sources such as LDAP count), or
-/// None when it has none.
-pub fn user_name(uid: u32) -> Option<String> {
-    let mut entry = std::mem::MaybeUninit::<libc::passwd>::uninit();
-    let mut buffer = vec![0 as libc::c_char; 4096];
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call: `entry` is writable passwd storage,
-    // `buffer` is writable for its length, and `found` is a writable out-pointer.
-    let status = unsafe {
-        libc::getpwuid_r(
-            uid,
-            entry.as_mut_ptr(),
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut found,
-        )
-    };
-    if status != 0 || found.is_null() {
-        return None;
-    }
-    // SAFETY: on success `found` points at `entry`, whose pw_name points into `buffer` as a
-    // NUL-terminated string; both outlive this borrow.
-    let name = unsafe { CStr::from_ptr((*found).pw_name) };
-    Some(name.to_string_lossy().into_owned())
-}
 
 /// How long process `pid` has existed, from its start time in /proc/<pid>/stat and the uptime.
 pub fn age(pid: u32) -> Option<Duration> {
@@ -74,7 +47,6 @@ mod tests {
     #[test]
     fn this_process_is_young_and_root_is_root() {
         assert!(age(std::process::id()).is_some_and(|age| age < Duration::from_secs(3600)));
-        assert_eq!(user_name(0).as_deref(), Some("root"));
     }
 
     #[test]
