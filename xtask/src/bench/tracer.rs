@@ -101,22 +101,29 @@ impl Tracer {
         let mut command = Command::new("bpftrace");
         command.arg("--unsafe").arg(script);
         let mut tracer = Self::spawn(command, output, cpus)?;
-        while !ready_file.exists() {
-            if let Some(status) = tracer.child.try_wait()? {
-                tracer.reaped = true;
-                let stderr: Vec<String> = tracer.stderr_lines.try_iter().collect();
+        tracer.wait_until("bpftrace", || ready_file.exists())?;
+        Ok(tracer)
+    }
+
+    /// Polls `ready` until it holds, and records when; fails if the tracer exits first or takes
+    /// longer than `READY_TIMEOUT`.
+    fn wait_until(&mut self, name: &str, ready: impl Fn() -> bool) -> Result<()> {
+        while !ready() {
+            if let Some(status) = self.child.try_wait()? {
+                self.reaped = true;
+                let stderr: Vec<String> = self.stderr_lines.try_iter().collect();
                 bail!(
-                    "bpftrace exited with {status} before attaching:\n{}",
+                    "{name} exited with {status} before attaching:\n{}",
                     stderr.join("\n")
                 );
             }
-            if tracer.spawned.elapsed() > READY_TIMEOUT {
-                bail!("bpftrace did not attach within {READY_TIMEOUT:?}");
+            if self.spawned.elapsed() > READY_TIMEOUT {
+                bail!("{name} did not attach within {READY_TIMEOUT:?}");
             }
             thread::sleep(Duration::from_millis(1));
         }
-        tracer.ready = tracer.spawned.elapsed();
-        Ok(tracer)
+        self.ready = self.spawned.elapsed();
+        Ok(())
     }
 
     /// Spawns `command` pinned to `cpus`, stdout to `output`, stderr read line by line.

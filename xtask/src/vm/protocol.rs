@@ -24,13 +24,9 @@ const PREFIX: &str = "PORTWATCH-VM-";
 /// one, lacks util-linux's options), it should find the tool missing.
 const APPLETS: &str = "cat cut grep head ip mount poweroff sleep tail tee timeout uname";
 
-/// The guest's `/init`, filled in with the backends and the per-suite timeout.
-///
-/// `portwatch --check --backend B` tells whether B attaches; only then is the suite run with it.
-/// The suite and every check run under busybox `timeout`, so one hung backend costs its timeout
-/// and the others still run. A failed suite's result names the failed scenarios and carries the
-/// harness's summary line.
-const INIT_TEMPLATE: &str = r#"#!/bin/busybox sh
+/// The start of every guest's `/init`: busybox's applets, the file systems portwatch and the tools
+/// need, loopback, and the kernel facts line.
+const INIT_PRELUDE: &str = r#"#!/bin/busybox sh
 for applet in @APPLETS@; do /bin/busybox ln -s busybox /bin/$applet; done
 export PATH=/@PAYLOAD_DIR@:/bin
 mount -t proc proc /proc
@@ -43,12 +39,27 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
 
-TAB=$(printf '\t')
-T=@TIMEOUT@
 if [ -e /sys/kernel/btf/vmlinux ]; then btf=yes; else btf=no; fi
 functions=/sys/kernel/tracing/available_filter_functions
 if [ -r $functions ]; then traceable=$(grep -c . $functions); else traceable=unreadable; fi
 printf 'PORTWATCH-VM-KERNEL release=%s btf=%s filter_functions=%s\n' "$(uname -r)" $btf $traceable
+"#;
+
+/// The end of every guest's `/init`: the done line, then power off (which ends qemu).
+const INIT_EPILOGUE: &str = r#"printf 'PORTWATCH-VM-DONE\n'
+# Give the UART time to send the last lines before the machine goes away.
+sleep 1
+poweroff -f
+"#;
+
+/// The guest's `/init`, filled in with the backends and the per-suite timeout.
+///
+/// `portwatch --check --backend B` tells whether B attaches; only then is the suite run with it.
+/// The suite and every check run under busybox `timeout`, so one hung backend costs its timeout
+/// and the others still run. A failed suite's result names the failed scenarios and carries the
+/// harness's summary line.
+const INIT_SUITE: &str = r#"TAB=$(printf '\t')
+T=@TIMEOUT@
 
 check() {
 	timeout -s KILL $T portwatch --check "$@" >/tmp/check.out 2>/tmp/check.err
@@ -95,16 +106,13 @@ for b in @BACKENDS@; do
 	esac
 done
 
-printf 'PORTWATCH-VM-DONE\n'
-# Give the UART time to send the last lines before the machine goes away.
-sleep 1
-poweroff -f
 "#;
 
 /// `scenarios`: a libtest name filter (checked to be shell-safe by the caller); None runs all.
 pub fn init_script(backends: &[Backend], timeout_secs: u64, scenarios: Option<&str>) -> String {
     let names: Vec<&str> = backends.iter().map(|backend| backend.name()).collect();
-    INIT_TEMPLATE
+    [INIT_PRELUDE, INIT_SUITE, INIT_EPILOGUE]
+        .concat()
         .replace("@PAYLOAD_DIR@", PAYLOAD_DIR)
         .replace("@AUTO_STEP@", AUTO_STEP)
         .replace("@APPLETS@", APPLETS)
