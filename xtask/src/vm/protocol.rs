@@ -121,6 +121,21 @@ pub fn init_script(backends: &[Backend], timeout_secs: u64, scenarios: Option<&s
         .replace("@SCENARIOS@", scenarios.unwrap_or_default())
 }
 
+/// The benchmark's command in the guest: xtask's guest side runs every round and prints its own
+/// result lines (see `bench::emulated`).
+const INIT_BENCH: &str = "/@PAYLOAD_DIR@/xtask bench --in-guest --rounds @ROUNDS@ --seconds @SECONDS@ \
+--portwatch /@PAYLOAD_DIR@/portwatch\n";
+
+/// The guest's `/init` for `cargo xtask bench --vm`.
+pub fn bench_init_script(rounds: u32, seconds: f64) -> String {
+    [INIT_PRELUDE, INIT_BENCH, INIT_EPILOGUE]
+        .concat()
+        .replace("@PAYLOAD_DIR@", PAYLOAD_DIR)
+        .replace("@APPLETS@", APPLETS)
+        .replace("@ROUNDS@", &rounds.to_string())
+        .replace("@SECONDS@", &seconds.to_string())
+}
+
 /// The part of `line` meant for the host, if it has one.
 pub fn marker(line: &str) -> Option<&str> {
     line.find(PREFIX).map(|start| line[start..].trim_end())
@@ -403,6 +418,19 @@ mod tests {
         assert!(script.contains("T=240"));
         assert!(script.contains("timeout -s KILL $T e2e parity::\n"));
         assert!(script.starts_with("#!/bin/busybox sh\n"));
+    }
+
+    #[test]
+    fn the_bench_init_script_runs_xtask_between_prelude_and_epilogue() {
+        let script = bench_init_script(3, 1.5);
+        assert!(!script.contains('@'), "placeholder left in:\n{script}");
+        assert!(script.starts_with("#!/bin/busybox sh\n"));
+        let run = script
+            .find("/opt/portwatch/xtask bench --in-guest --rounds 3 --seconds 1.5 --portwatch /opt/portwatch/portwatch\n")
+            .expect("the xtask line");
+        assert!(script.find("PORTWATCH-VM-KERNEL").unwrap() < run);
+        assert!(run < script.find("PORTWATCH-VM-DONE").unwrap());
+        assert!(script.ends_with("poweroff -f\n"));
     }
 
     #[test]
