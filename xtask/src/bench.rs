@@ -35,7 +35,7 @@ pub struct BenchArgs {
     /// load caused with none lost. Asserts nothing about speed (for CI).
     #[arg(long, conflicts_with = "vm")]
     quick: bool,
-    /// Rounds per mode (the median is reported) [default: 5]; --quick runs one.
+    /// Rounds per mode (the median is reported) [default: 5, or 4 with --vm]; --quick runs one.
     #[arg(long)]
     rounds: Option<u32>,
     /// Seconds of load per round [default: 2, 0.5 with --quick, or 1 with --vm].
@@ -105,7 +105,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let default_seconds = match (args.quick, args.vm) {
         (true, _) => 0.5,
         // Under emulation a tracer's start and stop take 3-4 s and a round runs 31 modes (four
-        // workloads): 1 s loads keep the default 5 rounds near 12 minutes.
+        // workloads): with 1 s loads a round takes about 3 minutes.
         (_, Some(_)) => 1.0,
         _ => 2.0,
     };
@@ -123,7 +123,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(series) = args.vm {
         return crate::vm::bench::run(crate::vm::bench::Options {
             series,
-            rounds: args.rounds.unwrap_or(5).max(1),
+            // Five took 15 minutes on 2026-11-26, beside other work on the host.
+            rounds: args.rounds.unwrap_or(4).max(1),
             seconds,
             offline: args.offline,
             portwatch: args.portwatch,
@@ -133,7 +134,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let portwatch = args
             .portwatch
             .context("--in-guest needs --portwatch (the guest's /init passes it)")?;
-        return emulated::run_in_guest(&portwatch, args.rounds.unwrap_or(5).max(1), seconds);
+        return emulated::run_in_guest(&portwatch, args.rounds.unwrap_or(4).max(1), seconds);
     }
     let out_dir = crate::project::workspace_root().join("target/bench");
     std::fs::create_dir_all(out_dir.join("raw"))
