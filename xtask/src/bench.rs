@@ -8,10 +8,12 @@
 pub mod binary;
 mod bpftrace;
 mod cpu;
+pub mod emulated;
+pub mod emulated_table;
 mod events;
 mod latency;
 mod load;
-mod machine;
+pub mod machine;
 mod netstat;
 mod results;
 mod tracefs;
@@ -25,22 +27,34 @@ use anyhow::{Context, Result, bail};
 use self::load::Workload;
 use self::results::{Results, Sample, Setup, TracerSample};
 use self::tracer::Tracer;
+use crate::vm::kernels::Series;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// One short round per mode and no bpftrace; fails unless portwatch delivers every event the
     /// load caused with none lost. Asserts nothing about speed (for CI).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "vm")]
     quick: bool,
-    /// Rounds per mode (the median is reported); --quick runs one.
-    #[arg(long, default_value_t = 5)]
-    rounds: u32,
-    /// Seconds of load per round [default: 2, or 0.5 with --quick].
+    /// Rounds per mode (the median is reported) [default: 5, or 4 with --vm]; --quick runs one.
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Seconds of load per round [default: 2, 0.5 with --quick, or 1 with --vm].
     #[arg(long)]
     seconds: Option<f64>,
     /// Measure this portwatch binary instead of building the release one.
     #[arg(long, value_name = "PATH")]
     portwatch: Option<PathBuf>,
+    /// Run the benchmark inside this Debian kernel of the kernel matrix, booted in qemu
+    /// (software emulation), with every backend and Debian's libbpf-tools beside portwatch; the
+    /// table of ratios goes to target/vm/bench-SERIES.md.
+    #[arg(long, value_name = "SERIES")]
+    vm: Option<Series>,
+    /// With --vm: use only the kernel and libbpf-tools cached by an earlier run; touch no network.
+    #[arg(long, requires = "vm")]
+    offline: bool,
+    /// Run as the benchmark inside the --vm guest (used by the guest's /init).
+    #[arg(long, hide = true, conflicts_with = "vm")]
+    in_guest: bool,
     /// Run as the load generator for one workload and print its result (used by the benchmark).
     #[arg(long, hide = true, value_enum)]
     load_only: Option<Workload>,
@@ -88,7 +102,14 @@ impl Mode {
 const SETTLE: Duration = Duration::from_millis(200);
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let seconds = args.seconds.unwrap_or(if args.quick { 0.5 } else { 2.0 });
+    let default_seconds = match (args.quick, args.vm) {
+        (true, _) => 0.5,
+        // Under emulation a tracer's start and stop take 3-4 s and a round runs 31 modes (four
+        // workloads): with 1 s loads a round takes about 3 minutes.
+        (_, Some(_)) => 1.0,
+        _ => 2.0,
+    };
+    let seconds = args.seconds.unwrap_or(default_seconds);
     if !(seconds > 0.0 && seconds.is_finite()) {
         bail!("--seconds must be a positive number");
     }
@@ -98,6 +119,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("bench loads eBPF programs: run it as root");
+    }
+    if let Some(series) = args.vm {
+        return crate::vm::bench::run(crate::vm::bench::Options {
+            series,
+            // Five took 15 minutes on 2026-11-26, beside other work on the host.
+            rounds: args.rounds.unwrap_or(4).max(1),
+            seconds,
+            offline: args.offline,
+            portwatch: args.portwatch,
+        });
+    }
+    if args.in_guest {
+        let portwatch = args
+            .portwatch
+            .context("--in-guest needs --portwatch (the guest's /init passes it)")?;
+        return emulated::run_in_guest(&portwatch, args.rounds.unwrap_or(4).max(1), seconds);
     }
     let out_dir = crate::project::workspace_root().join("target/bench");
     std::fs::create_dir_all(out_dir.join("raw"))
@@ -118,7 +155,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!("bench: bpftrace not found; {}", bpftrace::INSTALL_HINT);
         format!("not installed; {}", bpftrace::INSTALL_HINT)
     };
-    let rounds = if args.quick { 1 } else { args.rounds.max(1) };
+    let rounds = if args.quick {
+        1
+    } else {
+        args.rounds.unwrap_or(5).max(1)
+    };
 
     let placement = cpu::placement()?;
     let bench = Bench {

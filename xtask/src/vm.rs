@@ -8,10 +8,12 @@
 //! One boot per kernel runs every backend: a boot under TCG costs seconds, the suites cost minutes.
 
 mod apt;
+pub mod bench;
 mod cpio;
 mod host;
-mod initramfs;
-mod kernels;
+pub mod initramfs;
+pub mod kernels;
+mod libbpf_tools;
 mod matrix;
 pub mod packages;
 mod payload;

@@ -461,7 +461,7 @@ fn cells(row: &Row) -> Vec<String> {
 }
 
 /// The median, or None for no values.
-fn median(mut values: Vec<f64>) -> Option<f64> {
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
     match values.len() {

@@ -101,22 +101,50 @@ impl Tracer {
         let mut command = Command::new("bpftrace");
         command.arg("--unsafe").arg(script);
         let mut tracer = Self::spawn(command, output, cpus)?;
-        while !ready_file.exists() {
-            if let Some(status) = tracer.child.try_wait()? {
-                tracer.reaped = true;
-                let stderr: Vec<String> = tracer.stderr_lines.try_iter().collect();
+        tracer.wait_until("bpftrace", || ready_file.exists())?;
+        Ok(tracer)
+    }
+
+    /// Starts a libbpf tool (Debian's libbpf-tools) with `args`, stdout to `output`; ready once
+    /// it waits in its event loop.
+    ///
+    /// The tools print nothing readable on attaching: their header goes to stdout, which a file
+    /// buffers. But they attach every probe before they first wait for events, in `epoll_wait`
+    /// on their perf buffer, and `/proc/PID/syscall` names the syscall a process waits in.
+    pub fn libbpf_tool(
+        binary: &Path,
+        args: &[&str],
+        output: &Path,
+        cpus: &[usize],
+    ) -> Result<Self> {
+        let mut command = Command::new(binary);
+        command.args(args);
+        let mut tracer = Self::spawn(command, output, cpus)?;
+        let syscall = format!("/proc/{}/syscall", tracer.child.id());
+        let name = binary.file_name().unwrap_or_default().to_string_lossy();
+        tracer.wait_until(&name, || waits_in_epoll(&syscall))?;
+        Ok(tracer)
+    }
+
+    /// Polls `ready` until it holds, and records when; fails if the tracer exits first or takes
+    /// longer than `READY_TIMEOUT`.
+    fn wait_until(&mut self, name: &str, ready: impl Fn() -> bool) -> Result<()> {
+        while !ready() {
+            if let Some(status) = self.child.try_wait()? {
+                self.reaped = true;
+                let stderr: Vec<String> = self.stderr_lines.try_iter().collect();
                 bail!(
-                    "bpftrace exited with {status} before attaching:\n{}",
+                    "{name} exited with {status} before attaching:\n{}",
                     stderr.join("\n")
                 );
             }
-            if tracer.spawned.elapsed() > READY_TIMEOUT {
-                bail!("bpftrace did not attach within {READY_TIMEOUT:?}");
+            if self.spawned.elapsed() > READY_TIMEOUT {
+                bail!("{name} did not attach within {READY_TIMEOUT:?}");
             }
             thread::sleep(Duration::from_millis(1));
         }
-        tracer.ready = tracer.spawned.elapsed();
-        Ok(tracer)
+        self.ready = self.spawned.elapsed();
+        Ok(())
     }
 
     /// Spawns `command` pinned to `cpus`, stdout to `output`, stderr read line by line.
@@ -213,6 +241,20 @@ impl Drop for Tracer {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Whether the process whose `/proc/PID/syscall` is `path` waits in `epoll_wait`,
+/// `epoll_pwait` or `epoll_pwait2` (the file starts with the syscall's number while it is in one).
+fn waits_in_epoll(path: &str) -> bool {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let number = text.split_whitespace().next().and_then(|n| n.parse().ok());
+    [
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
+        libc::SYS_epoll_pwait2,
+    ]
+    .iter()
+    .any(|&epoll| number == Some(epoll))
 }
 
 fn timeval(tv: libc::timeval) -> Duration {

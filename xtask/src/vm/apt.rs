@@ -97,12 +97,19 @@ impl Apt {
 
     /// Downloads `package` at `version` into `dir` and returns the .deb's path.
     pub fn download(&self, package: &str, version: &str, dir: &Path) -> Result<PathBuf> {
+        self.fetch(package, &format!("{package}={version}"), dir)
+    }
+
+    /// Downloads the version of `package` that `suite` (a codename, e.g. `bookworm`) carries
+    /// into `dir` and returns the .deb's path.
+    pub fn download_from(&self, package: &str, suite: &str, dir: &Path) -> Result<PathBuf> {
+        self.fetch(package, &format!("{package}/{suite}"), dir)
+    }
+
+    /// `apt-get download` of `selector` (the package with a version or a suite).
+    fn fetch(&self, package: &str, selector: &str, dir: &Path) -> Result<PathBuf> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        self.run(
-            "apt-get",
-            &["-q", "download", &format!("{package}={version}")],
-            Some(dir),
-        )?;
+        self.run("apt-get", &["-q", "download", selector], Some(dir))?;
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -111,7 +118,7 @@ impl Apt {
             }
         }
         bail!(
-            "apt-get download {package} left no .deb in {}",
+            "apt-get download {selector} left no .deb in {}",
             dir.display()
         )
     }

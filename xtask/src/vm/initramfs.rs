@@ -39,8 +39,37 @@ const ETC_FILES: [(&str, &str); 4] = [
 /// once sysfs is mounted), scratch space, and root's home.
 const DIRECTORIES: [&str; 5] = ["proc", "sys", "dev", "tmp", "root"];
 
-/// Writes the initramfs to `out`.
+/// A binary for the guest.
+pub struct Executable<'a> {
+    /// Where it is on the host.
+    pub host: &'a Path,
+    /// Its name in the guest, under `PAYLOAD_DIR`.
+    pub name: &'a str,
+    /// A directory Debian packages were unpacked into (`dpkg-deb -x`) that holds libraries the
+    /// binary needs and the host may lack: they are looked up there first and put in the guest
+    /// at their path inside it. None: the host's own libraries.
+    pub unpacked: Option<&'a Path>,
+}
+
+/// Writes the initramfs for the e2e suite to `out`.
 pub fn build(out: &Path, payload: &Payload, init: &str) -> Result<()> {
+    let executables = [
+        Executable {
+            host: &payload.portwatch,
+            name: "portwatch",
+            unpacked: None,
+        },
+        Executable {
+            host: &payload.e2e,
+            name: "e2e",
+            unpacked: None,
+        },
+    ];
+    build_with(out, &executables, init)
+}
+
+/// Writes an initramfs holding `executables` and `init` to `out`.
+pub fn build_with(out: &Path, executables: &[Executable], init: &str) -> Result<()> {
     let mut image = Image::default();
     for dir in DIRECTORIES {
         image.add_directory(dir);
@@ -49,9 +78,14 @@ pub fn build(out: &Path, payload: &Payload, init: &str) -> Result<()> {
     for (path, text) in ETC_FILES {
         image.add_file(path, text.as_bytes().to_vec(), false);
     }
-    image.add_executable(&find_busybox()?, "bin/busybox")?;
-    image.add_executable(&payload.portwatch, &format!("{PAYLOAD_DIR}/portwatch"))?;
-    image.add_executable(&payload.e2e, &format!("{PAYLOAD_DIR}/e2e"))?;
+    image.add_executable(&find_busybox()?, "bin/busybox", None)?;
+    for executable in executables {
+        image.add_executable(
+            executable.host,
+            &format!("{PAYLOAD_DIR}/{}", executable.name),
+            executable.unpacked,
+        )?;
+    }
     if let Some(parent) = out.parent() {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
@@ -95,14 +129,17 @@ impl Image {
 
     /// Adds the host binary `host` at `guest`, and every shared library it loads (the dynamic
     /// loader included) at the same absolute path as on the host, which is where the loader and
-    /// the binary's interpreter field look for them.
-    fn add_executable(&mut self, host: &Path, guest: &str) -> Result<()> {
+    /// the binary's interpreter field look for them. Libraries found in `unpacked` go to their
+    /// path inside it.
+    fn add_executable(&mut self, host: &Path, guest: &str, unpacked: Option<&Path>) -> Result<()> {
         let data = fs::read(host).with_context(|| format!("reading {}", host.display()))?;
         self.add_file(guest, data, true);
-        for library in shared_libraries(host)? {
+        for library in shared_libraries(host, unpacked)? {
             let data =
                 fs::read(&library).with_context(|| format!("reading {}", library.display()))?;
-            let path = library
+            let inside = unpacked.and_then(|root| library.strip_prefix(root).ok());
+            let path = inside
+                .unwrap_or(&library)
                 .to_str()
                 .with_context(|| format!("library path {} is not UTF-8", library.display()))?;
             self.add_file(path.trim_start_matches('/'), data, true);
@@ -127,9 +164,15 @@ impl Image {
     }
 }
 
-/// The absolute paths `ldd` resolves for `binary`; none for a static binary.
-fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
-    let output = Command::new("ldd")
+/// The absolute paths `ldd` resolves for `binary`; none for a static binary. With `unpacked`,
+/// its multiarch library directories (where Debian's packages put libraries) come first.
+fn shared_libraries(binary: &Path, unpacked: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let mut ldd = Command::new("ldd");
+    if let Some(root) = unpacked {
+        let dirs = ["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"].map(|dir| root.join(dir));
+        ldd.env("LD_LIBRARY_PATH", env::join_paths(dirs)?);
+    }
+    let output = ldd
         .arg(binary)
         .output()
         .context("running ldd (package libc-bin)")?;

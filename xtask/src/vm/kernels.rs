@@ -199,7 +199,7 @@ fn latest(series: Series) -> String {
     format!("latest-{}", series.name())
 }
 
-fn remove_if_present(dir: &Path) -> Result<()> {
+pub fn remove_if_present(dir: &Path) -> Result<()> {
     match fs::remove_dir_all(dir) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
             Err(err).with_context(|| format!("removing {}", dir.display()))

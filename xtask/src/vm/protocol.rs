@@ -24,13 +24,9 @@ const PREFIX: &str = "PORTWATCH-VM-";
 /// one, lacks util-linux's options), it should find the tool missing.
 const APPLETS: &str = "cat cut grep head ip mount poweroff sleep tail tee timeout uname";
 
-/// The guest's `/init`, filled in with the backends and the per-suite timeout.
-///
-/// `portwatch --check --backend B` tells whether B attaches; only then is the suite run with it.
-/// The suite and every check run under busybox `timeout`, so one hung backend costs its timeout
-/// and the others still run. A failed suite's result names the failed scenarios and carries the
-/// harness's summary line.
-const INIT_TEMPLATE: &str = r#"#!/bin/busybox sh
+/// The start of every guest's `/init`: busybox's applets, the file systems portwatch and the tools
+/// need, loopback, and the kernel facts line.
+const INIT_PRELUDE: &str = r#"#!/bin/busybox sh
 for applet in @APPLETS@; do /bin/busybox ln -s busybox /bin/$applet; done
 export PATH=/@PAYLOAD_DIR@:/bin
 mount -t proc proc /proc
@@ -43,12 +39,27 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
 
-TAB=$(printf '\t')
-T=@TIMEOUT@
 if [ -e /sys/kernel/btf/vmlinux ]; then btf=yes; else btf=no; fi
 functions=/sys/kernel/tracing/available_filter_functions
 if [ -r $functions ]; then traceable=$(grep -c . $functions); else traceable=unreadable; fi
 printf 'PORTWATCH-VM-KERNEL release=%s btf=%s filter_functions=%s\n' "$(uname -r)" $btf $traceable
+"#;
+
+/// The end of every guest's `/init`: the done line, then power off (which ends qemu).
+const INIT_EPILOGUE: &str = r#"printf 'PORTWATCH-VM-DONE\n'
+# Give the UART time to send the last lines before the machine goes away.
+sleep 1
+poweroff -f
+"#;
+
+/// The guest's `/init`, filled in with the backends and the per-suite timeout.
+///
+/// `portwatch --check --backend B` tells whether B attaches; only then is the suite run with it.
+/// The suite and every check run under busybox `timeout`, so one hung backend costs its timeout
+/// and the others still run. A failed suite's result names the failed scenarios and carries the
+/// harness's summary line.
+const INIT_SUITE: &str = r#"TAB=$(printf '\t')
+T=@TIMEOUT@
 
 check() {
 	timeout -s KILL $T portwatch --check "$@" >/tmp/check.out 2>/tmp/check.err
@@ -95,22 +106,34 @@ for b in @BACKENDS@; do
 	esac
 done
 
-printf 'PORTWATCH-VM-DONE\n'
-# Give the UART time to send the last lines before the machine goes away.
-sleep 1
-poweroff -f
 "#;
 
 /// `scenarios`: a libtest name filter (checked to be shell-safe by the caller); None runs all.
 pub fn init_script(backends: &[Backend], timeout_secs: u64, scenarios: Option<&str>) -> String {
     let names: Vec<&str> = backends.iter().map(|backend| backend.name()).collect();
-    INIT_TEMPLATE
+    [INIT_PRELUDE, INIT_SUITE, INIT_EPILOGUE]
+        .concat()
         .replace("@PAYLOAD_DIR@", PAYLOAD_DIR)
         .replace("@AUTO_STEP@", AUTO_STEP)
         .replace("@APPLETS@", APPLETS)
         .replace("@TIMEOUT@", &timeout_secs.to_string())
         .replace("@BACKENDS@", &names.join(" "))
         .replace("@SCENARIOS@", scenarios.unwrap_or_default())
+}
+
+/// The benchmark's command in the guest: xtask's guest side runs every round and prints its own
+/// result lines (see `bench::emulated`).
+const INIT_BENCH: &str = "/@PAYLOAD_DIR@/xtask bench --in-guest --rounds @ROUNDS@ --seconds @SECONDS@ \
+--portwatch /@PAYLOAD_DIR@/portwatch\n";
+
+/// The guest's `/init` for `cargo xtask bench --vm`.
+pub fn bench_init_script(rounds: u32, seconds: f64) -> String {
+    [INIT_PRELUDE, INIT_BENCH, INIT_EPILOGUE]
+        .concat()
+        .replace("@PAYLOAD_DIR@", PAYLOAD_DIR)
+        .replace("@APPLETS@", APPLETS)
+        .replace("@ROUNDS@", &rounds.to_string())
+        .replace("@SECONDS@", &seconds.to_string())
 }
 
 /// The part of `line` meant for the host, if it has one.
@@ -395,6 +418,19 @@ mod tests {
         assert!(script.contains("T=240"));
         assert!(script.contains("timeout -s KILL $T e2e parity::\n"));
         assert!(script.starts_with("#!/bin/busybox sh\n"));
+    }
+
+    #[test]
+    fn the_bench_init_script_runs_xtask_between_prelude_and_epilogue() {
+        let script = bench_init_script(3, 1.5);
+        assert!(!script.contains('@'), "placeholder left in:\n{script}");
+        assert!(script.starts_with("#!/bin/busybox sh\n"));
+        let run = script
+            .find("/opt/portwatch/xtask bench --in-guest --rounds 3 --seconds 1.5 --portwatch /opt/portwatch/portwatch\n")
+            .expect("the xtask line");
+        assert!(script.find("PORTWATCH-VM-KERNEL").unwrap() < run);
+        assert!(run < script.find("PORTWATCH-VM-DONE").unwrap());
+        assert!(script.ends_with("poweroff -f\n"));
     }
 
     #[test]

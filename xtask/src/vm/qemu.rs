@@ -78,6 +78,18 @@ pub fn boot(
     initrd: &Path,
     log: &Path,
     watchdog: Duration,
+    on_line: impl FnMut(&str) -> bool,
+) -> Result<Console> {
+    boot_with(kernel, initrd, log, watchdog, &[], on_line)
+}
+
+/// `boot` with `extra` arguments for qemu.
+pub fn boot_with(
+    kernel: &Path,
+    initrd: &Path,
+    log: &Path,
+    watchdog: Duration,
+    extra: &[&str],
     mut on_line: impl FnMut(&str) -> bool,
 ) -> Result<Console> {
     // Line by line, so the log can be followed while a slow guest runs.
@@ -96,6 +108,7 @@ pub fn boot(
         ])
         // The suite uses loopback only; a network card would only add probing to the boot.
         .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .args(extra)
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
