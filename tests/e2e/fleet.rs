@@ -183,6 +183,7 @@ pub fn metrics_count_own_traffic() -> Outcome {
 
     // The client closes first: the accepted end closes passively and frees at once.
     client.close();
+    accepted.await_peer_close()?;
     accepted.close();
     // Here the accepted end closes first, so it is the one left in TIME_WAIT on the port.
     let (client, accepted, _) = tcp_connection(&listener)?;

@@ -196,6 +196,33 @@ impl Socket {
             .map(drop)
     }
 
+    /// Waits (up to 10 s) until the peer's FIN has arrived: a read returns end of file. A close
+    /// after that is a passive one, which frees the port at once; closing before the FIN
+    /// arrives can leave this end in TIME_WAIT instead (seen under qemu, where softirqs lag).
+    pub fn await_peer_close(&self) -> io::Result<()> {
+        let mut poll = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: `poll` is one valid pollfd for the duration of the call.
+        let ready = check(unsafe { libc::poll(&mut poll, 1, 10_000) })?;
+        if ready == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer's FIN did not arrive within 10 s",
+            ));
+        }
+        let mut byte = 0u8;
+        // SAFETY: the buffer is one writable byte.
+        match check(unsafe { libc::recv(self.fd, (&mut byte as *mut u8).cast(), 1, 0) as i32 })? {
+            0 => Ok(()),
+            _ => Err(io::Error::other(
+                "data arrived where the peer's FIN was awaited",
+            )),
+        }
+    }
+
     pub fn local_port(&self) -> io::Result<u16> {
         // SAFETY: sockaddr_storage is plain data; all-zero is a valid (unspecified) address.
         let mut storage: libc::sockaddr_storage = unsafe { zeroed() };

@@ -17,11 +17,11 @@ use std::{
 
 use aya::{Ebpf, programs::Program};
 
-use super::BackendError;
+use super::{BackendError, lacks};
 
-/// Loads every program in `names` with `load`. After the first error no further load starts;
-/// that error is returned once the loads under way have finished (the caller unloads whatever
-/// did load).
+/// Loads every program in `names` with `load`. After an error no further load starts, and an
+/// error is returned once the loads under way have finished (the caller unloads whatever did
+/// load).
 pub fn load_all<F>(ebpf: &mut Ebpf, names: &[&str], load: F) -> Result<(), BackendError>
 where
     F: Fn(&str, &mut Program) -> Result<(), BackendError> + Sync,
@@ -34,9 +34,7 @@ where
         .iter()
         .find(|name| !wanted.iter().any(|(found, _)| found == *name))
     {
-        return Err(BackendError::Unsupported(format!(
-            "the object lacks {missing}"
-        )));
+        return Err(lacks(missing));
     }
     // Taken from the back: the first named, which backends list as their largest, start first.
     wanted.sort_by_key(|(name, _)| std::cmp::Reverse(names.iter().position(|n| n == name)));
