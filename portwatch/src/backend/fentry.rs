@@ -34,8 +34,12 @@ pub const PROGRAMS: [(&str, &str, u32); 15] = [
 
 /// Loads the programs this kernel's signatures call for, all at once (see [`concurrent`]), then
 /// attaches them in [`PROGRAMS`] order.
+///
+/// A hook whose signature no program fits is reported only after the others have loaded: a
+/// kernel that refuses trampolines altogether should say so, which is the more basic reason.
 pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
     let mut chosen: Vec<(&str, &'static str)> = Vec::new();
+    let mut unfit = None;
     for (program, hook, written_for) in PROGRAMS {
         let function = kernel_function(kernel, hook)?;
         let parameters = parameter_count(kernel, function);
@@ -43,13 +47,15 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
             let variant_fits = PROGRAMS
                 .iter()
                 .any(|&(_, other, count)| other == hook && count == parameters);
-            if variant_fits {
-                continue;
+            if !variant_fits {
+                unfit.get_or_insert_with(|| {
+                    BackendError::Unsupported(format!(
+                        "{function} takes {parameters} parameters on this kernel; no fexit \
+                         program for that signature"
+                    ))
+                });
             }
-            return Err(BackendError::Unsupported(format!(
-                "{function} takes {parameters} parameters on this kernel; no fexit program \
-                 for that signature"
-            )));
+            continue;
         }
         chosen.push((program, function));
     }
@@ -79,6 +85,9 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
             _ => BackendError::hook(format!("{program} on {function}"), err),
         })
     })?;
+    if let Some(unfit) = unfit {
+        return Err(unfit);
+    }
     for (program, function) in chosen {
         let attached = match ebpf.program_mut(program) {
             Some(Program::FEntry(entry)) => entry.attach().map(drop),
