@@ -69,17 +69,13 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<Vec<String>, BackendEr
                 .to_owned(),
         );
     }
-    // Largest first, so the two longest verifications run side by side.
-    let programs: Vec<&str> = ["sys_exit", "tcp_set_state", "sys_enter"]
-        .into_iter()
+    // Largest first (`sys_exit`, then `tcp_set_state`, the first tp_btf), so the two longest
+    // verifications run side by side.
+    let programs: Vec<&str> = std::iter::once("sys_exit")
         .chain(btf_tracepoints.iter().map(|(program, _)| *program))
+        .chain(["sys_enter"])
         .chain(CGROUP_HOOKS)
-        .fold(Vec::new(), |mut unique, program| {
-            if !unique.contains(&program) {
-                unique.push(program);
-            }
-            unique
-        });
+        .collect();
     concurrent::load_all(ebpf, &programs, |name, program| {
         let loaded = match program {
             Program::BtfTracePoint(btf_tp) => {
