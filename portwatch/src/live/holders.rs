@@ -303,7 +303,7 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::output::sink::tests::sample;
+    use crate::model::event::fixtures::sample;
 
     fn event(kind: Kind, addr: IpAddr, remote: Option<(IpAddr, u16)>, pid: u32) -> Event {
         let mut event = sample();

@@ -149,7 +149,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::output::sink::tests::sample;
+    use crate::model::event::fixtures::sample;
 
     fn event(kind: Kind, port: u16) -> Event {
         let mut event = sample();

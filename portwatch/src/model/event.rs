@@ -372,3 +372,46 @@ mod tests {
         assert_eq!(errno_name(4095), "E4095");
     }
 }
+
+/// Events for the unit tests of every layer that consumes them.
+#[cfg(test)]
+pub mod fixtures {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use portwatch_ebpf::How;
+
+    use super::{Event, Kind, Proto, Task};
+    use crate::model::clock::Timestamp;
+
+    /// An event exercising every optional field, with a hostile process name.
+    pub fn sample() -> Event {
+        Event {
+            ts: Timestamp::from_unix_nanos(1_795_669_141_123_456_789),
+            kind: Kind::Free,
+            proto: Proto::Tcp,
+            local_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            local_port: 60312,
+            remote: Some((IpAddr::V4(Ipv4Addr::LOCALHOST), 8080)),
+            task: Some(Task {
+                pid: 42,
+                tid: 43,
+                ppid: 1,
+                comm: "we\"ird\n".into(),
+                start_ns: 5,
+            }),
+            uid: 0,
+            how: Some(How::Connect),
+            errno: None,
+            held_ns: Some(1500),
+            time_wait: true,
+            time_wait_end: false,
+            claimer_seen: true,
+            state: None,
+            cgroup_id: Some(9),
+            netns: Some(4026531840),
+            holder: None,
+            hint: None,
+            audit: None,
+        }
+    }
+}

@@ -3,4 +3,5 @@
 
 pub mod clock;
 pub mod event;
+pub mod json;
 pub mod ports;

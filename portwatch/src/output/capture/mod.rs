@@ -11,7 +11,7 @@ use std::{io, io::Write};
 
 use foldhash::HashMap;
 
-use crate::{model::clock::Timestamp, model::event::Kind, output::sink::json::quote};
+use crate::{model::clock::Timestamp, model::event::Kind, model::json::quote};
 
 /// What a capture says about itself, the same in every part.
 #[derive(Clone, Debug)]

@@ -1,15 +1,13 @@
 //! One JSON object per line, keys in a fixed order so that lines diff and grep well.
 
-use std::{
-    io::{self, Write},
-    net::IpAddr,
-};
+use std::io::{self, Write};
 
 use super::Sink;
 use crate::{
     live::pressure::Pressure,
     model::clock::Timestamp,
     model::event::{Audit, Event, Holder, Kind, Task, errno_name, how_name},
+    model::json::{address, number, quote},
 };
 
 pub struct JsonSink<W: Write> {
@@ -30,64 +28,6 @@ impl<W: Write> JsonSink<W> {
     #[cfg(test)]
     pub fn into_inner(self) -> W {
         self.out
-    }
-}
-
-/// Writes `text` as a JSON string literal. Process names and command lines can hold any byte.
-/// Runs of bytes that need no escape are copied whole: this runs for every event's `comm`.
-pub fn quote(out: &mut impl Write, text: &str) -> io::Result<()> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.write_all(b"\"")?;
-    let bytes = text.as_bytes();
-    let mut copied = 0;
-    for (index, &byte) in bytes.iter().enumerate() {
-        // Bytes of multi-byte UTF-8 characters are all 0x80 or above: never escaped.
-        let control;
-        let escape: &[u8] = match byte {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\t' => b"\\t",
-            0..=0x1f | 0x7f => {
-                control = [
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(byte >> 4)],
-                    HEX[usize::from(byte & 0xf)],
-                ];
-                &control
-            }
-            _ => continue,
-        };
-        out.write_all(&bytes[copied..index])?;
-        out.write_all(escape)?;
-        copied = index + 1;
-    }
-    out.write_all(&bytes[copied..])?;
-    out.write_all(b"\"")
-}
-
-/// Writes an integer's digits: every event carries several, and `core::fmt` was the largest
-/// share of the tracer's CPU per event.
-fn number(out: &mut impl Write, value: impl itoa::Integer) -> io::Result<()> {
-    out.write_all(itoa::Buffer::new().format(value).as_bytes())
-}
-
-/// Writes an address as `Display` does; IPv4, the common case, without `core::fmt`.
-fn address(out: &mut impl Write, address: IpAddr) -> io::Result<()> {
-    match address {
-        IpAddr::V4(v4) => {
-            for (index, octet) in v4.octets().into_iter().enumerate() {
-                if index > 0 {
-                    out.write_all(b".")?;
-                }
-                number(out, octet)?;
-            }
-            Ok(())
-        }
-        IpAddr::V6(v6) => write!(out, "{v6}"),
     }
 }
 
@@ -296,17 +236,7 @@ impl<W: Write> Sink for JsonSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::sink::tests::sample;
-
-    #[test]
-    fn quotes_escapes_and_keeps_utf8() {
-        let mut out = Vec::new();
-        quote(&mut out, "a\"b\\c\nd\te\u{1}f\u{7f}g é ✓").unwrap();
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "\"a\\\"b\\\\c\\nd\\te\\u0001f\\u007fg é ✓\""
-        );
-    }
+    use crate::model::event::fixtures::sample;
 
     #[test]
     fn writes_one_object_per_line_with_kind_specific_keys() {

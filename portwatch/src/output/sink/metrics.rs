@@ -235,7 +235,7 @@ mod tests {
     use portwatch_ebpf::How;
 
     use super::*;
-    use crate::output::sink::tests::sample;
+    use crate::model::event::fixtures::sample;
 
     fn event(kind: Kind, port: u16, how: How) -> Event {
         Event {

@@ -229,7 +229,7 @@ impl<W: Write> Sink for TableSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::sink::tests::sample;
+    use crate::model::event::fixtures::sample;
 
     const HEADER: &str = "TIME(UTC)        EVENT   PROTO  LOCAL                        REMOTE                       PID      COMM             DETAIL";
 
