@@ -5,9 +5,10 @@ use std::{io::Write as _, process::ExitCode};
 
 use portwatch::{
     cli,
-    commands::{report, trace, verify, who},
+    commands::{config::TraceConfig, report, trace, verify, who},
     host::netns,
     kernel::{loader, privileges},
+    model::ports,
     output::{metrics_server, sink},
 };
 
@@ -71,7 +72,8 @@ fn print(text: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-fn run_trace(config: cli::Config) -> anyhow::Result<()> {
+fn run_trace(config: TraceConfig) -> anyhow::Result<()> {
+    let config = config.with_ephemeral_range(ports::ephemeral())?;
     privileges::check()?;
     privileges::raise_memlock_limit();
     if config.check {
@@ -91,7 +93,7 @@ fn run_trace(config: cli::Config) -> anyhow::Result<()> {
         .then(netns::RangeReader::spawn)
         .and_then(Result::ok);
     // Before the runtime starts: the loader forks, which is only sound single-threaded.
-    let loaded = loader::load(&config)?;
+    let loaded = loader::load(&config.load_spec())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -20,11 +20,11 @@ use tokio::{
 };
 
 use crate::{
-    cli::{BackendArg, Config, Format},
+    commands::config::TraceConfig,
     host::enrich::AuditCache,
     host::netns::RangeReader,
     host::snapshot::{self, Family},
-    kernel::backend::{self, Kernel},
+    kernel::backend::{self, Choice, Kernel},
     kernel::kernel_log::KernelLog,
     kernel::loader::Loaded,
     kernel::stream::Stream,
@@ -33,6 +33,7 @@ use crate::{
     model::clock::{MonotonicClock, Timestamp},
     model::event::{Event, Holder, Kind},
     model::ports::EphemeralPolicy,
+    output::Format,
     output::capture::{self, Summary},
     output::metrics_server,
     output::sink::{FileSink, JsonSink, MetricsSink, Sink, Sinks, TableSink},
@@ -45,13 +46,13 @@ const LOST_POLL: Duration = Duration::from_millis(500);
 /// listener. Both are opened before loading, so a bad path or address fails at once.
 /// `namespaces`: reads other network namespaces' ephemeral ranges for pressure events.
 pub async fn run(
-    config: Config,
+    config: TraceConfig,
     loaded: Loaded,
     output: Option<(File, u64)>,
     metrics: Option<std::net::TcpListener>,
     namespaces: Option<RangeReader>,
 ) -> anyhow::Result<()> {
-    if config.backend == BackendArg::Auto {
+    if config.backend == Choice::Auto {
         for reason in &loaded.passed_over {
             eprintln!("portwatch: passed over {reason}");
         }
@@ -139,7 +140,7 @@ pub async fn run(
 
 /// What a capture file's header says about this trace.
 fn capture_header(
-    config: &Config,
+    config: &TraceConfig,
     backend: &str,
     clock: &MonotonicClock,
     ephemeral_range: Option<&RangeInclusive<u16>>,
@@ -163,10 +164,10 @@ fn capture_header(
 }
 
 /// `--check`: attach each candidate once, report, detach.
-pub fn check(config: &Config) -> anyhow::Result<()> {
+pub fn check(config: &TraceConfig) -> anyhow::Result<()> {
     let kernel = Kernel::read().context("reading the kernel's type information")?;
     let mut picked = None;
-    for (backend, outcome) in backend::check(&kernel, config) {
+    for (backend, outcome) in backend::check(&kernel, &config.load_spec()) {
         match outcome {
             Ok(()) => {
                 println!("{}\tok", backend.name());
@@ -220,7 +221,7 @@ impl Pipeline {
     fn new(
         sink: Sinks,
         clock: MonotonicClock,
-        config: &Config,
+        config: &TraceConfig,
         namespaces: Option<RangeReader>,
         ephemeral: Option<EphemeralPolicy>,
         kernel_log: Option<KernelLog>,
@@ -246,7 +247,11 @@ impl Pipeline {
     }
 
     /// Runs until something ends the trace; returns what did.
-    async fn run(&mut self, stream: &mut Stream, config: &Config) -> anyhow::Result<&'static str> {
+    async fn run(
+        &mut self,
+        stream: &mut Stream,
+        config: &TraceConfig,
+    ) -> anyhow::Result<&'static str> {
         let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let mut terminate =
             signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -295,11 +300,11 @@ impl Pipeline {
         }
     }
 
-    fn reached_count(&self, config: &Config) -> bool {
+    fn reached_count(&self, config: &TraceConfig) -> bool {
         config.count.is_some_and(|count| self.emitted >= count)
     }
 
-    fn report_holders(&mut self, config: &Config) -> anyhow::Result<()> {
+    fn report_holders(&mut self, config: &TraceConfig) -> anyhow::Result<()> {
         let held = snapshot::held(&snapshot::Query {
             ports: config.ports.clone(),
             protos: config.protos.iter().copied().collect(),
@@ -325,7 +330,7 @@ impl Pipeline {
         Ok(())
     }
 
-    fn drain(&mut self, stream: &mut Stream, config: &Config) -> anyhow::Result<()> {
+    fn drain(&mut self, stream: &mut Stream, config: &TraceConfig) -> anyhow::Result<()> {
         let mut result = Ok(());
         stream.drain(|raw| {
             let ts = self.clock.to_wall(raw.ts_ns);
@@ -378,7 +383,7 @@ impl Pipeline {
         Ok(())
     }
 
-    fn deliver(&mut self, event: &mut Event, config: &Config) -> anyhow::Result<()> {
+    fn deliver(&mut self, event: &mut Event, config: &TraceConfig) -> anyhow::Result<()> {
         let pid = event.task.as_ref().map(|task| task.pid);
         let comm = event.task.as_ref().map(|task| task.comm.as_str());
         let comm = comm.as_deref();
@@ -411,7 +416,7 @@ impl Pipeline {
 
 /// Resolves when stdout is a pipe or socket whose reader went away (`| head` is done), so
 /// portwatch ends then and not at its next write; never resolves for a terminal or a file.
-async fn stdout_reader_gone(config: &Config) {
+async fn stdout_reader_gone(config: &TraceConfig) {
     let watched = if config.quiet {
         None
     } else {

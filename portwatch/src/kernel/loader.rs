@@ -22,8 +22,7 @@ use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use crate::{
-    cli::Config,
-    kernel::backend::{self, Kernel},
+    kernel::backend::{self, Kernel, LoadSpec},
     kernel::kernel_log::{self, KernelLog},
     kernel::mounts,
 };
@@ -48,7 +47,7 @@ pub struct Loaded {
 
 /// Attaches the configured backend in a child process and takes over its descriptors. Must run
 /// before any other thread exists (fork copies only the calling thread).
-pub fn load(config: &Config) -> anyhow::Result<Loaded> {
+pub fn load(spec: &LoadSpec) -> anyhow::Result<Loaded> {
     let (parent_end, child_end) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -63,9 +62,8 @@ pub fn load(config: &Config) -> anyhow::Result<Loaded> {
         0 => {
             drop(parent_end);
             // A panic must not unwind out of here: the child would carry on as the tracer.
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                child(config, &child_end)
-            }));
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child(spec, &child_end)));
             let code = match outcome {
                 Ok(Ok(())) => 0,
                 _ => 1,
@@ -86,14 +84,14 @@ pub fn load(config: &Config) -> anyhow::Result<Loaded> {
 }
 
 /// The child: attach, then send the report and the attachment's descriptors.
-fn child(config: &Config, socket: &OwnedFd) -> io::Result<()> {
+fn child(spec: &LoadSpec, socket: &OwnedFd) -> io::Result<()> {
     let inherited: HashSet<RawFd> = open_descriptors()?.into_iter().collect();
     let outcome = Kernel::read()
         .map_err(|err| format!("reading the kernel's type information: {err}"))
         .and_then(|kernel| {
             // Best effort: without it aya parses the whole file, which is only slower.
             let _ = show_aya_the_skeleton(&kernel.skeleton);
-            let (attached, passed_over) = backend::attach_best(&kernel, config);
+            let (attached, passed_over) = backend::attach_best(&kernel, spec);
             let reasons: Vec<String> = passed_over
                 .iter()
                 .map(|(backend, err)| format!("{}: {err}", backend.name()))
@@ -130,7 +128,7 @@ fn child(config: &Config, socket: &OwnedFd) -> io::Result<()> {
         .iter()
         .map(|&fd| unsafe { BorrowedFd::borrow_raw(fd) })
         .collect();
-    let log_program = config
+    let log_program = spec
         .debug_kernel
         .then(|| log_program(&attached.ebpf))
         .flatten();

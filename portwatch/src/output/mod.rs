@@ -3,3 +3,10 @@
 pub mod capture;
 pub mod metrics_server;
 pub mod sink;
+
+/// How events are printed on stdout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}

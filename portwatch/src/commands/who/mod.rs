@@ -11,10 +11,11 @@ use std::{io::Write, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 
 use crate::{
-    cli::{Format, WhoConfig},
+    commands::config::WhoConfig,
     host::snapshot::{self, Family, Query},
     model::event::Proto,
     model::ports::{EphemeralPolicy, IanaClass, PortSet},
+    output::Format,
 };
 
 /// Exit codes, so scripts can ask "is anything on this port?".

@@ -5,6 +5,7 @@
 mod concurrent;
 mod fentry;
 mod kprobe;
+mod spec;
 mod tracefs;
 mod tracepoint;
 
@@ -17,11 +18,9 @@ use aya::{
 };
 use portwatch_ebpf::{Offsets, Settings, Syscalls};
 
-use crate::{
-    cli::{BackendArg, Config},
-    kernel::btf::{self, Btf, BtfError},
-    model::event::Proto,
-};
+pub use spec::{Choice, LoadSpec};
+
+use crate::kernel::btf::{self, Btf, BtfError};
 
 /// The kernel programs, compiled by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
@@ -46,12 +45,12 @@ impl Backend {
         }
     }
 
-    pub fn candidates(choice: BackendArg) -> Vec<Backend> {
+    pub fn candidates(choice: Choice) -> Vec<Backend> {
         match choice {
-            BackendArg::Auto => Self::PREFERENCE.to_vec(),
-            BackendArg::Fentry => vec![Backend::Fentry],
-            BackendArg::Kprobe => vec![Backend::Kprobe],
-            BackendArg::Tracepoint => vec![Backend::Tracepoint],
+            Choice::Auto => Self::PREFERENCE.to_vec(),
+            Choice::Fentry => vec![Backend::Fentry],
+            Choice::Kprobe => vec![Backend::Kprobe],
+            Choice::Tracepoint => vec![Backend::Tracepoint],
         }
     }
 }
@@ -180,19 +179,19 @@ pub struct Attached {
 
 /// Loads the object once with this kernel's offsets and the config's filters; backends then
 /// load and attach their own programs from it.
-fn load_object(kernel: &Kernel, config: &Config) -> Result<Ebpf, BackendError> {
+fn load_object(kernel: &Kernel, spec: &LoadSpec) -> Result<Ebpf, BackendError> {
     let offsets = kernel.offsets.clone().map_err(BackendError::Unsupported)?;
     let mut ebpf = EbpfLoader::new()
         // No CO-RE relocations to apply: offsets come in as globals.
         .btf(None)
         .override_global("OFFSETS", &offsets, true)
-        .override_global("SETTINGS", &settings(config), true)
+        .override_global("SETTINGS", &settings(spec), true)
         .override_global("SYSCALLS", &syscalls(), true)
         // aya-log's level, frozen: 0 (off) turns every kernel log call into dead code.
-        .override_global("AYA_LOG_LEVEL", &kernel_log_level(config), true)
-        .map_max_entries("EVENTS", config.ring_bytes)
+        .override_global("AYA_LOG_LEVEL", &kernel_log_level(spec), true)
+        .map_max_entries("EVENTS", spec.ring_bytes)
         .load(OBJECT)?;
-    if let Some(ports) = &config.ports {
+    if let Some(ports) = &spec.ports {
         let map = ebpf
             .map_mut("WATCHED_PORTS")
             .ok_or(BackendError::Unsupported(
@@ -253,9 +252,9 @@ fn unload(ebpf: &mut Ebpf, backend: Backend) {
 fn load_for(
     candidates: &[Backend],
     kernel: &Kernel,
-    config: &Config,
+    spec: &LoadSpec,
 ) -> Result<Ebpf, Vec<(Backend, BackendError)>> {
-    load_object(kernel, config).map_err(|err| {
+    load_object(kernel, spec).map_err(|err| {
         let reason = err.to_string();
         candidates
             .iter()
@@ -268,10 +267,10 @@ fn load_for(
 /// did not.
 pub fn attach_best(
     kernel: &Kernel,
-    config: &Config,
+    spec: &LoadSpec,
 ) -> (Option<Attached>, Vec<(Backend, BackendError)>) {
-    let candidates = Backend::candidates(config.backend);
-    let mut ebpf = match load_for(&candidates, kernel, config) {
+    let candidates = Backend::candidates(spec.choice);
+    let mut ebpf = match load_for(&candidates, kernel, spec) {
         Ok(ebpf) => ebpf,
         Err(failed) => return (None, failed),
     };
@@ -310,9 +309,9 @@ pub fn detach(attachment: Vec<std::os::fd::OwnedFd>) {
 }
 
 /// Attaches each candidate in turn and detaches it again: what `--check` reports.
-pub fn check(kernel: &Kernel, config: &Config) -> Vec<(Backend, Result<(), BackendError>)> {
-    let candidates = Backend::candidates(config.backend);
-    let mut ebpf = match load_for(&candidates, kernel, config) {
+pub fn check(kernel: &Kernel, spec: &LoadSpec) -> Vec<(Backend, Result<(), BackendError>)> {
+    let candidates = Backend::candidates(spec.choice);
+    let mut ebpf = match load_for(&candidates, kernel, spec) {
         Ok(ebpf) => ebpf,
         Err(failed) => {
             return failed
@@ -338,21 +337,21 @@ pub fn check(kernel: &Kernel, config: &Config) -> Vec<(Backend, Result<(), Backe
 /// interrupt per event.
 const WAKEUP_FILL_DIVISOR: u32 = 32;
 
-fn settings(config: &Config) -> Settings {
+fn settings(spec: &LoadSpec) -> Settings {
     Settings {
-        all_ports: config.ports.is_none() as u8,
-        portless_failures: config.portless_failures as u8,
-        tcp: config.protos.contains(&Proto::Tcp) as u8,
-        udp: config.protos.contains(&Proto::Udp) as u8,
-        ipv4: config.ipv4 as u8,
-        ipv6: config.ipv6 as u8,
+        all_ports: spec.ports.is_none() as u8,
+        portless_failures: spec.portless_failures as u8,
+        tcp: spec.tcp as u8,
+        udp: spec.udp as u8,
+        ipv4: spec.ipv4 as u8,
+        ipv6: spec.ipv6 as u8,
         _pad: [0; 2],
-        wakeup_bytes: config.ring_bytes / WAKEUP_FILL_DIVISOR,
+        wakeup_bytes: spec.ring_bytes / WAKEUP_FILL_DIVISOR,
     }
 }
 
-fn kernel_log_level(config: &Config) -> u8 {
-    if config.debug_kernel {
+fn kernel_log_level(spec: &LoadSpec) -> u8 {
+    if spec.debug_kernel {
         aya_log::Level::Debug as u8
     } else {
         0
