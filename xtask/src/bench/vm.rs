@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::initramfs::{self, Executable};
-use super::kernels::{self, Series};
-use super::{libbpf_tools, packages, protocol, qemu, target_dir};
-use crate::bench::emulated::Tool;
-use crate::bench::emulated_table::{Header, Table};
-use crate::bench::machine::Machine;
+use super::emulated::Tool;
+use super::emulated_table::{Header, Table};
+use super::libbpf_tools;
+use super::machine::Machine;
+use crate::project::target_dir;
+use crate::vm::initramfs::{self, Executable};
+use crate::vm::kernels::{self, Series};
+use crate::vm::{packages, protocol, qemu};
 
 /// What `cargo xtask bench --vm` was asked for.
 pub struct Options {
@@ -75,7 +77,7 @@ pub fn run(options: Options) -> Result<()> {
     let tools = libbpf_tools::resolve(&dir, options.offline)?;
     let portwatch = match options.portwatch {
         Some(path) => path,
-        None => crate::bench::binary::build_release()?,
+        None => super::binary::build_release()?,
     };
     let xtask = std::env::current_exe().context("locating the xtask binary for the guest")?;
 

@@ -13,8 +13,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::apt::Apt;
-use super::kernels::remove_if_present;
+use crate::vm::apt::Apt;
+use crate::vm::kernels::remove_if_present;
 
 /// The suite the packages come from: Debian 12's libbpf-tools, which links libbpf statically.
 pub const SUITE: &str = "bookworm";
