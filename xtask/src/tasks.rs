@@ -28,9 +28,9 @@ pub fn run_portwatch(args: &[String]) -> anyhow::Result<()> {
 
 /// Everything CI checks, in the order that fails fastest: the host packages the kernel matrix
 /// needs (installed when missing, before any build), the toolchain, lint, xtask's own unit tests,
-/// portwatch's unit tests, the benchmark's quick mode, then the end-to-end suite: on this host
-/// with every backend it supports and in each kernel of the matrix (one table), or on this host
-/// alone.
+/// portwatch's unit tests, a few seconds of each fuzz target, the benchmark's quick mode, then
+/// the end-to-end suite: on this host with every backend it supports and in each kernel of the
+/// matrix (one table), or on this host alone.
 pub fn test_all(host_only: bool) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the tests load eBPF programs and must run as root (sudo cargo xtask test)");
@@ -47,6 +47,7 @@ pub fn test_all(host_only: bool) -> anyhow::Result<()> {
     let mut unit = cargo(None);
     unit.args(["test", "--release", "-p", "portwatch", "--lib", "--bins"]);
     succeed(unit)?;
+    crate::fuzz::smoke()?;
     let xtask = std::env::current_exe().context("locating xtask")?;
     let mut bench = Command::new(&xtask);
     bench.args(["bench", "--quick"]);
@@ -65,7 +66,8 @@ pub fn test_all(host_only: bool) -> anyhow::Result<()> {
     succeed(matrix)
 }
 
-/// rustfmt and clippy on every crate; the kernel crate is linted for the BPF target as well.
+/// rustfmt and clippy on every crate; the kernel crate is linted for the BPF target as well,
+/// and the fuzz targets are type-checked on nightly.
 pub fn lint() -> anyhow::Result<()> {
     toolchain::ensure()?;
     let mut fmt = cargo(None);
@@ -94,5 +96,6 @@ pub fn lint() -> anyhow::Result<()> {
         "RUSTFLAGS",
         format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
     );
-    succeed(bpf)
+    succeed(bpf)?;
+    crate::fuzz::check()
 }
