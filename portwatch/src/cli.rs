@@ -15,10 +15,10 @@ use std::{
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    event::{Kind, Proto},
-    ports::{self, PortSet},
-    report,
-    sink::FileOptions,
+    commands::report,
+    model::event::{Kind, Proto},
+    model::ports::{self, PortSet},
+    output::sink::FileOptions,
 };
 
 #[derive(Parser, Debug)]

@@ -1,34 +1,15 @@
 //! portwatch: see, live, every moment a local port is claimed or freed, by which process, and
 //! every claim that failed and why.
 
-mod backend;
-mod btf;
-mod capture;
-mod cli;
-mod clock;
-mod enrich;
-mod event;
-#[cfg(test)]
-mod fuzz_replay;
-mod holders;
-mod kernel_log;
-mod loader;
-mod metrics_server;
-mod mounts;
-mod netns;
-mod ports;
-mod pressure;
-mod privileges;
-mod report;
-mod sink;
-mod snapshot;
-mod stream;
-mod trace;
-mod users;
-mod verify;
-mod who;
-
 use std::{io::Write as _, process::ExitCode};
+
+use portwatch::{
+    cli,
+    commands::{report, trace, verify, who},
+    host::netns,
+    kernel::{loader, privileges},
+    output::{metrics_server, sink},
+};
 
 fn main() -> ExitCode {
     let command = match cli::Command::from_args() {

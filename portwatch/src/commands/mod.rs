@@ -1,0 +1,6 @@
+//! The commands: trace (the live tracer), who, report and verify.
+
+pub mod report;
+pub mod trace;
+pub mod verify;
+pub mod who;

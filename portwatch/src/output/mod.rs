@@ -1,0 +1,5 @@
+//! Where events go: the table, JSON lines, sealed capture files and Prometheus metrics.
+
+pub mod capture;
+pub mod metrics_server;
+pub mod sink;
