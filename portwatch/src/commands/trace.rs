@@ -113,6 +113,12 @@ pub async fn run(
                 "portwatch: attached backend={backend}, watching {}",
                 config.describe()
             );
+            // Under systemd (Type=notify) the unit counts as started only now, with the
+            // holders out and the hooks in place; elsewhere NOTIFY_SOCKET is unset and this
+            // does nothing.
+            if let Err(err) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+                eprintln!("portwatch: telling the service manager it is ready: {err}");
+            }
             pipeline.run(&mut stream, &config).await
         }
         Err(err) => Err(err),
