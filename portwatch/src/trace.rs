@@ -26,12 +26,14 @@ use crate::{
     clock::{MonotonicClock, Timestamp},
     enrich::AuditCache,
     event::{Event, Holder, Kind},
+    exhaustion::{self, Facts, TimeWaitReuse},
     holders::Holders,
     kernel_log::KernelLog,
     loader::Loaded,
     metrics_server,
     netns::RangeReader,
-    ports::EphemeralPolicy,
+    ns_ranges::NamespaceRanges,
+    ports::{EphemeralPolicy, PortSet},
     pressure::PressureWatch,
     sink::{FileSink, JsonSink, MetricsSink, Sink, Sinks, TableSink},
     snapshot::{self, Family},
@@ -208,10 +210,16 @@ struct Pipeline {
     holders: Holders,
     audit: Option<AuditCache>,
     pressure: Option<PressureWatch>,
+    /// Each namespace's ephemeral range, for pressure and the exhaustion explanation.
+    ranges: NamespaceRanges,
     /// This host's ephemeral range and reserved ports, for the hint on a failure whose holder
     /// got the port as an ephemeral one.
     ephemeral: Option<EphemeralPolicy>,
     own_netns: Option<u32>,
+    /// This namespace's `tcp_tw_reuse`, for the exhaustion explanation.
+    time_wait_reuse: Option<TimeWaitReuse>,
+    /// The ports the holder table follows.
+    watched: Option<PortSet>,
     /// `--debug-kernel`: read with the lost counter, and once more at the end.
     kernel_log: Option<KernelLog>,
 }
@@ -235,12 +243,15 @@ impl Pipeline {
             emitted: 0,
             holders: Holders::default(),
             audit: config.audit.then(AuditCache::new),
-            pressure: (config.pressure_pct > 0).then(|| {
-                let own_range = ephemeral.as_ref().map(|policy| policy.range.clone());
-                PressureWatch::new(config.pressure_pct, namespaces, own_range)
-            }),
+            pressure: (config.pressure_pct > 0).then(|| PressureWatch::new(config.pressure_pct)),
+            ranges: NamespaceRanges::new(
+                namespaces,
+                ephemeral.as_ref().map(|policy| policy.range.clone()),
+            ),
             ephemeral,
             own_netns: snapshot::own_netns(),
+            time_wait_reuse: TimeWaitReuse::read(),
+            watched: config.ports.clone(),
             kernel_log,
         }
     }
@@ -365,17 +376,38 @@ impl Pipeline {
                     .and_then(|(_, policy)| policy.reserve_hint(event.local_port));
                 event.holder = Some(holder);
             }
+            Kind::Fail if exhaustion::applies(event) => self.explain(event),
             _ => {}
         }
-        self.holders.observe(event);
-        if let Some(crossing) = self
-            .pressure
-            .as_mut()
-            .and_then(|pressure| pressure.observe(event, &self.holders))
-        {
-            self.sink.pressure(&crossing)?;
+        if let Some(change) = self.holders.observe(event) {
+            self.sink.occupancy(&change)?;
+            if let Some(crossing) = self.pressure.as_mut().and_then(|pressure| {
+                pressure.observe(event, &change, &self.holders, &mut self.ranges)
+            }) {
+                self.sink.pressure(&crossing)?;
+            }
         }
         Ok(())
+    }
+
+    /// Says why the kernel found no port, if this namespace's range is known.
+    fn explain(&mut self, event: &mut Event) {
+        let Some(range) = self.ranges.range_of(event) else {
+            return;
+        };
+        // Reserved ports and tcp_tw_reuse are read here for this namespace only.
+        let here = event.netns.is_none() || event.netns == self.own_netns;
+        let facts = Facts {
+            range,
+            reserved: self
+                .ephemeral
+                .as_ref()
+                .filter(|_| here)
+                .map(|policy| policy.reserved.as_slice()),
+            time_wait_reuse: self.time_wait_reuse.filter(|_| here),
+            watched: self.watched.as_ref(),
+        };
+        event.exhaustion = Some(Box::new(exhaustion::explain(event, &self.holders, &facts)));
     }
 
     fn deliver(&mut self, event: &mut Event, config: &Config) -> anyhow::Result<()> {

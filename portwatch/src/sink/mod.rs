@@ -13,7 +13,9 @@ pub use json::JsonSink;
 pub use metrics::MetricsSink;
 pub use table::TableSink;
 
-use crate::{capture::Summary, clock::Timestamp, event::Event, pressure::Pressure};
+use crate::{
+    capture::Summary, clock::Timestamp, event::Event, holders::PortChange, pressure::Pressure,
+};
 
 pub trait Sink {
     fn event(&mut self, event: &Event) -> io::Result<()>;
@@ -21,6 +23,11 @@ pub trait Sink {
     fn lost(&mut self, ts: Timestamp, count: u64) -> io::Result<()>;
     /// The ephemeral range of a namespace filled past the threshold, or fell back.
     fn pressure(&mut self, pressure: &Pressure) -> io::Result<()>;
+    /// A port was taken or given back, as the holder table saw it: every event the kernel
+    /// reported, before the user's filters.
+    fn occupancy(&mut self, _change: &PortChange) -> io::Result<()> {
+        Ok(())
+    }
     fn flush(&mut self) -> io::Result<()>;
     /// SIGHUP: reopen whatever file the sink writes (logrotate moved it away).
     fn reopen(&mut self) -> io::Result<()> {
@@ -59,6 +66,10 @@ impl Sink for Sinks {
 
     fn pressure(&mut self, pressure: &Pressure) -> io::Result<()> {
         self.each(|sink| sink.pressure(pressure))
+    }
+
+    fn occupancy(&mut self, change: &PortChange) -> io::Result<()> {
+        self.each(|sink| sink.occupancy(change))
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -114,6 +125,7 @@ pub mod tests {
             holder: None,
             hint: None,
             audit: None,
+            exhaustion: None,
         }
     }
 }
