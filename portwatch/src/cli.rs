@@ -312,8 +312,9 @@ pub fn man_pages(dir: &Path) -> std::io::Result<()> {
 pub struct Config {
     /// None: every port.
     pub ports: Option<PortSet>,
-    /// Deliver failures that have no port (the kernel found none to choose): only useful when
-    /// watching every port or a range the kernel chooses from.
+    /// Have the kernel deliver failures that have no port (the kernel found none to choose):
+    /// always, since whether one matters depends on its own namespace's range, which only the
+    /// tracer can tell ([`Config::wants_portless_failure`]).
     pub portless_failures: bool,
     pub pids: HashSet<u32>,
     pub comms: HashSet<String>,
@@ -339,6 +340,21 @@ pub struct Config {
 }
 
 impl Config {
+    /// Whether a failure without a port belongs to the trace: when watching every port, or
+    /// ports that overlap the ephemeral range of the failure's own namespace (None: unknown,
+    /// then this host's range decides).
+    pub fn wants_portless_failure(
+        &self,
+        namespace_range: Option<&RangeInclusive<u16>>,
+        host_range: Option<&RangeInclusive<u16>>,
+    ) -> bool {
+        match (&self.ports, namespace_range.or(host_range)) {
+            (None, _) => true,
+            (Some(set), Some(range)) => set.intersects(range),
+            (Some(_), None) => false,
+        }
+    }
+
     fn from_parsed(args: TraceArgs) -> anyhow::Result<Self> {
         let mut ranges: Vec<RangeInclusive<u16>> = args.ports.into_iter().flatten().collect();
         if args.dynamic {
@@ -354,11 +370,7 @@ impl Config {
             );
         }
         let ports = (!ranges.is_empty()).then(|| PortSet::new(ranges));
-        let portless_failures = match (&ports, &ephemeral) {
-            (None, _) => true,
-            (Some(set), Ok(range)) => set.intersects(range),
-            (Some(_), Err(_)) => false,
-        };
+        let portless_failures = true;
         let protos = match args.proto {
             Some(ProtoArg::Tcp) => HashSet::from([Proto::Tcp]),
             Some(ProtoArg::Udp) => HashSet::from([Proto::Udp]),
@@ -574,9 +586,13 @@ mod tests {
     }
 
     #[test]
-    fn a_single_low_port_does_not_want_portless_failures() {
-        assert!(!config(&["--port", "80"]).portless_failures);
-        assert!(config(&["--ephemeral"]).portless_failures);
+    fn portless_failures_go_by_the_namespace_range() {
+        let low = config(&["--port", "80"]);
+        assert!(!low.wants_portless_failure(Some(&(32768..=60999)), None));
+        let high = config(&["--port", "62000-62003"]);
+        assert!(!high.wants_portless_failure(None, Some(&(32768..=60999))));
+        assert!(high.wants_portless_failure(Some(&(62000..=62001)), Some(&(32768..=60999))));
+        assert!(config(&[]).wants_portless_failure(None, None));
     }
 
     #[test]

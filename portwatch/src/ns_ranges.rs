@@ -29,13 +29,14 @@ impl NamespaceRanges {
         }
     }
 
-    /// The range of the event's namespace, entered through the event's process the first time.
+    /// The range of the event's namespace, entered through the event's thread the first time
+    /// (a namespace is per thread: a process's other threads may be elsewhere).
     pub fn range_of(&mut self, event: &Event) -> Option<RangeInclusive<u16>> {
         if let Some(known) = self.ranges.get(&event.netns) {
             return known.clone();
         }
         let range = {
-            let pid = event.task.as_ref().map(|task| task.pid)?;
+            let pid = event.task.as_ref().map(|task| task.tid)?;
             let netns = event.netns?;
             let range = self
                 .reader

@@ -356,6 +356,11 @@ impl Pipeline {
     /// Adds what only the live holder table knows, then updates it (and the pressure counts)
     /// with the event.
     fn understand(&mut self, event: &mut Event) -> anyhow::Result<()> {
+        // A namespace's range is read from its first claim, while the claiming thread (the
+        // way into the namespace) most likely still runs: a failure may be its last act.
+        if event.kind == Kind::Claim {
+            self.ranges.range_of(event);
+        }
         match event.kind {
             // A free whose claim predates tracing carries whoever ran when the port was
             // released; if the table knows who held that very socket, name it instead.
@@ -411,6 +416,13 @@ impl Pipeline {
     }
 
     fn deliver(&mut self, event: &mut Event, config: &Config) -> anyhow::Result<()> {
+        if event.kind == Kind::Fail && event.local_port == 0 {
+            let namespace_range = self.ranges.range_of(event);
+            let host_range = self.ephemeral.as_ref().map(|policy| &policy.range);
+            if !config.wants_portless_failure(namespace_range.as_ref(), host_range) {
+                return Ok(());
+            }
+        }
         let pid = event.task.as_ref().map(|task| task.pid);
         let comm = event.task.as_ref().map(|task| task.comm.as_str());
         let comm = comm.as_deref();
