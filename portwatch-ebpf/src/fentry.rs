@@ -38,6 +38,12 @@ pub fn hash_connect_exit(ctx: FExitContext) -> i32 {
     0
 }
 
+#[fentry(function = "inet_dgram_connect")]
+pub fn dgram_connect_entry(ctx: FEntryContext) -> i32 {
+    kfunc::before_dgram_connect(ctx.arg(0), ctx.arg(1));
+    0
+}
+
 #[fexit(function = "inet_autobind")]
 pub fn autobind_exit(ctx: FExitContext) -> i32 {
     kfunc::after_autobind(ctx.arg(0), returned!(ctx, 1));

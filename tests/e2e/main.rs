@@ -18,6 +18,8 @@ mod capture;
 mod cli;
 mod coexistence;
 mod connect;
+mod connect_fail;
+mod exhaustion;
 mod expect;
 mod failures;
 mod faults;
@@ -75,6 +77,15 @@ fn scenarios() -> Vec<Trial> {
         bind::tcp_listen_without_bind,
         connect::tcp_connect_ipv4,
         connect::tcp_connect_ipv6,
+        connect_fail::tcp_ipv4_names_destination,
+        connect_fail::tcp_ipv6_names_destination,
+        connect_fail::udp_connect_names_destination,
+        exhaustion::one_destination_exhausted_another_connects,
+        exhaustion::one_destination_exhausted_ipv6,
+        exhaustion::time_wait_exhaustion,
+        exhaustion::bound_ports_block_every_destination,
+        exhaustion::bind_before_connect_with_and_without_no_port,
+        exhaustion::udp_connect_exhaustion,
         udp::udp_bind_ipv6,
         udp::udp_send_autobind_ipv4,
         udp::udp_connect_autobind_ipv6,

@@ -14,7 +14,7 @@ use super::{BackendError, Kernel, concurrent, kernel_function, lacks, parameter_
 /// Attached in this order: every release hook before any claim hook. A claim recorded while its
 /// socket's release went unseen would stay in the claim map after the socket is gone, and the
 /// next socket allocated at that address would look as if it had claimed already.
-pub const PROGRAMS: [(&str, &str, u32); 15] = [
+pub const PROGRAMS: [(&str, &str, u32); 16] = [
     ("put_port_entry", "put_port", 0),
     ("udp_unhash_entry", "udp_unhash", 0),
     ("time_wait_start", "time_wait_start", 0),
@@ -24,6 +24,7 @@ pub const PROGRAMS: [(&str, &str, u32); 15] = [
     ("inet_bind_exit", "bind", 4),
     ("inet6_bind_exit", "bind6", 4),
     ("hash_connect_exit", "hash_connect", 4),
+    ("dgram_connect_entry", "dgram_connect", 0),
     ("autobind_exit", "autobind", 1),
     ("listen_start_entry", "listen_start", 0),
     ("listen_start_exit_1", "listen_start", 1),

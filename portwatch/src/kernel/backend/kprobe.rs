@@ -7,7 +7,7 @@ use super::{BackendError, Kernel, concurrent, kernel_function, lacks};
 
 /// Program name in the object, and the hook it serves. Release hooks come first, for the reason
 /// given at [`super::fentry::PROGRAMS`].
-pub const PROGRAMS: [(&str, &str); 17] = [
+pub const PROGRAMS: [(&str, &str); 18] = [
     ("kp_put_port", "put_port"),
     ("kp_udp_unhash", "udp_unhash"),
     ("kp_time_wait_start", "time_wait_start"),
@@ -20,6 +20,7 @@ pub const PROGRAMS: [(&str, &str); 17] = [
     ("kp_inet6_bind_ret", "bind6"),
     ("kp_hash_connect", "hash_connect"),
     ("kp_hash_connect_ret", "hash_connect"),
+    ("kp_dgram_connect", "dgram_connect"),
     ("kp_autobind", "autobind"),
     ("kp_autobind_ret", "autobind"),
     ("kp_listen_start", "listen_start"),

@@ -398,10 +398,11 @@ fn parameter_count(kernel: &Kernel, function: &str) -> u32 {
 
 /// The kernel functions the fentry and kprobe backends hook, by program name, with the function
 /// names to try in order.
-const KERNEL_FUNCTIONS: [(&str, &[&str]); 11] = [
+const KERNEL_FUNCTIONS: [(&str, &[&str]); 12] = [
     ("bind", &["__inet_bind"]),
     ("bind6", &["__inet6_bind"]),
     ("hash_connect", &["__inet_hash_connect"]),
+    ("dgram_connect", &["inet_dgram_connect"]),
     ("autobind", &["inet_autobind"]),
     ("listen_start", &["inet_csk_listen_start"]),
     ("accept", &["inet_csk_accept"]),
