@@ -62,12 +62,19 @@ pub fn run(args: FuzzArgs) -> anyhow::Result<()> {
     } else {
         args.targets
     };
-    run_targets(&targets, args.seconds)
+    run_targets(&targets, args.seconds, Build::Release)
 }
 
-/// Every target, `SMOKE_SECONDS` each.
+/// Every target, `SMOKE_SECONDS` each, built unoptimised: the build is most of the cost, and
+/// a few seconds of slower fuzzing still replays the corpus and mutates it.
 pub fn smoke() -> anyhow::Result<()> {
-    run_targets(&all_targets()?, SMOKE_SECONDS)
+    run_targets(&all_targets()?, SMOKE_SECONDS, Build::Dev)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Build {
+    Dev,
+    Release,
 }
 
 /// Type-checks the targets on nightly (what lint asks; no libFuzzer build needed).
@@ -84,7 +91,7 @@ pub fn check() -> anyhow::Result<()> {
     succeed(check)
 }
 
-fn run_targets(targets: &[String], seconds: u32) -> anyhow::Result<()> {
+fn run_targets(targets: &[String], seconds: u32, build: Build) -> anyhow::Result<()> {
     toolchain::ensure()?;
     ensure_cargo_fuzz()?;
     for target in targets {
@@ -95,6 +102,9 @@ fn run_targets(targets: &[String], seconds: u32) -> anyhow::Result<()> {
             .with_context(|| format!("creating {}", scratch.display()))?;
         let mut fuzz = cargo(Some("+nightly"));
         fuzz.args(["fuzz", "run", "--fuzz-dir"]).arg(fuzz_dir());
+        if build == Build::Dev {
+            fuzz.arg("--dev");
+        }
         fuzz.arg("--target-dir").arg(target_dir()?.join("fuzz"));
         fuzz.arg(target)
             .arg(&scratch)
