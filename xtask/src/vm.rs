@@ -39,7 +39,7 @@ use protocol::Report;
 #[derive(clap::Args)]
 pub struct VmArgs {
     /// Kernel series to boot (Debian's newest cloud kernel of each).
-    #[arg(long, value_delimiter = ',', default_values = ["5.10", "6.1", "6.12"])]
+    #[arg(long, value_delimiter = ',', default_values = ["5.10", "6.1", "6.12", "7.2", "7.3"])]
     pub kernels: Vec<Series>,
     /// Backends to run the suite with.
     #[arg(long, value_delimiter = ',', default_values = ["kprobe", "fentry", "tracepoint"])]

@@ -55,7 +55,7 @@ fn clock(series: Series) -> (&'static [&'static str], String) {
                 ICOUNT.join(" ")
             ),
         ),
-        Series::V5_10 | Series::V6_1 => (
+        Series::V5_10 | Series::V6_1 | Series::V7_2 | Series::V7_3 => (
             &[],
             "the host's (`-icount` is used on 6.12 only: 6.1 hung bringing up its second vCPU \
              with it), so whatever else the host ran during a mode's rounds moved its ratio; \

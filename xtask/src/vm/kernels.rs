@@ -27,6 +27,12 @@ pub enum Series {
     V6_1,
     #[value(name = "6.12")]
     V6_12,
+    /// The newest series of Debian's unstable suite (sid) when this was written.
+    #[value(name = "7.2")]
+    V7_2,
+    /// The newest series of trixie-backports, and of Debian, when this was written.
+    #[value(name = "7.3")]
+    V7_3,
 }
 
 impl Series {
@@ -35,6 +41,8 @@ impl Series {
             Series::V5_10 => "5.10",
             Series::V6_1 => "6.1",
             Series::V6_12 => "6.12",
+            Series::V7_2 => "7.2",
+            Series::V7_3 => "7.3",
         }
     }
 }
@@ -113,7 +121,8 @@ fn newest(versions: &str, series: Series) -> Result<(String, String)> {
         return Ok((package.to_owned(), version.to_owned()));
     }
     bail!(
-        "no {METAPACKAGE} {prefix}* in bullseye, bookworm(-backports) or trixie (or their security suites)"
+        "no {METAPACKAGE} {prefix}* in {} (or their security suites)",
+        super::apt::ARCHIVE_SUITES
     )
 }
 
@@ -129,25 +138,30 @@ fn fetch(apt: &Apt, cache: &Path, series: Series, package: &str, version: &str) 
         let download = cache.join("download");
         // Leftovers of an interrupted run would be mistaken for this download.
         remove_if_present(&download)?;
-        let deb = apt.download(package, version, &download)?;
         let unpacked = download.join("unpacked");
-        let status = Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(&deb)
-            .arg(&unpacked)
-            .status()
-            .context("running dpkg-deb")?;
-        if !status.success() {
-            bail!("dpkg-deb -x {} failed ({status})", deb.display());
+        unpack(&apt.download(package, version, &download)?, &unpacked)?;
+        // Since 7.x the image package is empty and depends on these two, at its own version.
+        if !unpacked.join(format!("boot/vmlinuz-{release}")).exists() {
+            for split in ["linux-binary", "linux-base"] {
+                let split = format!("{split}-{release}");
+                unpack(&apt.download(&split, version, &download)?, &unpacked)?;
+            }
         }
         // Assemble next to the final place and rename, so a cache entry is whole or absent.
         let partial = cache.join(format!("{release}.partial"));
         remove_if_present(&partial)?;
         fs::create_dir_all(&partial)?;
-        for (from, to) in [("vmlinuz", "vmlinuz"), ("config", "config")] {
-            let source = unpacked.join(format!("boot/{from}-{release}"));
-            fs::copy(&source, partial.join(to))
-                .with_context(|| format!("{package} has no {}", source.display()))?;
+        for name in ["vmlinuz", "config"] {
+            let source = [
+                format!("boot/{name}-{release}"),
+                format!("usr/lib/modules/{release}/{name}"),
+            ]
+            .map(|path| unpacked.join(path))
+            .into_iter()
+            .find(|path| path.is_file())
+            .with_context(|| format!("{package} {version} unpacked to no {name}"))?;
+            fs::copy(&source, partial.join(name))
+                .with_context(|| format!("copying {}", source.display()))?;
         }
         fs::write(partial.join("package"), &origin)?;
         remove_if_present(&dir)?;
@@ -157,6 +171,20 @@ fn fetch(apt: &Apt, cache: &Path, series: Series, package: &str, version: &str) 
     }
     fs::write(cache.join(latest(series)), format!("{release}\n"))?;
     cached(cache, series)
+}
+
+/// `dpkg-deb -x deb into`; several packages may go into one directory.
+fn unpack(deb: &Path, into: &Path) -> Result<()> {
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(deb)
+        .arg(into)
+        .status()
+        .context("running dpkg-deb")?;
+    if !status.success() {
+        bail!("dpkg-deb -x {} failed ({status})", deb.display());
+    }
+    Ok(())
 }
 
 /// The kernel of `series` that the last online run resolved.
