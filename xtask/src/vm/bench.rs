@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use super::arch::Arch;
 use super::initramfs::{self, Executable};
 use super::kernels::{self, Series};
-use super::{libbpf_tools, packages, protocol, qemu, target_dir};
+use super::{busybox, libbpf_tools, packages, protocol, qemu, target_dir};
 use crate::bench::emulated::Tool;
 use crate::bench::emulated_table::{Header, Table};
 use crate::bench::machine::Machine;
@@ -69,7 +70,11 @@ pub fn run(options: Options) -> Result<()> {
     let started = Instant::now();
     packages::ensure(packages::KERNEL_MATRIX)?;
     let dir = target_dir()?.join("vm");
-    let kernel = kernels::resolve(&dir, &[options.series], options.offline)?
+    let spec = kernels::Spec {
+        arch: Arch::HOST,
+        series: options.series,
+    };
+    let kernel = kernels::resolve(&dir, &[spec], options.offline)?
         .pop()
         .context("no kernel resolved")?;
     let tools = libbpf_tools::resolve(&dir, options.offline)?;
@@ -102,7 +107,12 @@ pub fn run(options: Options) -> Result<()> {
     }));
     let initrd = dir.join("bench-initramfs.cpio");
     let init = protocol::bench_init_script(options.rounds, options.seconds);
-    initramfs::build_with(&initrd, &executables, &init)?;
+    let busybox = busybox::find(&dir, Arch::HOST, options.offline)?;
+    let guest = initramfs::Guest {
+        arch: Arch::HOST,
+        busybox: &busybox,
+    };
+    initramfs::build_with(&initrd, &guest, &executables, &init)?;
 
     let logs = dir.join("logs");
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
@@ -117,6 +127,7 @@ pub fn run(options: Options) -> Result<()> {
     let watchdog = QUIET_ALLOWANCE + Duration::from_secs_f64(options.seconds);
     let (clock_args, clock) = clock(options.series);
     let console = qemu::boot_with(
+        Arch::HOST,
         &kernel.vmlinuz,
         &initrd,
         &log,

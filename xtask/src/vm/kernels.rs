@@ -2,8 +2,8 @@
 //!
 //! The newest is resolved at run time because the archive replaces kernels with every point
 //! release. Each one is cached as `kernels/<release>/` (vmlinuz, its config, the package it came
-//! from), and `kernels/latest-<series>` names the one resolved last, so a run without network
-//! boots exactly what the last online run booted.
+//! from), and `kernels/latest-<series>` (`latest-arm64-<series>` for arm64) names the one
+//! resolved last, so a run without network boots exactly what the last online run booted.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,10 +13,13 @@ use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 
 use super::apt::Apt;
+use super::arch::Arch;
 
-/// Depends on the newest image of its suite; one version of it per suite, so its version list
-/// holds every series' newest kernel.
-const METAPACKAGE: &str = "linux-image-cloud-amd64";
+/// `linux-image-cloud-<arch>` depends on the newest image of its suite; one version of it per
+/// suite, so its version list holds every series' newest kernel.
+fn metapackage(arch: Arch) -> String {
+    format!("linux-image-cloud-{}", arch.name())
+}
 
 /// A kernel series, named as on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -47,8 +50,39 @@ impl Series {
     }
 }
 
+/// One kernel of the matrix: a series built for an architecture. On the command line the
+/// host's architecture goes without saying (`6.1`); another one is named first (`arm64/6.1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Spec {
+    pub arch: Arch,
+    pub series: Series,
+}
+
+impl Spec {
+    pub fn name(self) -> String {
+        if self.arch == Arch::HOST {
+            self.series.name().to_owned()
+        } else {
+            format!("{}/{}", self.arch.name(), self.series.name())
+        }
+    }
+
+    /// `[ARCH/]SERIES`, as clap's value parser.
+    pub fn parse(text: &str) -> Result<Spec, String> {
+        let (arch, series) = match text.split_once('/') {
+            Some((arch, series)) => (Arch::from_str(arch, false)?, series),
+            None => (Arch::HOST, text),
+        };
+        Ok(Spec {
+            arch,
+            series: Series::from_str(series, false)?,
+        })
+    }
+}
+
 /// A kernel ready to boot.
 pub struct Kernel {
+    pub arch: Arch,
     pub series: Series,
     /// As `uname -r` prints it, e.g. `6.1.0-56-cloud-amd64`.
     pub release: String,
@@ -59,31 +93,41 @@ pub struct Kernel {
     pub btf: bool,
 }
 
+impl Kernel {
+    /// The row's name, as on the command line.
+    pub fn name(&self) -> String {
+        Spec {
+            arch: self.arch,
+            series: self.series,
+        }
+        .name()
+    }
+}
+
 /// The newest kernel of each of `wanted`, downloaded into `vm_dir/kernels` unless cached there.
 /// Offline, or when the archive cannot be used, the kernels resolved last are used.
-pub fn resolve(vm_dir: &Path, wanted: &[Series], offline: bool) -> Result<Vec<Kernel>> {
+pub fn resolve(vm_dir: &Path, wanted: &[Spec], offline: bool) -> Result<Vec<Kernel>> {
     let cache = vm_dir.join("kernels");
-    let from_cache = || -> Result<Vec<Kernel>> {
-        wanted
-            .iter()
-            .map(|series| cached(&cache, *series))
-            .collect()
-    };
+    let from_cache =
+        || -> Result<Vec<Kernel>> { wanted.iter().map(|spec| cached(&cache, *spec)).collect() };
     if offline {
         return from_cache();
     }
     println!("resolving Debian cloud kernels ...");
     let online = || -> Result<Vec<Kernel>> {
-        let apt = Apt::new(&vm_dir.join("apt"))?;
-        apt.update()?;
-        let versions = apt.show(METAPACKAGE)?;
-        wanted
-            .iter()
-            .map(|&series| {
-                let (package, version) = newest(&versions, series)?;
-                fetch(&apt, &cache, series, &package, &version)
-            })
-            .collect()
+        let mut arches: Vec<Arch> = wanted.iter().map(|spec| spec.arch).collect();
+        arches.dedup();
+        let mut kernels = Vec::new();
+        for arch in arches {
+            let apt = Apt::new(vm_dir, arch)?;
+            apt.update()?;
+            let versions = apt.show(&metapackage(arch))?;
+            for spec in wanted.iter().filter(|spec| spec.arch == arch) {
+                let (package, version) = newest(&versions, *spec)?;
+                kernels.push(fetch(&apt, &cache, *spec, &package, &version)?);
+            }
+        }
+        Ok(kernels)
     };
     online().or_else(|err| match from_cache() {
         Ok(kernels) => {
@@ -96,8 +140,9 @@ pub fn resolve(vm_dir: &Path, wanted: &[Series], offline: bool) -> Result<Vec<Ke
 
 /// The image package (and its version) the newest metapackage of `series` depends on.
 /// `apt-cache show` lists versions newest first, so the first stanza of the series is the one.
-fn newest(versions: &str, series: Series) -> Result<(String, String)> {
-    let prefix = format!("{}.", series.name());
+fn newest(versions: &str, spec: Spec) -> Result<(String, String)> {
+    let metapackage = metapackage(spec.arch);
+    let prefix = format!("{}.", spec.series.name());
     for stanza in versions.split("\n\n") {
         let field = |name: &str| {
             stanza
@@ -113,7 +158,7 @@ fn newest(versions: &str, series: Series) -> Result<(String, String)> {
             .split(',')
             .map(str::trim)
             .find(|dependency| dependency.starts_with("linux-image-"))
-            .with_context(|| format!("{METAPACKAGE} depends on no image: {depends}"))?;
+            .with_context(|| format!("{metapackage} depends on no image: {depends}"))?;
         let (package, version) = image
             .split_once(" (= ")
             .and_then(|(package, rest)| Some((package, rest.strip_suffix(')')?)))
@@ -121,13 +166,13 @@ fn newest(versions: &str, series: Series) -> Result<(String, String)> {
         return Ok((package.to_owned(), version.to_owned()));
     }
     bail!(
-        "no {METAPACKAGE} {prefix}* in {} (or their security suites)",
+        "no {metapackage} {prefix}* in {} (or their security suites)",
         super::apt::ARCHIVE_SUITES
     )
 }
 
 /// The cached kernel for `package` at `version`, downloading and unpacking it if missing.
-fn fetch(apt: &Apt, cache: &Path, series: Series, package: &str, version: &str) -> Result<Kernel> {
+fn fetch(apt: &Apt, cache: &Path, spec: Spec, package: &str, version: &str) -> Result<Kernel> {
     let release = package
         .strip_prefix("linux-image-")
         .with_context(|| format!("{package} is not a linux-image package"))?;
@@ -169,12 +214,12 @@ fn fetch(apt: &Apt, cache: &Path, series: Series, package: &str, version: &str) 
             .with_context(|| format!("moving {} into place", partial.display()))?;
         remove_if_present(&download)?;
     }
-    fs::write(cache.join(latest(series)), format!("{release}\n"))?;
-    cached(cache, series)
+    fs::write(cache.join(latest(spec)), format!("{release}\n"))?;
+    cached(cache, spec)
 }
 
 /// `dpkg-deb -x deb into`; several packages may go into one directory.
-fn unpack(deb: &Path, into: &Path) -> Result<()> {
+pub fn unpack(deb: &Path, into: &Path) -> Result<()> {
     let status = Command::new("dpkg-deb")
         .arg("-x")
         .arg(deb)
@@ -187,14 +232,14 @@ fn unpack(deb: &Path, into: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The kernel of `series` that the last online run resolved.
-fn cached(cache: &Path, series: Series) -> Result<Kernel> {
-    let pointer = cache.join(latest(series));
+/// The kernel of `spec` that the last online run resolved.
+fn cached(cache: &Path, spec: Spec) -> Result<Kernel> {
+    let pointer = cache.join(latest(spec));
     let release = fs::read_to_string(&pointer)
         .with_context(|| {
             format!(
                 "no cached {} kernel ({} is missing); run once without --offline",
-                series.name(),
+                spec.name(),
                 pointer.display()
             )
         })?
@@ -214,7 +259,8 @@ fn cached(cache: &Path, series: Series) -> Result<Kernel> {
         bail!("{} is missing", vmlinuz.display());
     }
     Ok(Kernel {
-        series,
+        arch: spec.arch,
+        series: spec.series,
         package: package.to_owned(),
         version: version.to_owned(),
         vmlinuz,
@@ -223,8 +269,8 @@ fn cached(cache: &Path, series: Series) -> Result<Kernel> {
     })
 }
 
-fn latest(series: Series) -> String {
-    format!("latest-{}", series.name())
+fn latest(spec: Spec) -> String {
+    format!("latest-{}", spec.name().replace('/', "-"))
 }
 
 pub fn remove_if_present(dir: &Path) -> Result<()> {
