@@ -241,16 +241,15 @@ fn foreign_libraries(arch: Arch, binary: &Path) -> Result<Vec<(PathBuf, String)>
             let name = path.rsplit('/').next().unwrap_or_default().to_owned();
             (name, path)
         });
-        let wanted = needed
+        // The interpreter first: it is often a NEEDED entry too (of libc, and of Rust binaries),
+        // and must be at the path the binary names; the loader matches the entry by name.
+        let wanted = interpreter
             .into_iter()
-            .map(|name| {
+            .chain(needed.into_iter().map(|name| {
                 let inside = format!("{lib_dir}/{name}");
                 (name, inside)
-            })
-            .chain(interpreter);
+            }));
         for (name, inside) in wanted {
-            // The loader is also a NEEDED entry of libc; it is already in place as the
-            // interpreter, which the loader matches by name.
             if found
                 .iter()
                 .any(|(host, _)| host.file_name() == Some(name.as_ref()))
