@@ -39,6 +39,9 @@ pub enum Series {
 }
 
 impl Series {
+    /// The newest series the matrix knows.
+    pub const NEWEST: Series = Series::V7_3;
+
     pub fn name(self) -> &'static str {
         match self {
             Series::V5_10 => "5.10",
@@ -94,13 +97,16 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// The row's name, as on the command line.
-    pub fn name(&self) -> String {
+    pub fn spec(&self) -> Spec {
         Spec {
             arch: self.arch,
             series: self.series,
         }
-        .name()
+    }
+
+    /// The row's name, as on the command line.
+    pub fn name(&self) -> String {
+        self.spec().name()
     }
 }
 
