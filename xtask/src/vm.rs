@@ -72,8 +72,8 @@ pub struct VmArgs {
     /// look into one failure without a whole matrix run. Letters, digits, `_` and `:` only.
     #[arg(long, value_name = "FILTER", value_parser = scenario_filter)]
     pub scenarios: Option<String>,
-    /// Run every scenario in every row: by default the arm64 rows but the newest kernel's leave
-    /// out the topics that do not depend on the architecture (see portwatch/docs/platforms.md).
+    /// Run every scenario in every row: by default the arm64 rows leave out the topics that do
+    /// not depend on the architecture (see portwatch/docs/platforms.md).
     #[arg(long)]
     pub all: bool,
     /// Use this portwatch binary instead of building it (needs --e2e too; this machine's

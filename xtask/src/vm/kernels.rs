@@ -39,9 +39,6 @@ pub enum Series {
 }
 
 impl Series {
-    /// The newest series the matrix knows.
-    pub const NEWEST: Series = Series::V7_3;
-
     pub fn name(self) -> &'static str {
         match self {
             Series::V5_10 => "5.10",
