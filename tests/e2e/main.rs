@@ -18,6 +18,7 @@ mod capture;
 mod cli;
 mod coexistence;
 mod connect;
+mod connect_fail;
 mod expect;
 mod failures;
 mod faults;
@@ -75,6 +76,9 @@ fn scenarios() -> Vec<Trial> {
         bind::tcp_listen_without_bind,
         connect::tcp_connect_ipv4,
         connect::tcp_connect_ipv6,
+        connect_fail::tcp_ipv4_names_destination,
+        connect_fail::tcp_ipv6_names_destination,
+        connect_fail::udp_connect_names_destination,
         udp::udp_bind_ipv6,
         udp::udp_send_autobind_ipv4,
         udp::udp_connect_autobind_ipv6,
