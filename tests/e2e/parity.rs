@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::{
-    Outcome,
+    Outcome, Skip,
     expect::{check, exactly, in_order, want},
     tracer::{Trace, Tracer},
     workload::{Kind, Socket, V4, free_port, tcp_listener},
@@ -263,8 +263,9 @@ pub fn mptcp_binds_are_claims() -> Outcome {
         Ok(listener) => listener,
         // A kernel built without MPTCP (Debian's 5.10 cloud kernel): nothing to trace.
         Err(err) if err.raw_os_error() == Some(libc::EPROTONOSUPPORT) => {
-            println!("e2e: skip: this kernel has no MPTCP (socket(IPPROTO_MPTCP): {err})");
-            return Ok(());
+            return Err(Skip::because(format!(
+                "this kernel has no MPTCP (socket(IPPROTO_MPTCP): {err})"
+            )));
         }
         Err(err) => return Err(format!("an MPTCP socket (net.mptcp.enabled=1?): {err}").into()),
     };
