@@ -152,6 +152,7 @@ fn scenarios() -> Vec<Trial> {
         sharing::reuseport_group_frees_per_socket,
         sharing::dual_stack_listener_accepts_ipv4,
         pid_reuse::reused_pid_is_another_process,
+        pid_reuse::free_after_reuse_names_the_first_life,
         privileges::capabilities_dropped_after_attach,
         privileges::runs_as_nobody_with_only_load_capabilities,
         cli::count_stops_the_trace,
@@ -168,6 +169,9 @@ fn main() -> ExitCode {
     }
     if std::env::var_os(pressure::FILL_ENV).is_some() {
         pressure::fill_the_range();
+    }
+    if let Ok(spec) = std::env::var(pid_reuse::KEEP_ENV) {
+        pid_reuse::keep_after_exit(&spec);
     }
     if let Ok(spec) = std::env::var(capture::BIND_ONCE_ENV) {
         capture::bind_once(&spec);

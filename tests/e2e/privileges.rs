@@ -5,7 +5,7 @@ use std::{os::unix::process::CommandExt, process::Command};
 
 use crate::{
     Outcome,
-    expect::{check, in_order, want},
+    expect::{check, only, want},
     tracer::Tracer,
     workload::{Kind, Socket, V4, free_port},
 };
@@ -98,7 +98,7 @@ fn traces_without_capabilities(start: impl FnOnce(&[&str]) -> Result<Tracer, Str
     socket.bind(port)?;
     socket.close();
     let trace = tracer.stop()?;
-    in_order(
+    only(
         &trace.on_port(port),
         &[
             want("claim", port, me, "udp", "ipv4").with("how", "bind"),
