@@ -77,7 +77,7 @@ pub fn test_all(host_only: bool) -> anyhow::Result<()> {
     xtask_units.args(["test", "-p", "xtask"]);
     succeed(xtask_units)?;
     let mut unit = cargo(None);
-    unit.args(["test", "--release", "-p", "portwatch", "--bins"]);
+    unit.args(["test", "--release", "-p", "portwatch", "--lib", "--bins"]);
     succeed(unit)?;
     let xtask = std::env::current_exe().context("locating xtask")?;
     let mut bench = Command::new(&xtask);
