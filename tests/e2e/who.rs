@@ -9,7 +9,7 @@ use crate::{
     Outcome,
     expect::{check, only, want},
     sharing::closed_by_another_process,
-    tracer::{Tracer, binary},
+    tracer::{Reachable, Tracer, binary},
     workload::{Kind, Socket, V4, V6, free_port, tcp_listener},
 };
 
@@ -27,11 +27,16 @@ impl Answer {
 }
 
 fn who(port: u16, as_nobody: bool) -> Result<Answer, Box<dyn std::error::Error + Send + Sync>> {
-    let mut command = Command::new(binary());
+    let reachable = as_nobody.then(Reachable::binary).transpose()?;
+    let mut command = match &reachable {
+        Some(copy) => {
+            let mut command = copy.command();
+            command.uid(65534).gid(65534);
+            command
+        }
+        None => Command::new(binary()),
+    };
     command.args(["who", &port.to_string(), "--json"]);
-    if as_nobody {
-        command.uid(65534).gid(65534);
-    }
     let output = command.output()?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
