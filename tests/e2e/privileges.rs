@@ -6,7 +6,7 @@ use std::{os::unix::process::CommandExt, process::Command};
 use crate::{
     Outcome,
     expect::{check, only, want},
-    tracer::Tracer,
+    tracer::{Reachable, Tracer},
     workload::{Kind, Socket, V4, free_port},
 };
 
@@ -54,8 +54,12 @@ pub fn runs_as_nobody_with_only_load_capabilities() -> Outcome {
             .status()?;
         check(mounted.success(), || "mounting tracefs failed".into())?;
     }
+    // Nobody must reach the binary without CAP_DAC_READ_SEARCH (kept only for tracefs above).
+    let copy = Reachable::binary()?;
     traces_without_capabilities(|args| {
-        Tracer::start_with(args, |command| as_nobody_with(command, capabilities))
+        Tracer::start_command(copy.command(), args, |command| {
+            as_nobody_with(command, capabilities)
+        })
     })
 }
 

@@ -170,7 +170,15 @@ impl Tracer {
 
     /// As [`Tracer::start`], with the command adjusted first (credentials, for one).
     pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Result<Self, String> {
-        let mut command = Command::new(binary());
+        Self::start_command(Command::new(binary()), args, adjust)
+    }
+
+    /// As [`Tracer::start_with`], running `command`'s program (a [`Reachable`] copy, for one).
+    pub fn start_command(
+        mut command: Command,
+        args: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Result<Self, String> {
         command
             .args(["--json", "--backend", &backend()])
             .args(args)
