@@ -1,0 +1,7 @@
+//! The shapes every other layer speaks: the owned event decoded from the kernel's record, wall
+//! and monotonic time, and port sets.
+
+pub mod clock;
+pub mod event;
+pub mod json;
+pub mod ports;
