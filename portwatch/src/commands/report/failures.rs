@@ -2,7 +2,7 @@
 //! with the count, the first and last time, who failed and toward where. A busy capture can fail
 //! thousands of times the same way; the group is what a reader needs first.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use super::{record::Process, timeline::Failure};
 use crate::model::event::Proto;

@@ -136,7 +136,8 @@ pub fn load(
                 }
             };
             last_line = line.number;
-            let where_ = format!("{}:{}", part.path, line.number);
+            // Named only when something is wrong: most lines never need it.
+            let where_ = || format!("{}:{}", part.path, line.number);
             let record = line
                 .value
                 .as_ref()
@@ -147,13 +148,14 @@ pub fn load(
                 // A file that does not open with a portwatch record is not portwatch output.
                 Err(reason) if !headed && line.number == 1 => {
                     return Err(LoadError::NotPortwatch(format!(
-                        "{where_}: neither a capture header nor a portwatch --json record ({reason}): is it portwatch output?"
+                        "{}: neither a capture header nor a portwatch --json record ({reason}): is it portwatch output?",
+                        where_()
                     )));
                 }
                 Err(reason) => {
                     loaded.skipped += 1;
                     loaded.problem(
-                        format!("{where_}: {reason}"),
+                        format!("{}: {reason}", where_()),
                         "line skipped",
                         strict,
                         &mut warn,
@@ -203,7 +205,7 @@ impl Numbering {
         &mut self,
         record: &Record,
         seq: Option<u64>,
-        where_: &str,
+        where_: &dyn Fn() -> String,
         missing: &mut u64,
     ) -> Sequence {
         let mut note = None;
@@ -213,8 +215,10 @@ impl Numbering {
                 self.next_seq.insert(header.capture_id.clone(), header.seq);
                 if header.part != 1 {
                     note = Some(format!(
-                        "capture {} begins at part {} ({where_}): its earlier parts were not given",
-                        header.capture_id, header.part
+                        "capture {} begins at part {} ({}): its earlier parts were not given",
+                        header.capture_id,
+                        header.part,
+                        where_()
                     ));
                 }
             }
@@ -224,10 +228,10 @@ impl Numbering {
             .as_ref()
             .and_then(|current| self.next_seq.get_mut(current))
         else {
-            return Sequence::Problem(format!("{where_}: a record before any capture header"));
+            return Sequence::Problem(format!("{}: a record before any capture header", where_()));
         };
         let Some(seq) = seq else {
-            return Sequence::Problem(format!("{where_}: the record has no seq"));
+            return Sequence::Problem(format!("{}: the record has no seq", where_()));
         };
         let due = *next;
         *next = seq.max(due) + 1;
@@ -235,12 +239,14 @@ impl Numbering {
             seq if seq > due => {
                 *missing += seq - due;
                 Sequence::Problem(format!(
-                    "{where_}: seq {seq} where {due} was due: {} records missing (a part or lines were removed)",
+                    "{}: seq {seq} where {due} was due: {} records missing (a part or lines were removed)",
+                    where_(),
                     seq - due
                 ))
             }
             seq if seq < due => Sequence::Problem(format!(
-                "{where_}: seq {seq} where {due} was due: records repeated or out of order"
+                "{}: seq {seq} where {due} was due: records repeated or out of order",
+                where_()
             )),
             _ => note.map_or(Sequence::InOrder, Sequence::Note),
         }

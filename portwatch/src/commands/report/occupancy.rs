@@ -8,7 +8,9 @@
 //! A port is in use while any socket holds it, TIME_WAIT included, so a port shared by a
 //! listener and its accepted connections counts once.
 
-use std::{collections::HashMap, ops::RangeInclusive};
+use std::ops::RangeInclusive;
+
+use foldhash::HashMap;
 
 use super::{
     record::Process,
@@ -118,7 +120,9 @@ pub struct Composition {
     pub time_wait_ports: u32,
     /// Sockets on ephemeral ports then (a port shared by several counts each).
     pub sockets: u32,
+    /// Ports held, per process (a port two processes share counts for each).
     pub by_process: Vec<(Process, u32)>,
+    /// Local ports toward each destination.
     pub by_destination: Vec<(String, u32)>,
 }
 
@@ -153,8 +157,13 @@ pub struct Occupancy {
     spaces: HashMap<SpaceKey, Space>,
     /// Failed claims per bucket, per protocol (tcp, udp).
     pub failures: [Vec<u32>; 2],
+    /// Ephemeral ports held per process, and their sockets per port (a TIME_WAIT socket and
+    /// the connection that reuses its port share one).
     by_process: HashMap<(SpaceKey, Process), u32>,
+    process_sockets: HashMap<((SpaceKey, Process), u16), u32>,
+    /// Local ports toward each destination, and their sockets per port.
     pub destinations: HashMap<(Proto, String), Destination>,
+    destination_sockets: HashMap<((SpaceKey, String), u16), u32>,
 }
 
 /// A change to the count of sockets on a port.
@@ -318,23 +327,28 @@ impl Occupancy {
             return;
         }
         space.ephemeral_sockets = space.ephemeral_sockets.saturating_add_signed(delta);
-        let count = self
-            .by_process
-            .entry((space_key, hold.process.clone()))
-            .or_default();
-        *count = count.saturating_add_signed(delta);
-        if *count == 0 {
-            self.by_process.remove(&(space_key, hold.process.clone()));
+        let by_process = (space_key, hold.process.clone());
+        let ports = port_change(&mut self.process_sockets, &by_process, hold.port, delta);
+        if ports != 0 {
+            let count = self.by_process.entry(by_process.clone()).or_default();
+            *count = count.saturating_add_signed(ports);
+            if *count == 0 {
+                self.by_process.remove(&by_process);
+            }
         }
         if let Some(remote) = &hold.remote {
-            let destination = self
-                .destinations
-                .entry((hold.proto, remote.clone()))
-                .or_default();
-            destination.now = destination.now.saturating_add_signed(delta);
-            if recording && destination.now > destination.peak {
-                destination.peak = destination.now;
-                destination.peak_at = at;
+            let toward = (space_key, remote.clone());
+            let ports = port_change(&mut self.destination_sockets, &toward, hold.port, delta);
+            if ports != 0 {
+                let destination = self
+                    .destinations
+                    .entry((hold.proto, remote.clone()))
+                    .or_default();
+                destination.now = destination.now.saturating_add_signed(ports);
+                if recording && destination.now > destination.peak {
+                    destination.peak = destination.now;
+                    destination.peak_at = at;
+                }
             }
         }
     }
@@ -364,6 +378,24 @@ impl Occupancy {
             }
         }
     }
+}
+
+/// Adds `delta` sockets to `key`'s `port`; returns how the number of its ports changed.
+fn port_change<K: std::hash::Hash + Eq + Clone>(
+    sockets: &mut HashMap<(K, u16), u32>,
+    key: &K,
+    port: u16,
+    delta: i32,
+) -> i32 {
+    let entry = (key.clone(), port);
+    let count = sockets.entry(entry.clone()).or_default();
+    let before = *count;
+    *count = count.saturating_add_signed(delta);
+    let after = *count;
+    if after == 0 {
+        sockets.remove(&entry);
+    }
+    i32::from(after > 0) - i32::from(before > 0)
 }
 
 /// The ephemeral range of `space` as it stands: who holds it, toward where.

@@ -1,7 +1,7 @@
 //! The busiest processes: who claimed most, failed most, and held ports longest in the window,
 //! tallied as holds end and failures come.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 
 use super::{
     record::Process,

@@ -6,7 +6,9 @@
 //! Only the sockets still holding a port are kept: a hold is handed to the [`Watcher`] when it
 //! ends, so memory follows how many sockets are open at once, not how long the capture is.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 
 use super::record::{Blocker, PortEvent, Process};
 use crate::model::event::{Kind, Proto};
@@ -141,8 +143,6 @@ pub struct Timeline {
     by_port: HashMap<(Proto, u16), Vec<u64>>,
     /// TIME_WAIT sockets by when their end is overdue, in that order (closes come in order).
     deadlines: VecDeque<(u128, u64)>,
-    /// TIME_WAIT sockets taken as ended at 60 s, per key: their late end, if it comes, is theirs.
-    expired: HashMap<SocketKey, u32>,
     sees_time_wait_ends: bool,
     last: u128,
 }
@@ -197,7 +197,6 @@ impl Timeline {
                 live.hold.process.pid,
             );
             remove_id(&mut self.time_waits, &hold_key, id);
-            *self.expired.entry(hold_key).or_default() += 1;
             let ended = match live.hold.end {
                 End::TimeWait { closed, .. } => closed.unwrap_or(deadline) + TIME_WAIT_NS,
                 _ => deadline,
@@ -374,15 +373,8 @@ impl Timeline {
                     watcher.finished(live.hold, event.ts, live.counted);
                 }
             }
+            // Its start was not seen (or it came later than 65 s and was taken as over).
             None => {
-                // The late end of a TIME_WAIT already taken as over at 60 s.
-                if let Some(expired) = self.expired.get_mut(&key(event)) {
-                    *expired -= 1;
-                    if *expired == 0 {
-                        self.expired.remove(&key(event));
-                    }
-                    return;
-                }
                 let end = End::TimeWait {
                     closed: None,
                     ended: Some(event.ts),
