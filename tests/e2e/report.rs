@@ -584,8 +584,11 @@ pub fn thousands_of_connections_stay_short() -> Outcome {
     ])?;
     let port = free_port();
     let listener = tcp_listener(V4, port)?;
+    // Loopback connects may reuse a port whose socket is in TIME_WAIT: count the ports given.
+    let mut given = std::collections::HashSet::new();
     for _ in 0..CONNECTIONS {
-        let (client, accepted, _) = tcp_connection(&listener)?;
+        let (client, accepted, client_port) = tcp_connection(&listener)?;
+        given.insert(client_port);
         // The client closes first: its ephemeral port stays in TIME_WAIT, as with a load
         // generator that reconnects for every request.
         drop(client);
@@ -619,9 +622,11 @@ pub fn thousands_of_connections_stay_short() -> Outcome {
         .next()
         .and_then(|n| n.parse().ok())
         .ok_or("no peak number")?;
-    check(peak_ports >= CONNECTIONS, || {
+    // Every port given is still in TIME_WAIT at the end (60 s outlast the scenario).
+    check(peak_ports >= given.len(), || {
         format!(
-            "a peak of {peak_ports} ephemeral ports after {CONNECTIONS} connections left in TIME_WAIT:\n{text}"
+            "a peak of {peak_ports} ephemeral ports after {} ports were given and left in TIME_WAIT:\n{text}",
+            given.len()
         )
     })?;
     line_of(&text, &format!("[{me}] "))?;
