@@ -108,6 +108,9 @@ struct ReportArgs {
     /// Stop at the first unreadable line or missing record (exit 1) instead of skipping it.
     #[arg(long)]
     strict: bool,
+    /// Every socket of every port after the summary (`--port` does this for its ports).
+    #[arg(long)]
+    detail: bool,
 }
 
 #[derive(Args, Debug)]
@@ -269,6 +272,7 @@ impl Command {
                     json: args.json,
                     html: args.html,
                     strict: args.strict,
+                    detail: args.detail,
                 }))
             }
         }

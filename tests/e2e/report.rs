@@ -15,8 +15,8 @@ use crate::{
     Outcome,
     capture::{churn, files_in, scratch},
     expect::check,
-    tracer::{self, Tracer},
-    workload::{Kind, Socket, V4, V6, free_port, tcp_listener},
+    tracer::{self, Tracer, flood_alone},
+    workload::{Kind, Socket, V4, V6, free_port, tcp_connection, tcp_listener},
 };
 
 /// Clocks may differ by this much: portwatch maps kernel time to wall time once, at start-up.
@@ -206,7 +206,7 @@ pub fn report_tells_what_the_capture_saw() -> Outcome {
     check(files.len() >= 2, || {
         format!("the capture did not rotate: {files:?}")
     })?;
-    let json = report_json(&[], &files)?;
+    let json = report_json(&["--detail"], &files)?;
     check(
         json["lost"]["events"] == 0
             && json["lost"]["summary_seen"] == true
@@ -281,17 +281,21 @@ pub fn report_tells_what_the_capture_saw() -> Outcome {
         || format!("busiest: {busiest}"),
     )?;
 
-    let (code, text, stderr) = report(&[], &files)?;
+    let (code, text, stderr) = report(&["--detail"], &files)?;
     check(code == Some(0) && stderr.is_empty(), || {
         format!("report exited {code:?}: {stderr}")
     })?;
     for wanted in [
         "lost: none (the kernel dropped no events)".to_string(),
+        format!(
+            "tcp {}  bind 127.0.0.1: EADDRINUSE  1x at ",
+            done.listen_port
+        ),
         format!("tcp port {}", done.listen_port),
         format!("[{me}]  bind 127.0.0.1: EADDRINUSE; held by "),
         format!("[{me}] (listen since "),
         "+ TIME_WAIT to".to_string(),
-        "ephemeral ports in use at peak:".to_string(),
+        "ephemeral ports 32768-".to_string(),
         "(200 holds one after another".to_string(),
     ] {
         check(text.contains(&wanted), || {
@@ -469,6 +473,274 @@ pub fn report_html_is_self_contained() -> Outcome {
             format!("the page is not self-contained: it holds {forbidden:?}")
         })?;
     }
+    fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// The line of `text` that holds `wanted` (counted from 0), or an error showing the text.
+fn line_of(text: &str, wanted: &str) -> Result<usize, String> {
+    text.lines()
+        .position(|line| line.contains(wanted))
+        .ok_or_else(|| format!("the text report lacks {wanted:?}:\n{text}"))
+}
+
+/// A listener refused `REFUSED` times by this process at known moments, and a UDP bind
+/// refused once: the summary groups the TCP refusals into one line with their count and the
+/// first and last time, names the holder, and keeps the UDP refusal apart.
+pub fn failed_claims_are_grouped() -> Outcome {
+    const REFUSED: usize = 4;
+    let me = std::process::id();
+    let dir = scratch("report-groups")?;
+    let (tcp_port, udp_port) = (free_port(), free_port());
+    let (tracer, file) = capture_in(&dir, &format!("{tcp_port},{udp_port}"), &["--quiet"])?;
+    let listener = tcp_listener(V4, tcp_port)?;
+    let mut attempts = Vec::new();
+    for _ in 0..REFUSED {
+        thread::sleep(Duration::from_millis(60));
+        let before = now_ns();
+        let refused = Socket::new(Kind::Tcp, V4)?.bind(tcp_port);
+        attempts.push((before, now_ns()));
+        check(refused.is_err(), || "a second bind succeeded".into())?;
+    }
+    let udp = Socket::new(Kind::Udp, V4)?;
+    udp.bind(udp_port)?;
+    check(Socket::new(Kind::Udp, V4)?.bind(udp_port).is_err(), || {
+        "the second UDP bind succeeded".into()
+    })?;
+    drop((listener, udp));
+    let trace = tracer.stop()?;
+    check(trace.exit_code == Some(0), || "the tracer failed".into())?;
+
+    let json = report_json(&[], std::slice::from_ref(&file))?;
+    let groups = json["failure_groups"]
+        .as_array()
+        .ok_or("no failure_groups")?;
+    check(json["failures"] == REFUSED + 1 && groups.len() == 2, || {
+        format!("{REFUSED} + 1 refusals, groups: {groups:?}")
+    })?;
+    let tcp = &groups[0];
+    check(
+        tcp["proto"] == "tcp"
+            && tcp["port"] == tcp_port
+            && tcp["errno"] == "EADDRINUSE"
+            && tcp["count"] == REFUSED
+            && tcp["claimers"]["top"][0]["of"]["pid"] == me
+            && tcp["claimers"]["top"][0]["count"] == REFUSED
+            && tcp["sample"]["holder"]["pid"] == me
+            && tcp["sample"]["holder"]["state"] == "listen",
+        || format!("the tcp group: {tcp}"),
+    )?;
+    within("the first refusal", &tcp["first"], attempts[0])?;
+    within("the last refusal", &tcp["last"], attempts[REFUSED - 1])?;
+    let udp = &groups[1];
+    check(
+        udp["proto"] == "udp" && udp["port"] == udp_port && udp["count"] == 1,
+        || format!("the udp group: {udp}"),
+    )?;
+
+    let (code, text, _) = report(&[], &[file])?;
+    check(code == Some(0), || format!("report exited {code:?}"))?;
+    let first = tcp["first"].as_str().ok_or("first")?;
+    let last = tcp["last"].as_str().ok_or("last")?;
+    // The text's clock is the RFC 3339 time of day cut to microseconds.
+    let clock = |rfc: &str| {
+        rfc.split_once('T')
+            .map(|(_, clock)| clock[..15].to_string())
+    };
+    let head = format!(
+        "tcp {tcp_port}  bind 127.0.0.1: EADDRINUSE  {REFUSED}x from {} to {}",
+        clock(first).ok_or("first")?,
+        clock(last).ok_or("last")?
+    );
+    let at = line_of(&text, &head)?;
+    let who = text.lines().nth(at + 1).unwrap_or_default();
+    check(
+        who.contains(&format!("[{me}] ({REFUSED}); held by "))
+            && who.contains(&format!("[{me}] (listen since ")),
+        || format!("the group's second line: {who:?}\n{text}"),
+    )?;
+    line_of(
+        &text,
+        &format!("udp {udp_port}  bind 127.0.0.1: EADDRINUSE  1x at "),
+    )?;
+    fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// Thousands of loopback connections, each on its own ephemeral port, and one refused bind of
+/// the listener's port: the default text report stays a screen or two, with the refusal near
+/// the top and the ephemeral peak naming this process and the listener as the destination.
+pub fn thousands_of_connections_stay_short() -> Outcome {
+    const CONNECTIONS: usize = 3000;
+    let me = std::process::id();
+    let dir = scratch("report-short")?;
+    let file = dir.join("ports.jsonl");
+    let tracer = Tracer::start(&[
+        "--output",
+        file.to_str().ok_or("path")?,
+        "--pid",
+        &me.to_string(),
+        "--quiet",
+    ])?;
+    let port = free_port();
+    let listener = tcp_listener(V4, port)?;
+    // Loopback connects may reuse a port whose socket is in TIME_WAIT: count the ports given.
+    let mut given = std::collections::HashSet::new();
+    for _ in 0..CONNECTIONS {
+        let (client, accepted, client_port) = tcp_connection(&listener)?;
+        given.insert(client_port);
+        // The client closes first: its ephemeral port stays in TIME_WAIT, as with a load
+        // generator that reconnects for every request.
+        drop(client);
+        drop(accepted);
+    }
+    let refused = Socket::new(Kind::Tcp, V4)?.bind(port);
+    drop(listener);
+    let trace = tracer.stop()?;
+    check(refused.is_err() && trace.exit_code == Some(0), || {
+        "the scenario did not run".into()
+    })?;
+    let (code, text, stderr) = report(&[], &[file])?;
+    check(code == Some(0), || {
+        format!("report exited {code:?}: {stderr}")
+    })?;
+    let lines = text.lines().count();
+    check(lines <= 80, || {
+        format!("{CONNECTIONS} connections made {lines} lines:\n{text}")
+    })?;
+    let refusal = line_of(
+        &text,
+        &format!("tcp {port}  bind 127.0.0.1: EADDRINUSE  1x at "),
+    )?;
+    check(refusal < 40, || {
+        format!("the refusal is at line {}:\n{text}", refusal + 1)
+    })?;
+    line_of(&text, "read: ")?;
+    let peak = line_of(&text, "tcp: peak ")?;
+    let peak_ports: usize = text.lines().nth(peak).unwrap_or_default()["  tcp: peak ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or("no peak number")?;
+    // Every port given is still in TIME_WAIT at the end (60 s outlast the scenario).
+    check(peak_ports >= given.len(), || {
+        format!(
+            "a peak of {peak_ports} ephemeral ports after {} ports were given and left in TIME_WAIT:\n{text}",
+            given.len()
+        )
+    })?;
+    line_of(&text, &format!("[{me}] "))?;
+    line_of(&text, &format!("by destination: 127.0.0.1:{port} "))?;
+    line_of(&text, &format!("tcp {port}  listening: "))?;
+    fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// The stdout of `portwatch --json` (no capture header, no seq, no summary) is read: the report
+/// says in one line what such a stream lacks and reports the refused bind in it. Garbage and a
+/// stream given with a capture are one sentence and exit 2.
+pub fn plain_json_stream_is_read() -> Outcome {
+    let me = std::process::id();
+    let dir = scratch("report-plain")?;
+    let port = free_port();
+    let tracer = Tracer::start(&["--port", &port.to_string()])?;
+    let listener = tcp_listener(V4, port)?;
+    let refused = Socket::new(Kind::Tcp, V4)?.bind(port);
+    drop(listener);
+    let trace = tracer.stop()?;
+    check(refused.is_err(), || "the second bind succeeded".into())?;
+    let stream = dir.join("stream.jsonl");
+    let mut text = String::new();
+    for event in &trace.events {
+        text.push_str(&serde_json::to_string(event)?);
+        text.push('\n');
+    }
+    fs::write(&stream, text)?;
+    let json = report_json(&[], std::slice::from_ref(&stream))?;
+    check(
+        json["plain_streams"][0] == stream.to_str().ok_or("path")?
+            && json["captures"].as_array().is_some_and(Vec::is_empty)
+            && json["failure_groups"][0]["port"] == port
+            && json["failure_groups"][0]["sample"]["holder"]["pid"] == me,
+        || format!("the report of a plain stream: {json}"),
+    )?;
+    let (code, text, stderr) = report(&[], std::slice::from_ref(&stream))?;
+    check(code == Some(0) && stderr.is_empty(), || {
+        format!("report exited {code:?}: {stderr}")
+    })?;
+    let lacks = line_of(
+        &text,
+        "is a plain --json stream, not a capture: it does not say what was watched",
+    )?;
+    check(lacks < 4, || {
+        format!("the plain-stream note is at line {lacks}")
+    })?;
+    line_of(
+        &text,
+        &format!("tcp {port}  bind 127.0.0.1: EADDRINUSE  1x at "),
+    )?;
+
+    let garbage = dir.join("notes.txt");
+    fs::write(&garbage, "hello\nworld\n")?;
+    let (tracer, capture) = capture_in(&dir, &port.to_string(), &["--quiet"])?;
+    tracer.stop()?;
+    for (files, wanted) in [
+        (
+            vec![garbage.clone()],
+            "neither a capture header nor a portwatch --json record",
+        ),
+        (
+            vec![stream.clone(), capture.clone()],
+            "report them separately",
+        ),
+    ] {
+        let (code, stdout, stderr) = report(&[], &files)?;
+        check(
+            code == Some(2)
+                && stdout.is_empty()
+                && stderr.lines().count() == 1
+                && stderr.contains(wanted)
+                && !stderr.contains("panicked"),
+            || format!("{files:?}: exit {code:?}, stdout {stdout:?}, stderr {stderr:?}"),
+        )?;
+    }
+    fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// A stalled tracer with a tiny ring and a load that causes a known number of events (UDP bind
+/// and close: a claim and a free each): the report's delivered claims and frees plus its lost
+/// events must add up to what the load caused, exactly.
+pub fn report_losses_match_what_the_load_caused() -> Outcome {
+    const ROUNDS: usize = 400;
+    let _alone = flood_alone();
+    let dir = scratch("report-caused")?;
+    let port = free_port();
+    let (tracer, file) = capture_in(&dir, &port.to_string(), &["--ring-kib", "4", "--quiet"])?;
+    tracer.pause();
+    let churned = churn(port, ROUNDS);
+    tracer.resume();
+    let trace = tracer.stop()?;
+    churned?;
+    check(trace.exit_code == Some(0), || "the tracer failed".into())?;
+    let caused = 2 * ROUNDS as u64;
+    let json = report_json(&[], &[file])?;
+    let delivered = &json["delivered"];
+    let count = |kind: &str| delivered[kind].as_u64().unwrap_or(0);
+    let lost = json["lost"]["events"].as_u64().ok_or("no lost count")?;
+    check(lost > 0, || {
+        format!("nothing lost with a stalled 4 KiB ring: {json}")
+    })?;
+    check(
+        count("claim") + count("free") + lost == caused && count("fail") == 0,
+        || {
+            format!(
+                "caused {caused}: the report read {} claims + {} frees and says {lost} lost",
+                count("claim"),
+                count("free")
+            )
+        },
+    )?;
     fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask report-page`: the HTML report, rendered. A short capture of known traffic by
 //! named threads (a server, its clients, a rival server refused with EADDRINUSE, a UDP user)
 //! goes through `portwatch report --html`; headless Chromium then loads the page offline and
-//! must find both charts drawn, every failure marked, and print no console message (a blocked
+//! must find the three charts drawn, every failure marked, and print no console message (a blocked
 //! fetch would print one); last, it saves a screenshot. Hosts only: the qemu guests have no
 //! browser.
 
@@ -74,7 +74,7 @@ pub fn run(args: ReportPageArgs) -> anyhow::Result<()> {
         png.len()
     );
     println!(
-        "report-page: ok: {} rendered in Chromium with both charts and no console message; screenshot {}",
+        "report-page: ok: {} rendered in Chromium with its three charts and no console message; screenshot {}",
         page.display(),
         screenshot.display()
     );
@@ -228,29 +228,41 @@ fn check_dom(dom: &str) -> anyhow::Result<()> {
             .with_context(|| format!("the {id} chart is cut off"))?;
         Ok(&dom[start..start + end])
     };
-    let occupancy = figure("occupancy")?;
-    let bars = occupancy.matches("<rect").count();
+    let sockets = figure("sockets")?;
+    let bars = sockets.matches("<rect").count();
     // A bar per socket at least: the listener, its accepted ends (and their TIME_WAIT), the
     // UDP binds.
     ensure!(
-        occupancy.contains("<svg") && bars >= 2 * CLIENTS + 4,
-        "the occupancy chart has {bars} rectangles"
+        sockets.contains("<svg") && bars >= 2 * CLIENTS + 4,
+        "the sockets chart has {bars} rectangles"
     );
     for thread in ["web-server", "rival-server", "dns-cache"] {
         ensure!(
-            occupancy.contains(thread),
-            "the occupancy chart does not name {thread}"
+            sockets.contains(thread),
+            "the sockets chart does not name {thread}"
         );
     }
+    // Ports in use over time: an area per protocol (tcp and udp were both held), TIME_WAIT
+    // bands under them, and the refused binds marked.
+    let occupancy = figure("occupancy")?;
+    let areas = occupancy.matches("<polygon").count();
+    ensure!(
+        occupancy.contains("<svg") && areas >= 4,
+        "the occupancy chart has {areas} areas, 4 expected (in use and TIME_WAIT, tcp and udp)"
+    );
+    ensure!(
+        occupancy.contains("failed claims (2)"),
+        "the occupancy chart does not mark the 2 failed claims"
+    );
     let hold_times = figure("hold-times")?;
     ensure!(
         hold_times.contains("<svg") && hold_times.matches("<rect").count() > 4,
         "the hold-time chart has no bars"
     );
-    let refused = dom.matches("EADDRINUSE").count();
+    // The two refusals are one group: same port, errno and holder.
     ensure!(
-        refused >= 2,
-        "the page shows {refused} EADDRINUSE, the traffic caused 2"
+        dom.contains("EADDRINUSE</td><td>2</td>"),
+        "the failed-claims table has no group of the 2 EADDRINUSE the traffic caused"
     );
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! The HTML page's charts as SVG, drawn by `plotters` (its SVG backend, no fonts or bitmaps): port
-//! occupancy over time, one row per port and process, with failed claims marked; and the
-//! distribution of hold times.
+//! The HTML page's charts as SVG, drawn by `plotters` (its SVG backend, no fonts or bitmaps):
+//! ports in use over time per protocol and namespace (TIME_WAIT as its own band, failed claims
+//! marked, the ephemeral range as the ceiling); a row per socket for the few ports worth it
+//! (listeners, ports with failed claims, ports asked for); and the distribution of hold times.
 
 use std::collections::BTreeMap;
 
@@ -11,43 +12,70 @@ use plotters::{
 };
 
 use super::{
-    model::Report,
+    model::{self, Report},
+    occupancy,
     record::Process,
     timeline::{End, Hold},
     words,
 };
 use crate::model::event::Proto;
 
-/// Rows beyond this are left out of the occupancy chart (the busiest are kept, and the page
+/// Rows beyond this are left out of the sockets chart (the busiest are kept, and the page
 /// says how many were left out).
 pub const MAX_ROWS: usize = 40;
+/// Namespaces and protocols drawn over time, fullest first.
+pub const MAX_SPACES: usize = 4;
 
 const WIDTH: u32 = 1200;
 const FAILURE: RGBColor = RGBColor(214, 39, 40);
 
-/// One row of the occupancy chart: a port of a protocol, and a process on it.
+/// One row of the sockets chart: a port of a protocol, and a process on it.
 type Row = (u16, &'static str, Process);
 
-/// The occupancy chart and how many rows it left out.
-pub struct Occupancy {
+/// The sockets chart and how many rows it left out.
+pub struct Sockets {
     pub svg: String,
     pub rows_shown: usize,
     pub rows_left_out: usize,
 }
 
-/// Rows with the most activity (holds and failures), at most MAX_ROWS, in port order.
+/// What the over-time chart drew.
+pub struct OverTime {
+    pub svg: String,
+    /// Whether the series are the ephemeral range's (else all watched ports).
+    pub ephemeral: bool,
+    pub ceiling_drawn: bool,
+}
+
+/// The sockets a port's row draws: those kept, or at least its listeners.
+fn drawn(port: &model::PortReport) -> &[Hold] {
+    if port.sockets.is_empty() {
+        &port.listeners
+    } else {
+        &port.sockets
+    }
+}
+
+/// Rows with the most activity (holds and failures), at most MAX_ROWS, in port order, of the
+/// ports the summary lists.
 fn rows(report: &Report) -> (Vec<Row>, usize) {
     let mut activity: BTreeMap<Row, usize> = BTreeMap::new();
-    for port in &report.ports {
-        for hold in &port.holds {
+    for port in model::notable(report) {
+        for hold in drawn(port) {
             *activity
                 .entry((port.port, port.proto.name(), hold.process.clone()))
                 .or_default() += 1;
         }
-        for failure in &port.failures {
+    }
+    for group in &report.failure_groups {
+        if group.key.port != 0 {
             *activity
-                .entry((port.port, port.proto.name(), failure.process.clone()))
-                .or_default() += 1;
+                .entry((
+                    group.key.port,
+                    group.key.proto.name(),
+                    group.sample.process.clone(),
+                ))
+                .or_default() += group.count as usize;
         }
     }
     let total = activity.len();
@@ -95,7 +123,161 @@ fn legend<'a, CT: CoordTranslate>(
         .map_err(error)
 }
 
-pub fn occupancy(report: &Report) -> Result<Occupancy, String> {
+/// Says in the middle of an empty chart why it is empty.
+fn empty(
+    root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    why: &str,
+    height: u32,
+) -> Result<(), String> {
+    root.draw(&Text::new(
+        why,
+        (WIDTH as i32 / 2, height as i32 / 2),
+        TextStyle::from(("sans-serif", 16).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
+    ))
+    .map_err(error)
+}
+
+/// The area under a step line, down to zero.
+fn area(points: Vec<(f64, f64)>, style: ShapeStyle) -> Polygon<(f64, f64)> {
+    let mut outline = points;
+    if let (Some(&(first, _)), Some(&(last, _))) = (outline.first(), outline.last()) {
+        outline.push((last, 0.0));
+        outline.push((first, 0.0));
+    }
+    Polygon::new(outline, style)
+}
+
+/// Ports in use over the window, one series per namespace and protocol (the fullest few), with
+/// the ports held only by TIME_WAIT as a pale band under each, failed claims as marks on the
+/// time axis and, when the peak comes near it, the ephemeral range's size as a line.
+pub fn over_time(report: &Report) -> Result<OverTime, String> {
+    let ephemeral = &report.ephemeral;
+    let uses_ephemeral = ephemeral
+        .spaces
+        .iter()
+        .any(|(_, space)| space.ephemeral.peak > 0);
+    let counter = |space: &occupancy::Space| {
+        if uses_ephemeral {
+            space.ephemeral.clone()
+        } else {
+            space.all.clone()
+        }
+    };
+    let mut spaces: Vec<(String, occupancy::Counter)> = ephemeral
+        .spaces
+        .iter()
+        .map(|((netns, proto), space)| {
+            let name = match netns {
+                Some(netns) => format!("{} netns {netns}", proto.name()),
+                None => proto.name().to_string(),
+            };
+            (name, counter(space))
+        })
+        .filter(|(_, counter)| counter.peak > 0)
+        .collect();
+    spaces.sort_by(|a, b| b.1.peak.cmp(&a.1.peak).then_with(|| a.0.cmp(&b.0)));
+    spaces.truncate(MAX_SPACES);
+    let bucket_s = ephemeral.bucket_ns as f64 / 1e9;
+    let offset = ephemeral.origin.saturating_sub(report.window.since) as f64 / 1e9;
+    let span = seconds(report, report.window.until).max(1e-6);
+    let highest = spaces.iter().map(|(_, c)| c.peak).max().unwrap_or(0).max(1);
+    let size = ephemeral.range_size() as u32;
+    let ceiling_drawn = uses_ephemeral && size > 0 && highest.saturating_mul(5) >= size;
+    let top = if ceiling_drawn {
+        size.max(highest)
+    } else {
+        highest
+    };
+    let top = f64::from(top) * 1.12;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, 380)).into_drawing_area();
+        root.fill(&WHITE).map_err(error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..span * 1.2, 0f64..top)
+            .map_err(error)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since the start of the window")
+            .y_desc(if uses_ephemeral {
+                "ephemeral ports in use"
+            } else {
+                "watched ports in use"
+            })
+            .draw()
+            .map_err(error)?;
+        for (index, (name, counter)) in spaces.iter().enumerate() {
+            let colour = Palette99::pick(index).to_rgba();
+            let points = occupancy::filled(&counter.series);
+            let at = |i: usize| offset + i as f64 * bucket_s;
+            let step = |value: &dyn Fn(&(u32, u32)) -> u32| -> Vec<(f64, f64)> {
+                points
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, point)| {
+                        let y = f64::from(value(point));
+                        [(at(i), y), (at(i + 1).min(span), y)]
+                    })
+                    .collect()
+            };
+            chart
+                .draw_series([area(step(&|point| point.0), colour.mix(0.35).filled())])
+                .map_err(error)?
+                .label(format!("{name}: in use (peak {})", counter.peak))
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.mix(0.35).filled())
+                });
+            chart
+                .draw_series([area(step(&|point| point.1), colour.mix(0.8).filled())])
+                .map_err(error)?
+                .label(format!("{name}: only TIME_WAIT"))
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.mix(0.8).filled())
+                });
+        }
+        if ceiling_drawn {
+            chart
+                .draw_series([PathElement::new(
+                    [(0.0, f64::from(size)), (span, f64::from(size))],
+                    BLACK.stroke_width(2),
+                )])
+                .map_err(error)?
+                .label(format!("ephemeral range: {size} ports"))
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], BLACK.stroke_width(2)));
+        }
+        let marks: Vec<_> = ephemeral
+            .failures
+            .iter()
+            .flat_map(|counts| counts.iter().enumerate())
+            .filter(|(_, count)| **count > 0)
+            .map(|(i, _)| {
+                let x = offset + (i as f64 + 0.5) * bucket_s;
+                TriangleMarker::new((x, top * 0.03), 6, FAILURE.filled())
+            })
+            .collect();
+        let failed = report.failures;
+        chart
+            .draw_series(marks)
+            .map_err(error)?
+            .label(format!("failed claims ({failed})"))
+            .legend(|(x, y)| TriangleMarker::new((x + 7, y), 5, FAILURE.filled()));
+        legend(&mut chart)?;
+        if spaces.is_empty() {
+            empty(&root, "no port was held in this window", 380)?;
+        }
+        root.present().map_err(error)?;
+    }
+    Ok(OverTime {
+        svg,
+        ephemeral: uses_ephemeral,
+        ceiling_drawn,
+    })
+}
+
+pub fn sockets(report: &Report) -> Result<Sockets, String> {
     let (rows, rows_left_out) = rows(report);
     // plotters counts rows from the bottom: the first row (the lowest port) goes on top.
     let index: BTreeMap<&Row, usize> = rows
@@ -156,7 +338,7 @@ pub fn occupancy(report: &Report) -> Result<Occupancy, String> {
             let mut bars = Vec::new();
             for port in &report.ports {
                 let key_of = |p: &Process| (port.port, port.proto.name(), p.clone());
-                for hold in port.holds.iter().filter(|hold| &hold.process == *process) {
+                for hold in drawn(port).iter().filter(|hold| &hold.process == *process) {
                     let Some(&row) = index.get(&key_of(&hold.process)) else {
                         continue;
                     };
@@ -176,13 +358,20 @@ pub fn occupancy(report: &Report) -> Result<Occupancy, String> {
                 });
         }
         let mut marks = Vec::new();
-        for port in &report.ports {
-            for failure in &port.failures {
-                let key = (port.port, port.proto.name(), failure.process.clone());
-                if let Some(&row) = index.get(&key) {
-                    let at = seconds(report, failure.ts);
+        for group in &report.failure_groups {
+            let key = (
+                group.key.port,
+                group.key.proto.name(),
+                group.sample.process.clone(),
+            );
+            if let Some(&row) = index.get(&key) {
+                let mut times = vec![group.first];
+                if group.last != group.first {
+                    times.push(group.last);
+                }
+                for at in times {
                     marks.push(Cross::new(
-                        (at, SegmentValue::CenterOf(row as i32)),
+                        (seconds(report, at), SegmentValue::CenterOf(row as i32)),
                         7,
                         FAILURE.stroke_width(3),
                     ));
@@ -192,21 +381,19 @@ pub fn occupancy(report: &Report) -> Result<Occupancy, String> {
         chart
             .draw_series(marks)
             .map_err(error)?
-            .label("failed claim")
+            .label("failed claim (first and last of a group)")
             .legend(|(x, y)| Cross::new((x + 7, y), 5, FAILURE.stroke_width(3)));
         legend(&mut chart)?;
         if rows.is_empty() {
-            root.draw(&Text::new(
-                "no port was held in this window",
-                (WIDTH as i32 / 2, height as i32 / 2),
-                TextStyle::from(("sans-serif", 16).into_font())
-                    .pos(Pos::new(HPos::Center, VPos::Center)),
-            ))
-            .map_err(error)?;
+            empty(
+                &root,
+                "no listener, refused port or port with few holders in this window",
+                height,
+            )?;
         }
         root.present().map_err(error)?;
     }
-    Ok(Occupancy {
+    Ok(Sockets {
         svg,
         rows_shown: rows.len(),
         rows_left_out,
@@ -214,12 +401,12 @@ pub fn occupancy(report: &Report) -> Result<Occupancy, String> {
 }
 
 /// Decades of hold time, the socket's own hold from claim to close (TIME_WAIT not counted).
-const BUCKETS: [&str; 10] = [
+pub const BUCKETS: [&str; 10] = [
     "<1us", "1-10us", "10-100us", "0.1-1ms", "1-10ms", "10-100ms", "0.1-1s", "1-10s", "10-100s",
     ">=100s",
 ];
 
-fn bucket(nanos: u128) -> usize {
+pub fn bucket(nanos: u128) -> usize {
     let mut bucket = 0;
     let mut bound = 1_000u128;
     while nanos >= bound && bucket < BUCKETS.len() - 1 {
@@ -230,23 +417,9 @@ fn bucket(nanos: u128) -> usize {
 }
 
 /// Holds whose claim and close the capture saw, per decade, per protocol.
-pub fn hold_times(report: &Report) -> Result<(String, usize), String> {
-    let mut counts = [[0u32; BUCKETS.len()]; 2];
-    let mut total = 0;
-    for port in &report.ports {
-        for hold in port.holds.iter().filter(|hold| hold.claim_seen) {
-            let closed = match hold.end {
-                End::Closed(at) => Some(at),
-                End::TimeWait { closed, .. } => closed,
-                End::Open => None,
-            };
-            if let (Some(from), Some(closed)) = (hold.from, closed) {
-                let proto = usize::from(port.proto == Proto::Udp);
-                counts[proto][bucket(closed.saturating_sub(from))] += 1;
-                total += 1;
-            }
-        }
-    }
+pub fn hold_times(report: &Report) -> Result<(String, u32), String> {
+    let counts = &report.hold_times;
+    let total = counts.iter().flatten().sum();
     let highest = counts.iter().flatten().copied().max().unwrap_or(0).max(1);
     let mut svg = String::new();
     {

@@ -4,7 +4,11 @@
 
 use std::fmt::Write as _;
 
-use super::{chart, model::Report, words};
+use super::{
+    chart,
+    model::{self, Report},
+    words,
+};
 
 const STYLE: &str = "body{font-family:sans-serif;margin:24px;color:#222;max-width:1240px}\
 h1{font-size:22px}h2{font-size:18px;margin-top:28px}p.lost{font-weight:bold}\
@@ -12,8 +16,9 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;paddin
 th{background:#f2f2f2}td.n{text-align:right}figure{margin:0}figcaption{font-size:13px;color:#555}\
 ul.problems li{color:#a00}";
 
-/// The holders table stops here: a page of a busy capture stays small enough to open.
-const MAX_HOLDER_ROWS: usize = 2000;
+/// The tables stop here: a page of a busy capture stays small enough to open.
+const MAX_GROUP_ROWS: usize = 200;
+const MAX_PORT_ROWS: usize = 200;
 
 /// Text safe inside HTML elements and attribute values.
 fn escape(text: &str) -> String {
@@ -49,7 +54,8 @@ fn table(out: &mut String, id: &str, head: &[&str], rows: impl Iterator<Item = V
 }
 
 pub fn page(report: &Report) -> Result<String, String> {
-    let occupancy = chart::occupancy(report)?;
+    let over_time = chart::over_time(report)?;
+    let sockets = chart::sockets(report)?;
     let (hold_times, timed_holds) = chart::hold_times(report)?;
     let mut out = String::new();
     out.push_str(
@@ -64,17 +70,10 @@ pub fn page(report: &Report) -> Result<String, String> {
     }
     let _ = write!(
         out,
-        "<p class=\"lost\" id=\"lost\">{}</p><p id=\"ephemeral\">{}</p></section>",
+        "<p class=\"lost\" id=\"lost\">{}</p><p id=\"delivered\">{}</p></section>",
         escape(&words::losses(&report.losses)),
-        escape(&words::pressure(&report.pressure, words::watching(report)))
+        escape(&words::delivered(&report.losses)),
     );
-    for pressure in &report.pressure_events {
-        let _ = write!(
-            out,
-            "<p class=\"pressure\">pressure: {}</p>",
-            escape(&words::pressure_event(pressure))
-        );
-    }
     if !report.problems.is_empty() {
         out.push_str("<h2>Unreadable input</h2><ul class=\"problems\">");
         for problem in &report.problems {
@@ -84,15 +83,92 @@ pub fn page(report: &Report) -> Result<String, String> {
     }
     let _ = write!(
         out,
-        "<h2>Port occupancy</h2><figure id=\"occupancy\">{}<figcaption>Each bar is one socket holding \
-         the port, from its claim to its close; the pale end is TIME_WAIT still holding it. Crosses \
-         are failed claims. {} row(s) shown{}.</figcaption></figure>",
-        occupancy.svg,
-        occupancy.rows_shown,
-        if occupancy.rows_left_out > 0 {
+        "<h2>Failed claims</h2><p>{} failed claim(s) in {} group(s): same port, errno and holder.</p>",
+        report.failures,
+        report.failure_groups.len()
+    );
+    table(
+        &mut out,
+        "failures",
+        &[
+            "proto",
+            "port",
+            "claim",
+            "count",
+            "first",
+            "last",
+            "who and holder",
+            "toward",
+        ],
+        report
+            .failure_groups
+            .iter()
+            .take(MAX_GROUP_ROWS)
+            .map(|group| {
+                vec![
+                    group.key.proto.name().to_string(),
+                    group.key.port.to_string(),
+                    words::failed_claim(&group.sample),
+                    group.count.to_string(),
+                    words::clock(group.first),
+                    words::clock(group.last),
+                    words::group_who(group),
+                    words::group_destinations(group).unwrap_or_default(),
+                ]
+            }),
+    );
+    out.push_str("<h2>Ports in use over time</h2><section id=\"ephemeral\">");
+    let mut ephemeral_text = Vec::new();
+    crate::commands::report::text::write_ephemeral(&mut ephemeral_text, report)
+        .map_err(|err| format!("laying out the ephemeral summary: {err}"))?;
+    for line in String::from_utf8_lossy(&ephemeral_text)
+        .lines()
+        .filter(|line| !line.is_empty())
+    {
+        let _ = write!(out, "<p>{}</p>", escape(line.trim()));
+    }
+    for pressure in &report.pressure_events {
+        let _ = write!(
+            out,
+            "<p class=\"pressure\">pressure: {}</p>",
+            escape(&words::pressure_event(pressure))
+        );
+    }
+    let _ = write!(
+        out,
+        "</section><figure id=\"occupancy\">{}<figcaption>{} in use, per protocol and network \
+         namespace (the fullest {}), each bucket of {} at its fullest moment; the dark band is \
+         ports held only by TIME_WAIT sockets; red marks on the time axis are failed claims{}.</figcaption></figure>",
+        over_time.svg,
+        if over_time.ephemeral {
+            "Ephemeral ports"
+        } else {
+            "Watched ports (no ephemeral port was held)"
+        },
+        chart::MAX_SPACES,
+        words::duration(report.ephemeral.bucket_ns),
+        if over_time.ceiling_drawn {
+            "; the black line is the size of the ephemeral range"
+        } else if over_time.ephemeral {
+            "; the ephemeral range is far above the peak and not drawn"
+        } else {
+            ""
+        }
+    );
+    let _ = write!(
+        out,
+        "<h2>Sockets of listeners and refused ports</h2><figure id=\"sockets\">{}<figcaption>Each bar is one \
+         socket holding the port, from its claim to its close; the pale end is TIME_WAIT still \
+         holding it. Crosses are failed claims (the first and last of each group). Only ports \
+         with listeners, failed claims or few holders are drawn, a port with many sockets up to \
+         {} of them. {} row(s) shown{}.</figcaption></figure>",
+        sockets.svg,
+        model::FEW,
+        sockets.rows_shown,
+        if sockets.rows_left_out > 0 {
             format!(
                 ", {} quieter row(s) left out (at most {} are drawn)",
-                occupancy.rows_left_out,
+                sockets.rows_left_out,
                 chart::MAX_ROWS
             )
         } else {
@@ -103,27 +179,6 @@ pub fn page(report: &Report) -> Result<String, String> {
         out,
         "<h2>Hold times</h2><figure id=\"hold-times\">{hold_times}<figcaption>{timed_holds} socket(s) \
          whose claim and close are both in the capture.</figcaption></figure>"
-    );
-    out.push_str("<h2>Failed claims</h2>");
-    let failures = report
-        .ports
-        .iter()
-        .flat_map(|port| &port.failures)
-        .chain(&report.portless_failures);
-    table(
-        &mut out,
-        "failures",
-        &["time", "proto", "port", "process", "claim", "blocked by"],
-        failures.map(|failure| {
-            vec![
-                words::clock(failure.ts),
-                failure.proto.name().to_string(),
-                failure.port.to_string(),
-                words::process(&failure.process),
-                words::failed_claim(failure),
-                words::blocker(failure),
-            ]
-        }),
     );
     out.push_str("<h2>Busiest processes</h2>");
     table(
@@ -140,39 +195,36 @@ pub fn page(report: &Report) -> Result<String, String> {
             ]
         }),
     );
-    out.push_str("<h2>Holders</h2>");
-    let all_holds = report
-        .ports
-        .iter()
-        .map(|port| port.holds.len())
-        .sum::<usize>();
-    if all_holds > MAX_HOLDER_ROWS {
-        let _ = write!(
-            out,
-            "<p id=\"holders-left-out\">The first {MAX_HOLDER_ROWS} of {all_holds} holds, by port; \
-             <code>portwatch report --json</code> lists them all.</p>"
-        );
-    }
-    let holds = report
-        .ports
-        .iter()
-        .flat_map(|port| port.holds.iter().map(move |hold| (port, hold)))
-        .take(MAX_HOLDER_ROWS);
+    out.push_str("<h2>Listeners and other notable ports</h2>");
+    let notable = model::notable(report);
     table(
         &mut out,
-        "holders",
-        &["proto", "port", "process", "from", "to", "how"],
-        holds.map(|(port, hold)| {
+        "ports",
+        &["proto", "port", "sockets", "accepted", "failed", "holders"],
+        notable.iter().take(MAX_PORT_ROWS).map(|port| {
             vec![
                 port.proto.name().to_string(),
                 port.port.to_string(),
-                words::process(&hold.process),
-                words::hold_start(hold),
-                words::hold_end(hold),
-                words::hold_detail(hold),
+                port.holds.to_string(),
+                port.accepted.to_string(),
+                port.failures.to_string(),
+                port.holders
+                    .sorted()
+                    .into_iter()
+                    .map(|(process, count)| format!("{} ({count})", words::process(process)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ]
         }),
     );
+    if notable.len() > MAX_PORT_ROWS {
+        let _ = write!(
+            out,
+            "<p id=\"ports-left-out\">The first {MAX_PORT_ROWS} of {} ports; \
+             <code>portwatch report --json</code> lists them all.</p>",
+            notable.len()
+        );
+    }
     out.push_str("</body></html>\n");
     Ok(out)
 }

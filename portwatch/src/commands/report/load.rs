@@ -1,5 +1,7 @@
 //! Capture files to records, in capture order, through the shared reader. What cannot be read is
 //! one sentence naming the file and line: reported and skipped, or, with `--strict`, the end.
+//! A plain `--json` stream (no capture header) is read too: it lacks what a header and `seq`
+//! tell, and the report says so once.
 
 use std::{collections::HashMap, path::PathBuf};
 
@@ -16,7 +18,14 @@ pub enum LoadError {
     Unreadable(ReadError),
     #[error("none of the files is a capture")]
     Empty,
+    /// Not portwatch output at all, or captures and plain streams given together.
+    #[error("{0}")]
+    NotPortwatch(String),
 }
+
+/// Problems printed one by one; beyond this they are counted, so garbage input cannot flood the
+/// terminal.
+const PROBLEMS_SHOWN: usize = 20;
 
 /// What reading every part found besides its records: what was skipped or missing.
 #[derive(Debug, Default)]
@@ -27,9 +36,13 @@ pub struct Loaded {
     pub missing_records: u64,
     /// Lines (or whole files, or the rest of a file) skipped because they could not be read.
     pub skipped: usize,
+    /// Problems beyond the first [`PROBLEMS_SHOWN`]: counted, not printed or kept.
+    pub problems_not_kept: usize,
     /// Facts about the input that are not faults (a capture whose first parts were not given).
     pub notes: Vec<String>,
     pub files: usize,
+    /// Files read as plain `--json` streams, without a capture header.
+    pub plain_streams: Vec<String>,
 }
 
 /// How a record follows the one before it in its capture.
@@ -59,6 +72,10 @@ impl Loaded {
         if strict {
             return Err(LoadError::Malformed(sentence));
         }
+        if self.problems.len() >= PROBLEMS_SHOWN {
+            self.problems_not_kept += 1;
+            return Ok(());
+        }
         let sentence = format!("{sentence}; {going_on}");
         warn(&sentence);
         self.problems.push(sentence);
@@ -73,30 +90,31 @@ pub fn load(
     mut warn: impl FnMut(&str),
     mut each: impl FnMut(Record),
 ) -> Result<Loaded, LoadError> {
-    let (mut parts, errors) = reader::open_each_in_order(paths);
+    let (mut parts, errors) = reader::open_each_headed_or_not(paths);
+    if let Some(unreadable) = errors.into_iter().next() {
+        return Err(LoadError::Unreadable(unreadable));
+    }
     let mut loaded = Loaded {
         files: parts.len(),
         ..Loaded::default()
     };
-    for error in errors {
-        match error {
-            ReadError::NoHeader { path } => {
-                loaded.skipped += 1;
-                loaded.problem(
-                    format!("{path}:1: not a capture header (is it a portwatch --output file?)"),
-                    "file skipped",
-                    strict,
-                    &mut warn,
-                )?
-            }
-            unreadable => return Err(LoadError::Unreadable(unreadable)),
-        }
-    }
     if parts.is_empty() {
         return Err(LoadError::Empty);
     }
+    let plain: Vec<&reader::Part> = parts.iter().filter(|part| part.header.is_null()).collect();
+    if let (Some(stream), Some(capture)) = (
+        plain.first(),
+        parts.iter().find(|part| !part.header.is_null()),
+    ) {
+        return Err(LoadError::NotPortwatch(format!(
+            "{} is a plain --json stream and {} a capture: report them separately",
+            stream.path, capture.path
+        )));
+    }
+    loaded.plain_streams = plain.iter().map(|part| part.path.clone()).collect();
     let mut numbering = Numbering::default();
     for part in &mut parts {
+        let headed = !part.header.is_null();
         let mut last_line = 0;
         while let Some(line) = part.next_line() {
             let line = match line {
@@ -118,7 +136,8 @@ pub fn load(
                 }
             };
             last_line = line.number;
-            let where_ = format!("{}:{}", part.path, line.number);
+            // Named only when something is wrong: most lines never need it.
+            let where_ = || format!("{}:{}", part.path, line.number);
             let record = line
                 .value
                 .as_ref()
@@ -126,10 +145,17 @@ pub fn load(
                 .and_then(Record::from_value);
             let record = match record {
                 Ok(record) => record,
+                // A file that does not open with a portwatch record is not portwatch output.
+                Err(reason) if !headed && line.number == 1 => {
+                    return Err(LoadError::NotPortwatch(format!(
+                        "{}: neither a capture header nor a portwatch --json record ({reason}): is it portwatch output?",
+                        where_()
+                    )));
+                }
                 Err(reason) => {
                     loaded.skipped += 1;
                     loaded.problem(
-                        format!("{where_}: {reason}"),
+                        format!("{}: {reason}", where_()),
                         "line skipped",
                         strict,
                         &mut warn,
@@ -138,6 +164,10 @@ pub fn load(
                     continue;
                 }
             };
+            if !headed {
+                each(record);
+                continue;
+            }
             let seq = line.value.as_ref().and_then(|value| value["seq"].as_u64());
             match numbering.check(&record, seq, &where_, &mut loaded.missing_records) {
                 Sequence::InOrder => {}
@@ -175,7 +205,7 @@ impl Numbering {
         &mut self,
         record: &Record,
         seq: Option<u64>,
-        where_: &str,
+        where_: &dyn Fn() -> String,
         missing: &mut u64,
     ) -> Sequence {
         let mut note = None;
@@ -185,8 +215,10 @@ impl Numbering {
                 self.next_seq.insert(header.capture_id.clone(), header.seq);
                 if header.part != 1 {
                     note = Some(format!(
-                        "capture {} begins at part {} ({where_}): its earlier parts were not given",
-                        header.capture_id, header.part
+                        "capture {} begins at part {} ({}): its earlier parts were not given",
+                        header.capture_id,
+                        header.part,
+                        where_()
                     ));
                 }
             }
@@ -196,10 +228,10 @@ impl Numbering {
             .as_ref()
             .and_then(|current| self.next_seq.get_mut(current))
         else {
-            return Sequence::Problem(format!("{where_}: a record before any capture header"));
+            return Sequence::Problem(format!("{}: a record before any capture header", where_()));
         };
         let Some(seq) = seq else {
-            return Sequence::Problem(format!("{where_}: the record has no seq"));
+            return Sequence::Problem(format!("{}: the record has no seq", where_()));
         };
         let due = *next;
         *next = seq.max(due) + 1;
@@ -207,12 +239,14 @@ impl Numbering {
             seq if seq > due => {
                 *missing += seq - due;
                 Sequence::Problem(format!(
-                    "{where_}: seq {seq} where {due} was due: {} records missing (a part or lines were removed)",
+                    "{}: seq {seq} where {due} was due: {} records missing (a part or lines were removed)",
+                    where_(),
                     seq - due
                 ))
             }
             seq if seq < due => Sequence::Problem(format!(
-                "{where_}: seq {seq} where {due} was due: records repeated or out of order"
+                "{}: seq {seq} where {due} was due: records repeated or out of order",
+                where_()
             )),
             _ => note.map_or(Sequence::InOrder, Sequence::Note),
         }

@@ -1,12 +1,16 @@
-//! `portwatch report FILE...`: what happened in a capture. Reads the parts through the shared
-//! capture reader, folds the events into per-port timelines ([`timeline`]), measures ([`model`],
-//! [`processes`], [`pressure`]) and lays the result out as text, JSON or one HTML page.
+//! `portwatch report FILE...`: what happened in a capture. Reads the parts (or a plain `--json`
+//! stream) through the shared capture reader, folds the events into holds as they come
+//! ([`timeline`]), measures as they end ([`model`], [`occupancy`], [`failures`], [`processes`])
+//! and lays the result out as text, JSON or one HTML page: a summary first, every socket only
+//! for the ports asked for.
 
 mod chart;
+mod failures;
 mod html;
 mod json;
 pub(crate) mod load;
 mod model;
+mod occupancy;
 mod pressure;
 mod processes;
 mod record;
@@ -37,6 +41,8 @@ pub struct Options {
     pub json: bool,
     pub html: Option<PathBuf>,
     pub strict: bool,
+    /// Every socket of every port, not only of the ports `--port` names.
+    pub detail: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,14 +69,24 @@ impl ReportError {
 }
 
 pub fn run(options: &Options) -> Result<(), ReportError> {
-    let mut folded = model::Folded::default();
+    let mut digest = model::Digest::new(
+        options.narrowing.clone(),
+        options.detail,
+        ports::ephemeral(),
+    );
     let loaded = load::load(
         &options.files,
         options.strict,
         |sentence| eprintln!("portwatch report: {sentence}"),
-        |record| folded.add(record),
+        |record| digest.add(record),
     )?;
-    let report = model::Report::build(folded, loaded, &options.narrowing, ports::ephemeral());
+    if loaded.problems_not_kept > 0 {
+        eprintln!(
+            "portwatch report: {} more unreadable lines, not printed one by one",
+            loaded.problems_not_kept
+        );
+    }
+    let report = digest.finish(loaded);
     if let Some(path) = &options.html {
         let page = html::page(&report).map_err(ReportError::Chart)?;
         fs::write(path, page).map_err(|source| ReportError::Write {

@@ -1,6 +1,7 @@
-//! The busiest processes: who claimed most, failed most, and held ports longest in the window.
+//! The busiest processes: who claimed most, failed most, and held ports longest in the window,
+//! tallied as holds end and failures come.
 
-use std::collections::{BTreeSet, HashMap};
+use foldhash::{HashMap, HashSet};
 
 use super::{
     record::Process,
@@ -20,61 +21,65 @@ pub struct Activity {
     pub held_ns: u128,
 }
 
-type Tally = (Activity, BTreeSet<(u8, u16)>);
-
-fn fresh(process: &Process) -> Tally {
-    let activity = Activity {
-        process: process.clone(),
-        claims: 0,
-        failures: 0,
-        ports: 0,
-        held_ns: 0,
-    };
-    (activity, BTreeSet::new())
+#[derive(Default)]
+struct Tally {
+    claims: usize,
+    failures: usize,
+    /// `proto << 16 | port`.
+    ports: HashSet<u32>,
+    held_ns: u128,
 }
 
-/// The `limit` busiest processes: most claims and failures first, then longest held.
-pub fn busiest(
-    holds: &[&Hold],
-    failures: &[&Failure],
-    window: &Window,
-    limit: usize,
-) -> Vec<Activity> {
-    let mut by_process: HashMap<&Process, Tally> = HashMap::new();
-    for hold in holds {
-        let (activity, ports) = by_process
-            .entry(&hold.process)
-            .or_insert_with(|| fresh(&hold.process));
+#[derive(Default)]
+pub struct Processes {
+    by_process: HashMap<Process, Tally>,
+}
+
+fn port_key(proto: crate::model::event::Proto, port: u16) -> u32 {
+    (u32::from(proto == crate::model::event::Proto::Udp) << 16) | u32::from(port)
+}
+
+impl Processes {
+    /// A hold that overlaps the window, clipped to `(start, end)`.
+    pub fn hold(&mut self, hold: &Hold, window: &Window, (start, end): (u128, u128)) {
+        let tally = self.by_process.entry(hold.process.clone()).or_default();
         if hold.claim_seen && hold.from.is_some_and(|from| window.contains(from)) {
-            activity.claims += 1;
+            tally.claims += 1;
         }
-        let (start, end) = window.clip(hold);
-        activity.held_ns += end.saturating_sub(start);
-        ports.insert((hold.proto as u8, hold.port));
+        tally.held_ns += end.saturating_sub(start);
+        tally.ports.insert(port_key(hold.proto, hold.port));
     }
-    for failure in failures {
-        let (activity, ports) = by_process
-            .entry(&failure.process)
-            .or_insert_with(|| fresh(&failure.process));
-        activity.failures += 1;
+
+    pub fn failure(&mut self, failure: &Failure) {
+        let tally = self.by_process.entry(failure.process.clone()).or_default();
+        tally.failures += 1;
         if failure.port != 0 {
-            ports.insert((failure.proto as u8, failure.port));
+            tally.ports.insert(port_key(failure.proto, failure.port));
         }
     }
-    let mut activities: Vec<Activity> = by_process
-        .into_values()
-        .map(|(mut activity, ports)| {
-            activity.ports = ports.len();
-            activity
-        })
-        .collect();
-    activities.sort_by(|a, b| {
-        (b.claims + b.failures, b.held_ns, &a.process).cmp(&(
-            a.claims + a.failures,
-            a.held_ns,
-            &b.process,
-        ))
-    });
-    activities.truncate(limit);
-    activities
+
+    /// The `limit` busiest: most claims and failures first, then longest held.
+    pub fn busiest(self, limit: usize) -> (Vec<Activity>, usize) {
+        let total = self.by_process.len();
+        let mut activities: Vec<Activity> = self
+            .by_process
+            .into_iter()
+            .map(|(process, tally)| Activity {
+                process,
+                claims: tally.claims,
+                failures: tally.failures,
+                ports: tally.ports.len(),
+                held_ns: tally.held_ns,
+            })
+            .collect();
+        activities.sort_by(|a, b| {
+            (b.claims + b.failures, b.held_ns, &a.process).cmp(&(
+                a.claims + a.failures,
+                a.held_ns,
+                &b.process,
+            ))
+        });
+        activities.truncate(limit);
+        (activities, total)
+    }
 }

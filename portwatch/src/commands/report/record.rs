@@ -48,6 +48,8 @@ pub struct PortEvent {
     pub remote: Option<String>,
     /// The network namespace's inode number: ports are per namespace.
     pub netns: Option<u64>,
+    /// On a failure: the tracer's explanation (`exhaustion`), as compact JSON, when it gives one.
+    pub exhaustion: Option<String>,
 }
 
 /// What a capture header says about the capture.
@@ -61,6 +63,8 @@ pub struct Header {
     pub backend: String,
     pub kernel: String,
     pub watching: String,
+    /// The userspace filters (`--pid`, `--comm`, `--events`) as the tracer was given them.
+    pub filters: Vec<String>,
     /// `"32768-60999"` when the header records the ephemeral range (newer captures).
     pub ephemeral_range: Option<String>,
 }
@@ -210,6 +214,10 @@ fn port_event(value: &Value, kind: Kind) -> Result<PortEvent, String> {
         state: optional_text(value, "state"),
         remote: remote(value),
         netns: value["netns"].as_u64(),
+        exhaustion: value
+            .get("exhaustion")
+            .filter(|explained| !explained.is_null())
+            .map(Value::to_string),
     })
 }
 
@@ -223,6 +231,15 @@ fn header(value: &Value) -> Result<Header, String> {
         backend: optional_text(value, "backend").unwrap_or_default(),
         kernel: optional_text(value, "kernel").unwrap_or_default(),
         watching: optional_text(value, "watching").unwrap_or_default(),
+        filters: value["filters"]
+            .as_array()
+            .map(|filters| {
+                filters
+                    .iter()
+                    .filter_map(|filter| filter.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
         ephemeral_range: optional_text(value, "ephemeral_range"),
     })
 }

@@ -2,11 +2,23 @@
 //! how long TIME_WAIT kept it after the socket let go. Events carry no socket id, so a free is
 //! matched to the open claim of the same protocol, port, family and process, preferring the same
 //! peer and the claim whose time agrees with the free's `held_ns`.
+//!
+//! Only the sockets still holding a port are kept: a hold is handed to the [`Watcher`] when it
+//! ends, so memory follows how many sockets are open at once, not how long the capture is.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 
 use super::record::{Blocker, PortEvent, Process};
 use crate::model::event::{Kind, Proto};
+
+/// Linux keeps a TIME_WAIT socket this long (TCP_TIMEWAIT_LEN, fixed at build time).
+pub const TIME_WAIT_NS: u128 = 60_000_000_000;
+
+/// When the capture has shown TIME_WAIT ends, one may come this much after its 60 s (the timer
+/// wheel batches timers that far out by up to 4 s): the hold waits for it that long.
+const TIME_WAIT_SLACK_NS: u128 = 5_000_000_000;
 
 /// How a hold ended, as far as the capture shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +53,8 @@ pub struct Hold {
     pub claim_seen: bool,
     pub listening: bool,
     pub end: End,
+    /// The end of its TIME_WAIT was not seen: it is taken to be 60 s after the close.
+    pub time_wait_assumed: bool,
 }
 
 impl Hold {
@@ -51,6 +65,11 @@ impl Hold {
             End::Closed(at) => Some(at),
             End::TimeWait { ended, .. } => ended,
         }
+    }
+
+    /// An accepted connection: it shares its listener's port.
+    pub fn accepted(&self) -> bool {
+        self.how.as_deref() == Some("accept")
     }
 }
 
@@ -69,16 +88,33 @@ pub struct Failure {
     pub blocker: Option<Blocker>,
     /// When the record names no holder: the processes this capture shows holding the port then.
     pub held_by_in_capture: Vec<Process>,
+    /// `addr:port` the failed connect was toward, when the record says.
+    pub remote: Option<String>,
+    /// The tracer's explanation, compact JSON.
+    pub exhaustion: Option<String>,
+    pub netns: Option<u64>,
+}
+
+/// What the timeline tells as it goes.
+pub trait Watcher {
+    /// A socket holds its port from `at` on.
+    fn opened(&mut self, hold: &Hold, at: u128);
+    /// The socket closed into TIME_WAIT at `at`: the port stays held.
+    fn time_wait(&mut self, hold: &Hold, at: u128);
+    /// The hold is over at `at` (or the capture is); `counted`: `opened` was told of it (a free
+    /// whose claim is not in the capture was not).
+    fn finished(&mut self, hold: Hold, at: u128, counted: bool);
+    fn failed(&mut self, failure: Failure);
 }
 
 /// Sockets are told apart by protocol, port, family and the claiming process.
-type SocketKey = (Proto, u16, String, Option<u32>);
+type SocketKey = (Proto, u16, bool, Option<u32>);
 
 fn key(event: &PortEvent) -> SocketKey {
     (
         event.proto,
         event.port,
-        event.family.clone(),
+        event.family == "ipv6",
         event.process.pid,
     )
 }
@@ -90,39 +126,105 @@ fn claimed_at(event: &PortEvent) -> Option<u128> {
         .map(|held| event.ts.saturating_sub(u128::from(held)))
 }
 
-#[derive(Debug, Default)]
+struct Live {
+    hold: Hold,
+    counted: bool,
+}
+
+#[derive(Default)]
 pub struct Timeline {
-    pub holds: Vec<Hold>,
-    pub failures: Vec<Failure>,
-    /// Indices into `holds` of sockets not yet closed, per socket key.
-    open: HashMap<SocketKey, Vec<usize>>,
-    /// Indices into `holds` in TIME_WAIT whose end has not been seen.
-    time_waits: HashMap<SocketKey, Vec<usize>>,
-    /// Indices into `holds` per protocol and port, for who held a port when a claim failed.
-    by_port: HashMap<(Proto, u16), Vec<usize>>,
+    live: HashMap<u64, Live>,
+    next_id: u64,
+    /// Ids of sockets not yet closed, per socket key.
+    open: HashMap<SocketKey, Vec<u64>>,
+    /// Ids in TIME_WAIT whose end has not been seen.
+    time_waits: HashMap<SocketKey, Vec<u64>>,
+    /// Ids per protocol and port, for who held a port when a claim failed.
+    by_port: HashMap<(Proto, u16), Vec<u64>>,
+    /// TIME_WAIT sockets by when their end is overdue, in that order (closes come in order).
+    deadlines: VecDeque<(u128, u64)>,
+    sees_time_wait_ends: bool,
+    last: u128,
 }
 
 impl Timeline {
     /// Adds one event; events must come in capture order.
-    pub fn add(&mut self, event: &PortEvent) {
+    pub fn add(&mut self, event: &PortEvent, watcher: &mut impl Watcher) {
+        self.expire(event.ts, watcher);
+        self.last = self.last.max(event.ts);
         match event.kind {
-            Kind::Claim => self.open(event, Some(event.ts), true),
-            Kind::Held => self.held(event),
-            Kind::Listen => self.listen(event),
-            Kind::Free if event.time_wait_end => self.time_wait_end(event),
-            Kind::Free => self.free(event),
-            Kind::Fail => self.fail(event),
+            Kind::Claim => self.open(event, Some(event.ts), true, false, watcher),
+            Kind::Held => self.held(event, watcher),
+            Kind::Listen => self.listen(event, watcher),
+            Kind::Free if event.time_wait_end => self.time_wait_end(event, watcher),
+            Kind::Free => self.free(event, watcher),
+            Kind::Fail => self.fail(event, watcher),
         }
     }
 
-    fn push(&mut self, hold: Hold) -> usize {
-        let index = self.holds.len();
+    /// The capture is over: every socket still holding a port is handed over as it stands.
+    pub fn finish(mut self, watcher: &mut impl Watcher) {
+        let mut ids: Vec<u64> = self.live.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(live) = self.live.remove(&id) {
+                watcher.finished(live.hold, self.last, live.counted);
+            }
+        }
+    }
+
+    /// Sockets in TIME_WAIT past their 60 s (and the slack) end there.
+    fn expire(&mut self, now: u128, watcher: &mut impl Watcher) {
+        while let Some(&(deadline, id)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            let waiting = self
+                .live
+                .get(&id)
+                .is_some_and(|live| matches!(live.hold.end, End::TimeWait { ended: None, .. }));
+            if !waiting {
+                continue;
+            }
+            let Some(mut live) = self.remove(id) else {
+                continue;
+            };
+            let hold_key = (
+                live.hold.proto,
+                live.hold.port,
+                live.hold.family == "ipv6",
+                live.hold.process.pid,
+            );
+            remove_id(&mut self.time_waits, &hold_key, id);
+            let ended = match live.hold.end {
+                End::TimeWait { closed, .. } => closed.unwrap_or(deadline) + TIME_WAIT_NS,
+                _ => deadline,
+            }
+            .min(deadline);
+            if let End::TimeWait { ended: end, .. } = &mut live.hold.end {
+                *end = Some(ended);
+            }
+            live.hold.time_wait_assumed = true;
+            watcher.finished(live.hold, ended, live.counted);
+        }
+    }
+
+    fn insert(&mut self, hold: Hold, counted: bool) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
         self.by_port
             .entry((hold.proto, hold.port))
             .or_default()
-            .push(index);
-        self.holds.push(hold);
-        index
+            .push(id);
+        self.live.insert(id, Live { hold, counted });
+        id
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Live> {
+        let live = self.live.remove(&id)?;
+        remove_id(&mut self.by_port, &(live.hold.proto, live.hold.port), id);
+        Some(live)
     }
 
     /// A hold of `event`'s socket.
@@ -140,66 +242,78 @@ impl Timeline {
             claim_seen,
             listening: false,
             end,
+            time_wait_assumed: false,
         }
     }
 
-    fn open(&mut self, event: &PortEvent, from: Option<u128>, claim_seen: bool) {
-        let index = self.push(Self::hold(event, from, claim_seen, End::Open));
-        self.open.entry(key(event)).or_default().push(index);
+    fn open(
+        &mut self,
+        event: &PortEvent,
+        from: Option<u128>,
+        claim_seen: bool,
+        listening: bool,
+        watcher: &mut impl Watcher,
+    ) {
+        let mut hold = Self::hold(event, from, claim_seen, End::Open);
+        hold.listening = listening;
+        watcher.opened(&hold, event.ts);
+        let id = self.insert(hold, true);
+        self.open.entry(key(event)).or_default().push(id);
     }
 
-    fn held(&mut self, event: &PortEvent) {
+    fn wait_for_end(&mut self, id: u64, from: u128, event: &PortEvent) {
+        let slack = if self.sees_time_wait_ends {
+            TIME_WAIT_SLACK_NS
+        } else {
+            0
+        };
+        self.deadlines.push_back((from + TIME_WAIT_NS + slack, id));
+        self.time_waits.entry(key(event)).or_default().push(id);
+    }
+
+    fn held(&mut self, event: &PortEvent, watcher: &mut impl Watcher) {
         match event.state.as_deref() {
             Some("time_wait") => {
                 let end = End::TimeWait {
                     closed: None,
                     ended: None,
                 };
-                let index = self.push(Self::hold(event, None, false, end));
-                self.time_waits.entry(key(event)).or_default().push(index);
+                let hold = Self::hold(event, None, false, end);
+                watcher.opened(&hold, event.ts);
+                let id = self.insert(hold, true);
+                self.wait_for_end(id, event.ts, event);
             }
-            state => {
-                self.open(event, None, false);
-                if state == Some("listen") {
-                    let last = self.holds.len() - 1;
-                    self.holds[last].listening = true;
-                }
-            }
+            state => self.open(event, None, false, state == Some("listen"), watcher),
         }
     }
 
-    fn listen(&mut self, event: &PortEvent) {
-        let found = self.open.get(&key(event)).and_then(|indices| {
-            indices
-                .iter()
+    fn listen(&mut self, event: &PortEvent, watcher: &mut impl Watcher) {
+        let found = self.open.get(&key(event)).and_then(|ids| {
+            ids.iter()
                 .rev()
                 .copied()
-                .find(|&index| !self.holds[index].listening)
+                .find(|id| self.live.get(id).is_some_and(|live| !live.hold.listening))
         });
-        match found {
-            Some(index) => self.holds[index].listening = true,
-            None => {
-                self.open(event, None, false);
-                let last = self.holds.len() - 1;
-                self.holds[last].listening = true;
-            }
+        match found.and_then(|id| self.live.get_mut(&id)) {
+            Some(live) => live.hold.listening = true,
+            None => self.open(event, None, false, true, watcher),
         }
     }
 
     /// Takes the best match for `event` out of `pool[key]`: same peer first, then the claim time
     /// closest to `ts - held_ns`, then the oldest.
     fn take_match(
-        holds: &[Hold],
-        pool: &mut HashMap<SocketKey, Vec<usize>>,
+        live: &HashMap<u64, Live>,
+        pool: &mut HashMap<SocketKey, Vec<u64>>,
         event: &PortEvent,
-    ) -> Option<usize> {
-        let indices = pool.get_mut(&key(event))?;
+    ) -> Option<u64> {
+        let ids = pool.get_mut(&key(event))?;
         let claimed_at = claimed_at(event);
-        let position = indices
+        let position = ids
             .iter()
             .enumerate()
-            .min_by_key(|&(order, &index)| {
-                let hold = &holds[index];
+            .filter_map(|(order, id)| Some((order, &live.get(id)?.hold)))
+            .min_by_key(|&(order, hold)| {
                 let other_peer =
                     event.remote.is_some() && hold.remote.is_some() && hold.remote != event.remote;
                 let distance = match (claimed_at, hold.from) {
@@ -209,52 +323,69 @@ impl Timeline {
                 (other_peer, distance, order)
             })
             .map(|(position, _)| position)?;
-        let index = indices.remove(position);
-        if indices.is_empty() {
+        let id = ids.remove(position);
+        if ids.is_empty() {
             pool.remove(&key(event));
         }
-        Some(index)
+        Some(id)
     }
 
-    fn free(&mut self, event: &PortEvent) {
-        let index = match Self::take_match(&self.holds, &mut self.open, event) {
-            Some(index) => index,
+    fn free(&mut self, event: &PortEvent, watcher: &mut impl Watcher) {
+        let id = match Self::take_match(&self.live, &mut self.open, event) {
+            Some(id) => id,
             // Claimed before the capture: `held_ns` (when known) dates the claim.
-            None => self.push(Self::hold(event, claimed_at(event), false, End::Open)),
+            None => self.insert(
+                Self::hold(event, claimed_at(event), false, End::Open),
+                false,
+            ),
         };
-        let hold = &mut self.holds[index];
-        if hold.remote.is_none() {
-            hold.remote = event.remote.clone();
+        let Some(live) = self.live.get_mut(&id) else {
+            return;
+        };
+        if live.hold.remote.is_none() {
+            live.hold.remote = event.remote.clone();
         }
         if event.time_wait {
-            hold.end = End::TimeWait {
+            live.hold.end = End::TimeWait {
                 closed: Some(event.ts),
                 ended: None,
             };
-            self.time_waits.entry(key(event)).or_default().push(index);
+            if live.counted {
+                watcher.time_wait(&live.hold, event.ts);
+            }
+            self.wait_for_end(id, event.ts, event);
         } else {
-            hold.end = End::Closed(event.ts);
+            live.hold.end = End::Closed(event.ts);
+            if let Some(live) = self.remove(id) {
+                watcher.finished(live.hold, event.ts, live.counted);
+            }
         }
     }
 
-    fn time_wait_end(&mut self, event: &PortEvent) {
-        match Self::take_match(&self.holds, &mut self.time_waits, event) {
-            Some(index) => {
-                if let End::TimeWait { ended, .. } = &mut self.holds[index].end {
-                    *ended = Some(event.ts);
+    fn time_wait_end(&mut self, event: &PortEvent, watcher: &mut impl Watcher) {
+        self.sees_time_wait_ends = true;
+        match Self::take_match(&self.live, &mut self.time_waits, event) {
+            Some(id) => {
+                if let Some(mut live) = self.remove(id) {
+                    if let End::TimeWait { ended, .. } = &mut live.hold.end {
+                        *ended = Some(event.ts);
+                    }
+                    watcher.finished(live.hold, event.ts, live.counted);
                 }
             }
+            // Its start was not seen (or it came later than 65 s and was taken as over).
             None => {
                 let end = End::TimeWait {
                     closed: None,
                     ended: Some(event.ts),
                 };
-                self.push(Self::hold(event, claimed_at(event), false, end));
+                let hold = Self::hold(event, claimed_at(event), false, end);
+                watcher.finished(hold, event.ts, false);
             }
         }
     }
 
-    fn fail(&mut self, event: &PortEvent) {
+    fn fail(&mut self, event: &PortEvent, watcher: &mut impl Watcher) {
         let blocker = event.blocker.clone().flatten();
         let held_by_in_capture = if blocker.is_some() || event.port == 0 {
             Vec::new()
@@ -263,18 +394,14 @@ impl Timeline {
             let mut holders: Vec<Process> = on_port
                 .into_iter()
                 .flatten()
-                .map(|&index| &self.holds[index])
-                .filter(|hold| {
-                    hold.from.is_none_or(|from| from <= event.ts)
-                        && hold.occupied_until().is_none_or(|end| end >= event.ts)
-                })
-                .map(|hold| hold.process.clone())
+                .filter_map(|id| self.live.get(id))
+                .map(|live| live.hold.process.clone())
                 .collect();
             holders.sort();
             holders.dedup();
             holders
         };
-        self.failures.push(Failure {
+        watcher.failed(Failure {
             ts: event.ts,
             proto: event.proto,
             port: event.port,
@@ -285,7 +412,22 @@ impl Timeline {
             errno: event.errno.clone().unwrap_or_else(|| "unknown".into()),
             blocker,
             held_by_in_capture,
+            remote: event.remote.clone(),
+            exhaustion: event.exhaustion.clone(),
+            netns: event.netns,
         });
+    }
+}
+
+/// Takes `id` out of `map[key]`, and the entry when it empties.
+fn remove_id<K: std::hash::Hash + Eq + Clone>(map: &mut HashMap<K, Vec<u64>>, key: &K, id: u64) {
+    if let Some(ids) = map.get_mut(key) {
+        if let Some(position) = ids.iter().position(|&other| other == id) {
+            ids.swap_remove(position);
+        }
+        if ids.is_empty() {
+            map.remove(key);
+        }
     }
 }
 
@@ -316,28 +458,64 @@ pub mod tests {
             state: None,
             remote: None,
             netns: None,
+            exhaustion: None,
         }
     }
 
-    fn timeline(events: &[PortEvent]) -> Timeline {
-        let mut timeline = Timeline::default();
-        for event in events {
-            timeline.add(event);
+    /// Everything the timeline told, in order.
+    #[derive(Default)]
+    pub struct Told {
+        pub finished: Vec<(Hold, u128, bool)>,
+        pub failures: Vec<Failure>,
+        pub opened: usize,
+        pub time_waits: usize,
+    }
+
+    impl Watcher for Told {
+        fn opened(&mut self, _: &Hold, _: u128) {
+            self.opened += 1;
         }
-        timeline
+        fn time_wait(&mut self, _: &Hold, _: u128) {
+            self.time_waits += 1;
+        }
+        fn finished(&mut self, hold: Hold, at: u128, counted: bool) {
+            self.finished.push((hold, at, counted));
+        }
+        fn failed(&mut self, failure: Failure) {
+            self.failures.push(failure);
+        }
+    }
+
+    /// The holds, in the order they ended (those left open last, in claim order).
+    fn holds(events: &[PortEvent]) -> Vec<Hold> {
+        told(events)
+            .finished
+            .into_iter()
+            .map(|(hold, _, _)| hold)
+            .collect()
+    }
+
+    fn told(events: &[PortEvent]) -> Told {
+        let mut timeline = Timeline::default();
+        let mut told = Told::default();
+        for event in events {
+            timeline.add(event, &mut told);
+        }
+        timeline.finish(&mut told);
+        told
     }
 
     #[test]
     fn a_claim_listen_and_free_make_one_hold() {
         let mut free = event(Kind::Free, 80, 1, 30);
         free.held_ns = Some(20);
-        let timeline = timeline(&[
+        let holds = holds(&[
             event(Kind::Claim, 80, 1, 10),
             event(Kind::Listen, 80, 1, 11),
             free,
         ]);
-        assert_eq!(timeline.holds.len(), 1);
-        let hold = &timeline.holds[0];
+        assert_eq!(holds.len(), 1);
+        let hold = &holds[0];
         assert_eq!((hold.from, hold.end.clone()), (Some(10), End::Closed(30)));
         assert!(hold.listening && hold.claim_seen);
     }
@@ -346,13 +524,16 @@ pub mod tests {
     fn a_free_goes_to_the_claim_its_held_ns_dates() {
         let mut free = event(Kind::Free, 80, 1, 100);
         free.held_ns = Some(50);
-        let timeline = timeline(&[
+        let holds = holds(&[
             event(Kind::Claim, 80, 1, 10),
             event(Kind::Claim, 80, 1, 50),
             free,
         ]);
-        assert_eq!(timeline.holds[0].end, End::Open);
-        assert_eq!(timeline.holds[1].end, End::Closed(100));
+        assert_eq!(
+            (holds[0].from, &holds[0].end),
+            (Some(50), &End::Closed(100))
+        );
+        assert_eq!((holds[1].from, &holds[1].end), (Some(10), &End::Open));
     }
 
     #[test]
@@ -364,13 +545,15 @@ pub mod tests {
         };
         let mut free = accepted(40, "127.0.0.1:2");
         free.kind = Kind::Free;
-        let timeline = timeline(&[
+        let holds = holds(&[
             accepted(10, "127.0.0.1:1"),
             accepted(20, "127.0.0.1:2"),
             free,
         ]);
-        assert_eq!(timeline.holds[0].end, End::Open);
-        assert_eq!(timeline.holds[1].end, End::Closed(40));
+        assert_eq!(
+            (holds[0].from, &holds[0].end, holds[1].from),
+            (Some(20), &End::Closed(40), Some(10))
+        );
     }
 
     #[test]
@@ -379,24 +562,40 @@ pub mod tests {
         close.time_wait = true;
         let mut end = event(Kind::Free, 80, 1, 60_000);
         end.time_wait_end = true;
-        let timeline = timeline(&[event(Kind::Claim, 80, 1, 10), close, end]);
+        let told = told(&[event(Kind::Claim, 80, 1, 10), close, end]);
+        let (hold, at, counted) = &told.finished[0];
         assert_eq!(
-            timeline.holds[0].end,
+            hold.end,
             End::TimeWait {
                 closed: Some(20),
                 ended: Some(60_000)
             }
         );
-        assert_eq!(timeline.holds[0].occupied_until(), Some(60_000));
+        assert_eq!((*at, *counted, told.time_waits), (60_000, true, 1));
+        assert!(!hold.time_wait_assumed);
+    }
+
+    #[test]
+    fn an_unseen_time_wait_end_is_taken_at_sixty_seconds() {
+        let mut close = event(Kind::Free, 80, 1, 20);
+        close.time_wait = true;
+        let later = event(Kind::Claim, 81, 1, 20 + TIME_WAIT_NS + 1);
+        let told = told(&[event(Kind::Claim, 80, 1, 10), close, later]);
+        let (hold, at, _) = &told.finished[0];
+        assert_eq!((hold.port, *at), (80, 20 + TIME_WAIT_NS));
+        assert!(hold.time_wait_assumed);
     }
 
     #[test]
     fn a_free_without_its_claim_was_held_before_the_capture() {
         let mut free = event(Kind::Free, 80, 1, 100);
         free.held_ns = Some(70);
-        let timeline = timeline(&[free]);
-        let hold = &timeline.holds[0];
-        assert_eq!((hold.from, hold.claim_seen), (Some(30), false));
+        let told = told(&[free]);
+        let (hold, _, counted) = &told.finished[0];
+        assert_eq!(
+            (hold.from, hold.claim_seen, *counted),
+            (Some(30), false, false)
+        );
         assert_eq!(hold.end, End::Closed(100));
     }
 
@@ -405,8 +604,8 @@ pub mod tests {
         let mut fail = event(Kind::Fail, 80, 2, 20);
         fail.errno = Some("EADDRINUSE".into());
         fail.blocker = Some(None);
-        let timeline = timeline(&[event(Kind::Claim, 80, 1, 10), fail]);
-        let failure = &timeline.failures[0];
+        let told = told(&[event(Kind::Claim, 80, 1, 10), fail]);
+        let failure = &told.failures[0];
         assert_eq!(failure.errno, "EADDRINUSE");
         assert_eq!(failure.blocker, None);
         assert_eq!(failure.held_by_in_capture[0].pid, Some(1));
@@ -416,8 +615,8 @@ pub mod tests {
     fn a_holder_at_start_up_is_open_from_before_the_capture() {
         let mut held = event(Kind::Held, 80, 1, 5);
         held.state = Some("listen".into());
-        let timeline = timeline(&[held, event(Kind::Free, 80, 1, 9)]);
-        let hold = &timeline.holds[0];
+        let holds = holds(&[held, event(Kind::Free, 80, 1, 9)]);
+        let hold = &holds[0];
         assert_eq!((hold.from, hold.listening), (None, true));
         assert_eq!(hold.end, End::Closed(9));
     }

@@ -1,8 +1,9 @@
 //! The phrases the text and HTML reports share, so both say the same thing the same way.
 
 use super::{
+    failures::Group,
     model::{Losses, Report},
-    pressure::{Pressure, RangeSource},
+    pressure::RangeSource,
     record::{PressureEvent, Process},
     timeline::{End, Failure, Hold},
 };
@@ -50,9 +51,14 @@ pub fn hold_end(hold: &Hold) -> String {
         End::Open => "still held at the end".into(),
         End::Closed(at) => clock(*at),
         End::TimeWait { closed, ended } => format!(
-            "{} + TIME_WAIT to {}",
+            "{} + TIME_WAIT to {}{}",
             closed.map_or("before the capture".into(), clock),
-            ended.map_or("the end (its end not seen)".into(), clock)
+            ended.map_or("the end (its end not seen)".into(), clock),
+            if hold.time_wait_assumed {
+                " (its end not seen: Linux's 60 s)"
+            } else {
+                ""
+            }
         ),
     }
 }
@@ -138,44 +144,105 @@ pub fn losses(losses: &Losses) -> String {
     text
 }
 
-/// `ephemeral ports: peak 12 tcp (at 09:50:03.1), 3 udp, of 28232 (32768-60999, ...)`.
-pub fn pressure(pressure: &Pressure, watching: &str) -> String {
-    let Some(range) = &pressure.range else {
-        let reason = match &pressure.source {
-            RangeSource::Unknown(reason) => reason.as_str(),
-            _ => "no range",
-        };
-        return format!(
-            "ephemeral ports: not measured: the capture does not record the range and this host's could not be read ({reason})"
-        );
-    };
-    let peaks: Vec<String> = pressure
-        .peaks
+/// `read: 48017 claim, 0 listen, 48017 free, 4 fail, 95 held`: what the input delivered.
+pub fn delivered(losses: &Losses) -> String {
+    let counts: Vec<String> = crate::model::event::Kind::ALL
         .iter()
-        .map(|peak| match peak.at {
-            Some(at) => format!(
-                "{} {} (at {}{})",
-                peak.ports,
-                peak.proto.name(),
-                clock(at),
-                peak.netns
-                    .map_or(String::new(), |netns| format!(", netns {netns}"))
-            ),
-            None => format!("0 {}", peak.proto.name()),
+        .map(|kind| {
+            format!(
+                "{} {}",
+                losses.delivered.get(kind.name()).copied().unwrap_or(0),
+                kind.name()
+            )
         })
         .collect();
-    let source = match pressure.source {
-        RangeSource::Header => "as the capture recorded it",
-        RangeSource::PressureRecord => "as the capture's pressure records give it",
-        _ => "this host's net.ipv4.ip_local_port_range: the capture does not record its range",
+    format!("read: {} event records", counts.join(", "))
+}
+
+/// One sentence for a plain `--json` stream: what it cannot tell.
+pub fn plain_stream(path: &str) -> String {
+    format!(
+        "{path} is a plain --json stream, not a capture: it does not say what was watched, on \
+         which host or with which filters, its losses are only its `lost` records (no seq, no \
+         summary), and it has no rotated parts"
+    )
+}
+
+/// `tcp 6379  bind 0.0.0.0: EADDRINUSE  3x 10:00:01.000001 - 10:00:04.000002`.
+pub fn group_head(group: &Group) -> String {
+    let when = if group.count == 1 {
+        format!("1x at {}", clock(group.first))
+    } else {
+        format!(
+            "{}x from {} to {}",
+            group.count,
+            clock(group.first),
+            clock(group.last)
+        )
+    };
+    let port = match group.key.port {
+        0 => "(no port)".to_string(),
+        port => port.to_string(),
     };
     format!(
-        "ephemeral ports in use at peak: {} of {} ({}-{}, {source}); counted over the watched ports only ({watching})",
-        peaks.join(", "),
-        pressure.range_size(),
-        range.start(),
-        range.end()
+        "{} {port}  {}  {when}",
+        group.key.proto.name(),
+        failed_claim(&group.sample)
     )
+}
+
+/// `by redis-server[7] (2), nc[8]; held by ...`.
+pub fn group_who(group: &Group) -> String {
+    let mut claimers: Vec<String> = group
+        .claimers
+        .sorted()
+        .into_iter()
+        .map(|(claimer, count)| match count {
+            1 => process(claimer),
+            n => format!("{} ({n})", process(claimer)),
+        })
+        .collect();
+    if group.claimers.others > 0 {
+        claimers.push(format!("{} more", group.claimers.others));
+    }
+    format!("by {}; {}", claimers.join(", "), blocker(&group.sample))
+}
+
+/// `toward 10.0.0.1:80 (3), 10.0.0.2:80 (1)`, when failed connects say where they went.
+pub fn group_destinations(group: &Group) -> Option<String> {
+    if group.destinations.top.is_empty() {
+        return None;
+    }
+    let mut toward: Vec<String> = group
+        .destinations
+        .sorted()
+        .into_iter()
+        .map(|(remote, count)| format!("{remote} ({count})"))
+        .collect();
+    if group.destinations.others > 0 {
+        toward.push(format!("{} more", group.destinations.others));
+    }
+    Some(format!("toward {}", toward.join(", ")))
+}
+
+/// `12.5%` of `whole`, or `-` when there is no whole.
+pub fn share(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "-".into();
+    }
+    format!("{:.1}%", part as f64 * 100.0 / whole as f64)
+}
+
+/// Where the ephemeral range came from, said after it.
+pub fn range_source(source: &RangeSource) -> String {
+    match source {
+        RangeSource::Header => "as the capture recorded it".into(),
+        RangeSource::PressureRecord => "as the input's pressure record gives it".into(),
+        RangeSource::ThisHost => {
+            "this host's net.ipv4.ip_local_port_range: the input does not record its range".into()
+        }
+        RangeSource::Unknown(reason) => format!("unknown: {reason}"),
+    }
 }
 
 /// `10:01:23.346843 tcp high: 90 of 100 ports in use (90.0%), netns 4026531840; most held by
@@ -211,15 +278,21 @@ pub fn coverage(report: &Report) -> Vec<String> {
     for capture in &report.captures {
         let header = &capture.header;
         lines.push(format!(
-            "capture {} (parts {}) on {}, kernel {}, backend {}, watching {}",
+            "capture {} (parts {}) on {}, kernel {}, backend {}, watching {}, filters: {}",
             header.capture_id,
             parts(&capture.parts),
             header.hostname,
             header.kernel,
             header.backend,
-            header.watching
+            header.watching,
+            if header.filters.is_empty() {
+                "none".to_string()
+            } else {
+                header.filters.join(" ")
+            }
         ));
     }
+    lines.extend(report.plain_streams.iter().map(|path| plain_stream(path)));
     lines.push(format!(
         "{} file(s), from {} to {} ({})",
         report.files,
@@ -255,12 +328,4 @@ fn parts(parts: &[u64]) -> String {
             .collect::<Vec<_>>()
             .join(","),
     }
-}
-
-/// The `watching` of the first capture, for the pressure sentence.
-pub fn watching(report: &Report) -> &str {
-    report
-        .captures
-        .first()
-        .map_or("unknown ports", |capture| capture.header.watching.as_str())
 }

@@ -37,6 +37,16 @@ pub struct Line {
 impl Part {
     /// Opens a part and reads its header. `-` is standard input.
     pub fn open(path: &Path) -> Result<Self, ReadError> {
+        Self::open_with(path, true)
+    }
+
+    /// Opens a part or a plain `--json` stream, which has no header (its `header` is then
+    /// `null`, and its first line is read as a record).
+    pub fn open_headed_or_not(path: &Path) -> Result<Self, ReadError> {
+        Self::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, header_required: bool) -> Result<Self, ReadError> {
         let name = path.display().to_string();
         let io_error = |source| ReadError::Io {
             path: name.clone(),
@@ -65,8 +75,12 @@ impl Part {
         let header = first
             .as_deref()
             .and_then(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|value| value["event"] == "capture")
-            .ok_or_else(|| ReadError::NoHeader { path: name.clone() })?;
+            .filter(|value| value["event"] == "capture");
+        let header = match header {
+            Some(header) => header,
+            None if header_required => return Err(ReadError::NoHeader { path: name.clone() }),
+            None => Value::Null,
+        };
         Ok(Self {
             path: name,
             header,
@@ -116,13 +130,27 @@ pub fn open_in_order(paths: &[PathBuf]) -> Result<Vec<Part>, ReadError> {
 /// Like [`open_in_order`], but a file that cannot be opened or has no header does not stop the
 /// others: its error is returned beside the parts that opened, in the order the paths came.
 pub fn open_each_in_order(paths: &[PathBuf]) -> (Vec<Part>, Vec<ReadError>) {
+    open_each_with(paths, Part::open)
+}
+
+/// Like [`open_each_in_order`], but a file without a header opens too (a plain `--json`
+/// stream); such files keep the order they were given in, before the captures.
+pub fn open_each_headed_or_not(paths: &[PathBuf]) -> (Vec<Part>, Vec<ReadError>) {
+    open_each_with(paths, Part::open_headed_or_not)
+}
+
+fn open_each_with(
+    paths: &[PathBuf],
+    open: fn(&Path) -> Result<Part, ReadError>,
+) -> (Vec<Part>, Vec<ReadError>) {
     let (mut parts, mut errors) = (Vec::new(), Vec::new());
     for path in paths {
-        match Part::open(path) {
+        match open(path) {
             Ok(part) => parts.push(part),
             Err(error) => errors.push(error),
         }
     }
+    // A stable sort: headerless files (all keys empty) stay in the order given.
     parts.sort_by(|a, b| {
         let key = |part: &Part| {
             (
