@@ -15,10 +15,12 @@ use std::{
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::{
+    containers,
     event::{Kind, Proto},
     ports::{self, PortSet},
     report,
     sink::FileOptions,
+    snapshot::{Scope, namespaces},
 };
 
 #[derive(Parser, Debug)]
@@ -79,6 +81,10 @@ struct WhoArgs {
     /// One JSON object per port instead of a table.
     #[arg(long)]
     json: bool,
+    /// Only this network namespace (default: every one on the host): its inode, a path, a
+    /// pid in it, an `ip netns` name or `self`.
+    #[arg(long, value_name = "NETNS", value_parser = namespaces::parse_target)]
+    netns: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -172,7 +178,7 @@ struct TraceArgs {
     /// Print nothing on stdout (with --output: the capture file is the only output).
     #[arg(short, long, requires = "output", help_heading = "Capture files")]
     quiet: bool,
-    /// Add the process's executable, command line, user, parent, cgroup and container.
+    /// Add the process's executable, command line, user, parent, cgroup and systemd unit.
     #[arg(long)]
     audit: bool,
     /// Report when this share of a namespace's ephemeral range is in use (0: never).
@@ -185,6 +191,17 @@ struct TraceArgs {
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9834.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<SocketAddr>,
+    /// Only this network namespace (default: every one): its inode, a path, a pid in it, an
+    /// `ip netns` name or `self`.
+    #[arg(long, value_name = "NETNS", value_parser = namespaces::parse_target)]
+    netns: Option<u32>,
+    /// Only events of processes in this container: its name, or its id or the start of it; may
+    /// repeat.
+    #[arg(long = "container", value_name = "NAME|ID")]
+    containers: Vec<String>,
+    /// Only events of processes in this Kubernetes pod; may repeat.
+    #[arg(long = "pod", value_name = "NAMESPACE/NAME", value_parser = containers::parse_pod)]
+    pods: Vec<containers::PodName>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -274,6 +291,7 @@ pub struct WhoConfig {
     /// In the order given, each once.
     pub ports: Vec<u16>,
     pub format: Format,
+    pub netns: Scope,
 }
 
 impl WhoConfig {
@@ -291,6 +309,7 @@ impl WhoConfig {
             } else {
                 Format::Table
             },
+            netns: args.netns.map_or(Scope::All, Scope::Only),
         }
     }
 }
@@ -336,6 +355,10 @@ pub struct Config {
     pub pressure_pct: u8,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// `--netns`: only this namespace (inode).
+    pub netns: Option<u32>,
+    /// `--container` and `--pod`: only processes in these.
+    pub containers: containers::Filter,
 }
 
 impl Config {
@@ -409,6 +432,8 @@ impl Config {
             debug_kernel: args.debug_kernel,
             pressure_pct: args.pressure,
             metrics: args.metrics,
+            netns: args.netns,
+            containers: containers::Filter::new(args.containers, args.pods),
         })
     }
 
@@ -420,6 +445,8 @@ impl Config {
             .iter()
             .map(|pid| format!("pid={pid}"))
             .chain(self.comms.iter().map(|comm| format!("comm={comm}")))
+            .chain(self.netns.iter().map(|netns| format!("netns={netns}")))
+            .chain(self.containers.describe())
             .collect();
         filters.sort();
         if self.kinds.len() < Kind::ALL.len() {

@@ -97,8 +97,9 @@ pub struct ProcessInfo {
     pub user: Option<String>,
     pub parent_comm: Option<String>,
     pub cgroup: Option<String>,
-    /// `docker:<id>`, `containerd:<id>`, `podman:<id>` or `systemd:<unit>`.
-    pub container: Option<String>,
+    /// The systemd unit (`nginx.service`) of a process in no container; a container is the
+    /// event's own `container`, on every event.
+    pub unit: Option<String>,
 }
 
 /// Who held a port when a claim on it failed.
@@ -150,6 +151,9 @@ pub struct Event {
     pub hint: Option<String>,
     /// `--audit` only.
     pub audit: Option<Audit>,
+    /// The process's container, when it runs in one (shared: every event of a container
+    /// carries the same lookup).
+    pub container: Option<std::sync::Arc<crate::containers::Container>>,
 }
 
 impl Event {
@@ -207,6 +211,7 @@ impl Event {
             holder: None,
             hint: None,
             audit: None,
+            container: None,
         })
     }
 }

@@ -6,6 +6,7 @@ mod btf;
 mod capture;
 mod cli;
 mod clock;
+mod containers;
 mod enrich;
 mod event;
 #[cfg(test)]

@@ -24,6 +24,7 @@ use crate::{
     capture::{self, Summary},
     cli::{BackendArg, Config, Format},
     clock::{MonotonicClock, Timestamp},
+    containers::Resolver,
     enrich::AuditCache,
     event::{Event, Holder, Kind},
     holders::Holders,
@@ -106,7 +107,12 @@ pub async fn run(
     let outcome = match pipeline
         .report_holders(&config)
         .and_then(|()| crate::privileges::drop_all(config.audit))
-    {
+        .and_then(|()| {
+            pipeline
+                .containers
+                .start()
+                .context("starting the container lookups")
+        }) {
         Ok(()) => {
             eprintln!(
                 "portwatch: attached backend={backend}, watching {}",
@@ -207,6 +213,7 @@ struct Pipeline {
     /// port freed without a seen claim.
     holders: Holders,
     audit: Option<AuditCache>,
+    containers: Resolver,
     pressure: Option<PressureWatch>,
     /// This host's ephemeral range and reserved ports, for the hint on a failure whose holder
     /// got the port as an ephemeral one.
@@ -235,6 +242,7 @@ impl Pipeline {
             emitted: 0,
             holders: Holders::default(),
             audit: config.audit.then(AuditCache::new),
+            containers: Resolver::new(),
             pressure: (config.pressure_pct > 0).then(|| {
                 let own_range = ephemeral.as_ref().map(|policy| policy.range.clone());
                 PressureWatch::new(config.pressure_pct, namespaces, own_range)
@@ -307,6 +315,9 @@ impl Pipeline {
                 .into_iter()
                 .filter_map(|(wanted, family)| wanted.then_some(family))
                 .collect(),
+            netns: config
+                .netns
+                .map_or(snapshot::Scope::All, snapshot::Scope::Only),
         });
         for note in &held.notes {
             eprintln!("portwatch: note: {note}");
@@ -382,7 +393,13 @@ impl Pipeline {
         let pid = event.task.as_ref().map(|task| task.pid);
         let comm = event.task.as_ref().map(|task| task.comm.as_str());
         let comm = comm.as_deref();
+        event.container = event
+            .task
+            .as_ref()
+            .and_then(|task| self.containers.of_task(task));
         if !config.kinds.contains(&event.kind)
+            || config.netns.is_some_and(|netns| event.netns != Some(netns))
+            || !config.containers.passes(event.container.as_deref())
             || (!config.pids.is_empty() && !pid.is_some_and(|pid| config.pids.contains(&pid)))
             || (!config.comms.is_empty() && !comm.is_some_and(|comm| config.comms.contains(comm)))
             || self.reached_count(config)

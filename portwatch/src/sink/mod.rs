@@ -114,6 +114,7 @@ pub mod tests {
             holder: None,
             hint: None,
             audit: None,
+            container: None,
         }
     }
 }
