@@ -15,12 +15,16 @@ use std::{
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    containers,
-    event::{Kind, Proto},
-    ports::{self, PortSet},
-    report,
-    sink::FileOptions,
-    snapshot::{Scope, namespaces},
+    commands::{
+        config::{TraceConfig, WhoConfig},
+        report,
+    },
+    host::snapshot::{Scope, namespaces},
+    kernel::backend::Choice,
+    model::container,
+    model::event::{Kind, Proto},
+    model::ports::{self, PortSet},
+    output::{Format, sink::FileOptions},
 };
 
 #[derive(Parser, Debug)]
@@ -178,7 +182,7 @@ struct TraceArgs {
     /// Print nothing on stdout (with --output: the capture file is the only output).
     #[arg(short, long, requires = "output", help_heading = "Capture files")]
     quiet: bool,
-    /// Add the process's executable, command line, user, parent, cgroup and systemd unit.
+    /// Add the process's executable, command line, user, parent, cgroup and container.
     #[arg(long)]
     audit: bool,
     /// Report when this share of a namespace's ephemeral range is in use (0: never).
@@ -200,8 +204,8 @@ struct TraceArgs {
     #[arg(long = "container", value_name = "NAME|ID")]
     containers: Vec<String>,
     /// Only events of processes in this Kubernetes pod; may repeat.
-    #[arg(long = "pod", value_name = "NAMESPACE/NAME", value_parser = containers::parse_pod)]
-    pods: Vec<containers::PodName>,
+    #[arg(long = "pod", value_name = "NAMESPACE/NAME", value_parser = container::parse_pod)]
+    pods: Vec<container::PodName>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -227,16 +231,21 @@ pub enum BackendArg {
     Tracepoint,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Table,
-    Json,
+impl BackendArg {
+    fn choice(self) -> Choice {
+        match self {
+            BackendArg::Auto => Choice::Auto,
+            BackendArg::Fentry => Choice::Fentry,
+            BackendArg::Kprobe => Choice::Kprobe,
+            BackendArg::Tracepoint => Choice::Tracepoint,
+        }
+    }
 }
 
 /// What the user asked portwatch to do, validated.
 #[derive(Debug)]
 pub enum Command {
-    Trace(Box<Config>),
+    Trace(Box<TraceConfig>),
     Verify(Vec<PathBuf>),
     /// Generated from these definitions, so packaged docs never drift from the binary.
     Completions(clap_complete::Shell),
@@ -259,14 +268,12 @@ impl Command {
 
     fn from_parsed(cli: Cli) -> anyhow::Result<Self> {
         match cli.command {
-            None => Ok(Command::Trace(Box::new(Config::from_parsed(cli.trace)?))),
-            Some(CommandArgs::Trace(args)) => {
-                Ok(Command::Trace(Box::new(Config::from_parsed(args)?)))
-            }
+            None => Ok(Command::Trace(Box::new(trace_config(cli.trace)?))),
+            Some(CommandArgs::Trace(args)) => Ok(Command::Trace(Box::new(trace_config(args)?))),
             Some(CommandArgs::Verify { files }) => Ok(Command::Verify(files)),
             Some(CommandArgs::Completions { shell }) => Ok(Command::Completions(shell)),
             Some(CommandArgs::Man { dir }) => Ok(Command::Man(dir)),
-            Some(CommandArgs::Who(args)) => Ok(Command::Who(WhoConfig::from_parsed(args))),
+            Some(CommandArgs::Who(args)) => Ok(Command::Who(who_config(args))),
             Some(CommandArgs::Report(args)) => {
                 let ranges: Vec<RangeInclusive<u16>> = args.ports.into_iter().flatten().collect();
                 Ok(Command::Report(report::Options {
@@ -285,32 +292,21 @@ impl Command {
     }
 }
 
-/// What `who` looks up, validated.
-#[derive(Clone, Debug)]
-pub struct WhoConfig {
-    /// In the order given, each once.
-    pub ports: Vec<u16>,
-    pub format: Format,
-    pub netns: Scope,
-}
-
-impl WhoConfig {
-    fn from_parsed(args: WhoArgs) -> Self {
-        let mut ports = Vec::new();
-        for port in args.ports {
-            if !ports.contains(&port) {
-                ports.push(port);
-            }
+fn who_config(args: WhoArgs) -> WhoConfig {
+    let mut ports = Vec::new();
+    for port in args.ports {
+        if !ports.contains(&port) {
+            ports.push(port);
         }
-        WhoConfig {
-            ports,
-            format: if args.json {
-                Format::Json
-            } else {
-                Format::Table
-            },
-            netns: args.netns.map_or(Scope::All, Scope::Only),
-        }
+    }
+    WhoConfig {
+        ports,
+        format: if args.json {
+            Format::Json
+        } else {
+            Format::Table
+        },
+        netns: args.netns.map_or(Scope::All, Scope::Only),
     }
 }
 
@@ -326,155 +322,66 @@ pub fn man_pages(dir: &Path) -> std::io::Result<()> {
     clap_mangen::generate_to(Cli::command(), dir)
 }
 
-/// Everything the tracer needs to know, validated.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// None: every port.
-    pub ports: Option<PortSet>,
-    /// Deliver failures that have no port (the kernel found none to choose): only useful when
-    /// watching every port or a range the kernel chooses from.
-    pub portless_failures: bool,
-    pub pids: HashSet<u32>,
-    pub comms: HashSet<String>,
-    pub protos: HashSet<Proto>,
-    pub ipv4: bool,
-    pub ipv6: bool,
-    pub kinds: HashSet<Kind>,
-    pub duration: Option<Duration>,
-    pub count: Option<u64>,
-    pub format: Format,
-    pub backend: BackendArg,
-    pub check: bool,
-    pub ring_bytes: u32,
-    pub output: Option<FileOptions>,
-    pub quiet: bool,
-    pub audit: bool,
-    /// Whether the kernel programs' aya-log diagnostics are on.
-    pub debug_kernel: bool,
-    /// Percent of the ephemeral range in use that makes a `pressure` event; 0: off.
-    pub pressure_pct: u8,
-    /// Where to serve Prometheus metrics, if anywhere.
-    pub metrics: Option<SocketAddr>,
-    /// `--netns`: only this namespace (inode).
-    pub netns: Option<u32>,
-    /// `--container` and `--pod`: only processes in these.
-    pub containers: containers::Filter,
-}
-
-impl Config {
-    fn from_parsed(args: TraceArgs) -> anyhow::Result<Self> {
-        let mut ranges: Vec<RangeInclusive<u16>> = args.ports.into_iter().flatten().collect();
-        if args.dynamic {
-            ranges.push(ports::DYNAMIC);
-        }
-        let ephemeral = ports::ephemeral();
-        if args.ephemeral {
-            ranges.push(
-                ephemeral
-                    .as_ref()
-                    .map_err(|err| anyhow::anyhow!("--ephemeral: {err}"))?
-                    .clone(),
-            );
-        }
-        let ports = (!ranges.is_empty()).then(|| PortSet::new(ranges));
-        let portless_failures = match (&ports, &ephemeral) {
-            (None, _) => true,
-            (Some(set), Ok(range)) => set.intersects(range),
-            (Some(_), Err(_)) => false,
-        };
-        let protos = match args.proto {
-            Some(ProtoArg::Tcp) => HashSet::from([Proto::Tcp]),
-            Some(ProtoArg::Udp) => HashSet::from([Proto::Udp]),
-            None => HashSet::from([Proto::Tcp, Proto::Udp]),
-        };
-        let kinds = if args.events.is_empty() {
-            Kind::ALL.into_iter().collect()
-        } else {
-            args.events
-                .iter()
-                .map(|kind| match kind {
-                    KindArg::Claim => Kind::Claim,
-                    KindArg::Free => Kind::Free,
-                    KindArg::Fail => Kind::Fail,
-                    KindArg::Listen => Kind::Listen,
-                    KindArg::Held => Kind::Held,
-                })
-                .collect()
-        };
-        Ok(Config {
-            ports,
-            portless_failures,
-            pids: args.pids.into_iter().collect(),
-            comms: args.comms.into_iter().collect(),
-            protos,
-            ipv4: !args.ipv6_only,
-            ipv6: !args.ipv4_only,
-            kinds,
-            duration: args.duration,
-            count: args.count,
-            format: if args.json {
-                Format::Json
-            } else {
-                Format::Table
-            },
-            backend: args.backend,
-            check: args.check,
-            ring_bytes: args.ring_kib * 1024,
-            output: args.output.map(|path| FileOptions {
-                path,
-                rotate_size: args.rotate_size,
-                keep: args.rotate_keep,
-                compress: args.compress,
-                seal: args.seal,
-            }),
-            quiet: args.quiet,
-            audit: args.audit,
-            debug_kernel: args.debug_kernel,
-            pressure_pct: args.pressure,
-            metrics: args.metrics,
-            netns: args.netns,
-            containers: containers::Filter::new(args.containers, args.pods),
-        })
+fn trace_config(args: TraceArgs) -> anyhow::Result<TraceConfig> {
+    let mut ranges: Vec<RangeInclusive<u16>> = args.ports.into_iter().flatten().collect();
+    if args.dynamic {
+        ranges.push(ports::DYNAMIC);
     }
-
-    /// The userspace filters as a capture header lists them (`pid=12`, `comm=nginx`,
-    /// `events=claim,fail`), sorted so that equal filters read equal.
-    pub fn filters(&self) -> Vec<String> {
-        let mut filters: Vec<String> = self
-            .pids
+    let ports = (!ranges.is_empty()).then(|| PortSet::new(ranges));
+    let protos = match args.proto {
+        Some(ProtoArg::Tcp) => HashSet::from([Proto::Tcp]),
+        Some(ProtoArg::Udp) => HashSet::from([Proto::Udp]),
+        None => HashSet::from([Proto::Tcp, Proto::Udp]),
+    };
+    let kinds = if args.events.is_empty() {
+        Kind::ALL.into_iter().collect()
+    } else {
+        args.events
             .iter()
-            .map(|pid| format!("pid={pid}"))
-            .chain(self.comms.iter().map(|comm| format!("comm={comm}")))
-            .chain(self.netns.iter().map(|netns| format!("netns={netns}")))
-            .chain(self.containers.describe())
-            .collect();
-        filters.sort();
-        if self.kinds.len() < Kind::ALL.len() {
-            let kinds: Vec<&str> = Kind::ALL
-                .iter()
-                .filter(|kind| self.kinds.contains(kind))
-                .map(|kind| kind.name())
-                .collect();
-            filters.push(format!("events={}", kinds.join(",")));
-        }
-        filters
-    }
-
-    /// What is watched, in words, for the status line.
-    pub fn describe(&self) -> String {
-        let ports = match &self.ports {
-            Some(set) => format!("ports {}", set.describe()),
-            None => "every port".to_string(),
-        };
-        let mut protos: Vec<&str> = self.protos.iter().map(|proto| proto.name()).collect();
-        protos.sort();
-        let families = match (self.ipv4, self.ipv6) {
-            (true, true) => "ipv4+ipv6",
-            (true, false) => "ipv4",
-            _ => "ipv6",
-        };
-        format!("{ports} ({}, {families})", protos.join("+"))
-    }
+            .map(|kind| match kind {
+                KindArg::Claim => Kind::Claim,
+                KindArg::Free => Kind::Free,
+                KindArg::Fail => Kind::Fail,
+                KindArg::Listen => Kind::Listen,
+                KindArg::Held => Kind::Held,
+            })
+            .collect()
+    };
+    Ok(TraceConfig {
+        ports,
+        watch_ephemeral: args.ephemeral,
+        portless_failures: false,
+        pids: args.pids.into_iter().collect(),
+        comms: args.comms.into_iter().collect(),
+        protos,
+        ipv4: !args.ipv6_only,
+        ipv6: !args.ipv4_only,
+        kinds,
+        duration: args.duration,
+        count: args.count,
+        format: if args.json {
+            Format::Json
+        } else {
+            Format::Table
+        },
+        backend: args.backend.choice(),
+        check: args.check,
+        ring_bytes: args.ring_kib * 1024,
+        output: args.output.map(|path| FileOptions {
+            path,
+            rotate_size: args.rotate_size,
+            keep: args.rotate_keep,
+            compress: args.compress,
+            seal: args.seal,
+        }),
+        quiet: args.quiet,
+        audit: args.audit,
+        debug_kernel: args.debug_kernel,
+        pressure_pct: args.pressure,
+        metrics: args.metrics,
+        netns: args.netns,
+        containers: container::Filter::new(args.containers, args.pods),
+    })
 }
 
 /// `30s` → (30, "s"); `example` names the kind of value for the error.
@@ -567,11 +474,17 @@ mod tests {
         Command::try_from_iter(std::iter::once("portwatch").chain(args.iter().copied()))
     }
 
-    fn config(args: &[&'static str]) -> Config {
+    /// The configuration as parsed, before the command reads the host.
+    fn trace(args: &[&'static str]) -> TraceConfig {
         match command(args).unwrap() {
             Command::Trace(config) => *config,
             other => panic!("expected a trace command, got {other:?}"),
         }
+    }
+
+    /// The configuration on a host whose ephemeral range is Linux's default.
+    fn config(args: &[&'static str]) -> TraceConfig {
+        trace(args).with_ephemeral_range(Ok(32768..=60999)).unwrap()
     }
 
     fn error(args: &[&'static str]) -> String {
@@ -604,6 +517,21 @@ mod tests {
     fn a_single_low_port_does_not_want_portless_failures() {
         assert!(!config(&["--port", "80"]).portless_failures);
         assert!(config(&["--ephemeral"]).portless_failures);
+        assert!(config(&["--port", "40000"]).portless_failures);
+    }
+
+    #[test]
+    fn ephemeral_adds_the_hosts_range_when_the_command_starts() {
+        let parsed = trace(&["--port", "80", "--ephemeral"]);
+        assert!(parsed.ports.as_ref().unwrap().contains(80));
+        assert!(!parsed.ports.as_ref().unwrap().contains(40000));
+        let config = config(&["--port", "80", "--ephemeral"]);
+        assert_eq!(config.ports.unwrap().describe(), "80,32768-60999");
+        let unreadable = std::io::Error::other("no such file");
+        let err = trace(&["--ephemeral"])
+            .with_ephemeral_range(Err(unreadable))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "--ephemeral: no such file");
     }
 
     #[test]
@@ -642,7 +570,7 @@ mod tests {
         assert_eq!(config.duration, Some(Duration::from_millis(500)));
         assert_eq!(config.count, Some(3));
         assert_eq!(config.format, Format::Json);
-        assert_eq!(config.backend, BackendArg::Tracepoint);
+        assert_eq!(config.backend, Choice::Tracepoint);
     }
 
     #[test]

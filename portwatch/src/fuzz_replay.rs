@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use portwatch_ebpf::RawEvent;
 
-use crate::{btf, clock::MonotonicClock, event, ports};
+use crate::{kernel::btf, model::clock::MonotonicClock, model::event, model::ports};
 
 /// The inputs of one target's corpus. An empty or missing corpus fails: a replay of nothing
 /// would pass whatever happened to the code.
@@ -58,7 +58,7 @@ fn port_spec_corpus() {
 
 #[test]
 fn raw_event_corpus() {
-    let clock = MonotonicClock::new();
+    let clock = MonotonicClock::measure();
     for input in corpus("raw_event") {
         if input.len() < size_of::<RawEvent>() {
             continue;
@@ -84,9 +84,9 @@ fn capture_file_corpus() {
     for input in corpus("capture_file") {
         std::fs::write(&path, &input).expect("writing the input");
         let paths = [path.clone()];
-        let _ = crate::verify::verify(&paths);
+        let _ = crate::commands::verify::verify(&paths);
         for strict in [false, true] {
-            let _ = crate::report::load::load(&paths, strict, |_| {}, |_| {});
+            let _ = crate::commands::report::load::load(&paths, strict, |_| {}, |_| {});
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

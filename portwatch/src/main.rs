@@ -1,35 +1,16 @@
 //! portwatch: see, live, every moment a local port is claimed or freed, by which process, and
 //! every claim that failed and why.
 
-mod backend;
-mod btf;
-mod capture;
-mod cli;
-mod clock;
-mod containers;
-mod enrich;
-mod event;
-#[cfg(test)]
-mod fuzz_replay;
-mod holders;
-mod kernel_log;
-mod loader;
-mod metrics_server;
-mod mounts;
-mod netns;
-mod ports;
-mod pressure;
-mod privileges;
-mod report;
-mod sink;
-mod snapshot;
-mod stream;
-mod trace;
-mod users;
-mod verify;
-mod who;
-
 use std::{io::Write as _, process::ExitCode};
+
+use portwatch::{
+    cli,
+    commands::{config::TraceConfig, report, trace, verify, who},
+    host::netns,
+    kernel::{loader, privileges},
+    model::ports,
+    output::{metrics_server, sink},
+};
 
 fn main() -> ExitCode {
     let command = match cli::Command::from_args() {
@@ -91,7 +72,8 @@ fn print(text: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-fn run_trace(config: cli::Config) -> anyhow::Result<()> {
+fn run_trace(config: TraceConfig) -> anyhow::Result<()> {
+    let config = config.with_ephemeral_range(ports::ephemeral())?;
     privileges::check()?;
     privileges::raise_memlock_limit();
     if config.check {
@@ -111,7 +93,7 @@ fn run_trace(config: cli::Config) -> anyhow::Result<()> {
         .then(netns::RangeReader::spawn)
         .and_then(Result::ok);
     // Before the runtime starts: the loader forks, which is only sound single-threaded.
-    let loaded = loader::load(&config)?;
+    let loaded = loader::load(&config.load_spec())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

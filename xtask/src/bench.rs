@@ -9,15 +9,17 @@ pub mod binary;
 mod bpftrace;
 mod cpu;
 pub mod emulated;
-pub mod emulated_table;
+mod emulated_table;
 mod events;
 mod latency;
+mod libbpf_tools;
 mod load;
 pub mod machine;
 mod netstat;
 mod results;
 mod tracefs;
 mod tracer;
+mod vm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -121,7 +123,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("bench loads eBPF programs: run it as root");
     }
     if let Some(series) = args.vm {
-        return crate::vm::bench::run(crate::vm::bench::Options {
+        return vm::run(vm::Options {
             series,
             // Five took 15 minutes on 2026-11-26, beside other work on the host.
             rounds: args.rounds.unwrap_or(4).max(1),
@@ -136,7 +138,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .context("--in-guest needs --portwatch (the guest's /init passes it)")?;
         return emulated::run_in_guest(&portwatch, args.rounds.unwrap_or(4).max(1), seconds);
     }
-    let out_dir = crate::project::workspace_root().join("target/bench");
+    let out_dir = crate::project::target_dir()?.join("bench");
     std::fs::create_dir_all(out_dir.join("raw"))
         .with_context(|| format!("creating {}", out_dir.display()))?;
     tracefs::ensure_mounted()?;

@@ -10,6 +10,7 @@ mod parity_table;
 mod project;
 mod report_page;
 mod soak;
+mod tasks;
 mod toolchain;
 mod vm;
 
@@ -63,9 +64,9 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Setup => toolchain::ensure(),
-        Command::Run { args } => project::run_portwatch(&args),
-        Command::Test { host_only } => project::test_all(host_only),
-        Command::Lint => project::lint(),
+        Command::Run { args } => tasks::run_portwatch(&args),
+        Command::Test { host_only } => tasks::test_all(host_only),
+        Command::Lint => tasks::lint(),
         Command::VmTest(args) => vm::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Soak(args) => soak::run(args),

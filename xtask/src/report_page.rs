@@ -39,7 +39,7 @@ pub fn run(args: ReportPageArgs) -> anyhow::Result<()> {
         "{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium); this check needs a browser"
     );
     let portwatch = binary::build_release()?;
-    let dir = project::workspace_root().join("target/report-page");
+    let dir = project::target_dir()?.join("report-page");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
     let files = capture(&portwatch, &dir)?;

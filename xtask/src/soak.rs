@@ -57,7 +57,7 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
         Some(path) => path,
         None => binary::build_release()?,
     };
-    let dir = project::workspace_root().join("target/soak");
+    let dir = project::target_dir()?.join("soak");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
     let file = dir.join("ports.jsonl");

@@ -7,18 +7,16 @@
 //!
 //! One boot per kernel runs every backend: a boot under TCG costs seconds, the suites cost minutes.
 
-mod apt;
-pub mod bench;
+pub mod apt;
 mod cpio;
 mod host;
 pub mod initramfs;
 pub mod kernels;
-mod libbpf_tools;
 mod matrix;
 pub mod packages;
 mod payload;
-mod protocol;
-mod qemu;
+pub mod protocol;
+pub mod qemu;
 mod verdict;
 
 use std::fs;
@@ -120,7 +118,7 @@ pub fn run(args: VmArgs) -> Result<()> {
     }
     packages::ensure(packages::KERNEL_MATRIX)?;
 
-    let dir = target_dir()?.join("vm");
+    let dir = crate::project::target_dir()?.join("vm");
     let kernels = kernels::resolve(&dir, &series, args.offline)?;
     for kernel in &kernels {
         println!(
@@ -245,27 +243,6 @@ fn run_kernel(
     Ok(verdict::kernel_row(
         kernel, backends, &report, &console, &log, &step_logs,
     ))
-}
-
-/// Cargo's target directory, which honours `CARGO_TARGET_DIR`. The matrix keeps its kernels, logs
-/// and image under `vm/` in it, so that `cargo clean` removes them too.
-fn target_dir() -> Result<PathBuf> {
-    let output = crate::project::cargo(None)
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .output()
-        .context("running cargo metadata")?;
-    if !output.status.success() {
-        bail!(
-            "cargo metadata failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("parsing cargo metadata")?;
-    let dir = metadata["target_directory"]
-        .as_str()
-        .context("cargo metadata has no target_directory")?;
-    Ok(PathBuf::from(dir))
 }
 
 fn sorted_unique<T: Ord>(mut items: Vec<T>) -> Vec<T> {

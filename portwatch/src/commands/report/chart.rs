@@ -1,0 +1,316 @@
+//! The HTML page's charts as SVG, drawn by `plotters` (its SVG backend, no fonts or bitmaps): port
+//! occupancy over time, one row per port and process, with failed claims marked; and the
+//! distribution of hold times.
+
+use std::collections::BTreeMap;
+
+use plotters::{
+    coord::ranged1d::SegmentValue,
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
+
+use super::{
+    model::Report,
+    record::Process,
+    timeline::{End, Hold},
+    words,
+};
+use crate::model::event::Proto;
+
+/// Rows beyond this are left out of the occupancy chart (the busiest are kept, and the page
+/// says how many were left out).
+pub const MAX_ROWS: usize = 40;
+
+const WIDTH: u32 = 1200;
+const FAILURE: RGBColor = RGBColor(214, 39, 40);
+
+/// One row of the occupancy chart: a port of a protocol, and a process on it.
+type Row = (u16, &'static str, Process);
+
+/// The occupancy chart and how many rows it left out.
+pub struct Occupancy {
+    pub svg: String,
+    pub rows_shown: usize,
+    pub rows_left_out: usize,
+}
+
+/// Rows with the most activity (holds and failures), at most MAX_ROWS, in port order.
+fn rows(report: &Report) -> (Vec<Row>, usize) {
+    let mut activity: BTreeMap<Row, usize> = BTreeMap::new();
+    for port in &report.ports {
+        for hold in &port.holds {
+            *activity
+                .entry((port.port, port.proto.name(), hold.process.clone()))
+                .or_default() += 1;
+        }
+        for failure in &port.failures {
+            *activity
+                .entry((port.port, port.proto.name(), failure.process.clone()))
+                .or_default() += 1;
+        }
+    }
+    let total = activity.len();
+    let mut busiest: Vec<(Row, usize)> = activity.into_iter().collect();
+    busiest.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    busiest.truncate(MAX_ROWS);
+    let mut rows: Vec<Row> = busiest.into_iter().map(|(row, _)| row).collect();
+    rows.sort();
+    let shown = rows.len();
+    (rows, total - shown)
+}
+
+fn seconds(report: &Report, at: u128) -> f64 {
+    at.saturating_sub(report.window.since) as f64 / 1e9
+}
+
+/// The socket's own hold (claim to close) and its TIME_WAIT tail, in seconds into the window.
+fn spans(report: &Report, hold: &Hold) -> ((f64, f64), Option<(f64, f64)>) {
+    let window = &report.window;
+    let (start, end) = window.clip(hold);
+    let closed = match hold.end {
+        End::TimeWait { closed, .. } => closed.unwrap_or(window.since).clamp(start, end),
+        _ => end,
+    };
+    let own = (seconds(report, start), seconds(report, closed));
+    let tail = matches!(hold.end, End::TimeWait { .. })
+        .then(|| (seconds(report, closed), seconds(report, end)));
+    (own, tail)
+}
+
+fn error(err: impl std::fmt::Display) -> String {
+    format!("drawing the chart: {err}")
+}
+
+/// The series' legend, in the upper right corner of either chart.
+fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(error)
+}
+
+pub fn occupancy(report: &Report) -> Result<Occupancy, String> {
+    let (rows, rows_left_out) = rows(report);
+    // plotters counts rows from the bottom: the first row (the lowest port) goes on top.
+    let index: BTreeMap<&Row, usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| (row, rows.len() - 1 - i))
+        .collect();
+    let processes: Vec<&Process> = {
+        let mut processes: Vec<&Process> = rows.iter().map(|row| &row.2).collect();
+        processes.sort();
+        processes.dedup();
+        processes
+    };
+    let colour = |process: &Process| {
+        Palette99::pick(processes.iter().position(|p| *p == process).unwrap_or(0)).to_rgba()
+    };
+    let height = 140 + 26 * rows.len().max(1) as u32;
+    let span = seconds(report, report.window.until).max(1e-6);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(error)?;
+        let row_count = rows.len().max(1) as i32;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(230)
+            // A fifth more room on the right keeps the legend off the bars.
+            .build_cartesian_2d(0f64..span * 1.2, (0..row_count).into_segmented())
+            .map_err(error)?;
+        let label = |value: &SegmentValue<i32>| match value {
+            SegmentValue::CenterOf(i) => rows
+                .len()
+                .checked_sub(1 + *i as usize)
+                .and_then(|row| rows.get(row))
+                .map_or(String::new(), |row| {
+                    format!("{} {} {}", row.1, row.0, words::process(&row.2))
+                }),
+            _ => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(rows.len().max(1))
+            .y_label_formatter(&label)
+            .x_desc("seconds since the start of the window")
+            .draw()
+            .map_err(error)?;
+        let bar = |row: usize, (from, to): (f64, f64)| {
+            let to = to.max(from + span / 1000.0);
+            [
+                (from, SegmentValue::Exact(row as i32)),
+                (to, SegmentValue::Exact(row as i32 + 1)),
+            ]
+        };
+        for process in &processes {
+            let colour = colour(process);
+            let mut bars = Vec::new();
+            for port in &report.ports {
+                let key_of = |p: &Process| (port.port, port.proto.name(), p.clone());
+                for hold in port.holds.iter().filter(|hold| &hold.process == *process) {
+                    let Some(&row) = index.get(&key_of(&hold.process)) else {
+                        continue;
+                    };
+                    let (own, tail) = spans(report, hold);
+                    bars.push(Rectangle::new(bar(row, own), colour.filled()));
+                    if let Some(tail) = tail {
+                        bars.push(Rectangle::new(bar(row, tail), colour.mix(0.3).filled()));
+                    }
+                }
+            }
+            chart
+                .draw_series(bars)
+                .map_err(error)?
+                .label(words::process(process))
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.filled())
+                });
+        }
+        let mut marks = Vec::new();
+        for port in &report.ports {
+            for failure in &port.failures {
+                let key = (port.port, port.proto.name(), failure.process.clone());
+                if let Some(&row) = index.get(&key) {
+                    let at = seconds(report, failure.ts);
+                    marks.push(Cross::new(
+                        (at, SegmentValue::CenterOf(row as i32)),
+                        7,
+                        FAILURE.stroke_width(3),
+                    ));
+                }
+            }
+        }
+        chart
+            .draw_series(marks)
+            .map_err(error)?
+            .label("failed claim")
+            .legend(|(x, y)| Cross::new((x + 7, y), 5, FAILURE.stroke_width(3)));
+        legend(&mut chart)?;
+        if rows.is_empty() {
+            root.draw(&Text::new(
+                "no port was held in this window",
+                (WIDTH as i32 / 2, height as i32 / 2),
+                TextStyle::from(("sans-serif", 16).into_font())
+                    .pos(Pos::new(HPos::Center, VPos::Center)),
+            ))
+            .map_err(error)?;
+        }
+        root.present().map_err(error)?;
+    }
+    Ok(Occupancy {
+        svg,
+        rows_shown: rows.len(),
+        rows_left_out,
+    })
+}
+
+/// Decades of hold time, the socket's own hold from claim to close (TIME_WAIT not counted).
+const BUCKETS: [&str; 10] = [
+    "<1us", "1-10us", "10-100us", "0.1-1ms", "1-10ms", "10-100ms", "0.1-1s", "1-10s", "10-100s",
+    ">=100s",
+];
+
+fn bucket(nanos: u128) -> usize {
+    let mut bucket = 0;
+    let mut bound = 1_000u128;
+    while nanos >= bound && bucket < BUCKETS.len() - 1 {
+        bucket += 1;
+        bound *= 10;
+    }
+    bucket
+}
+
+/// Holds whose claim and close the capture saw, per decade, per protocol.
+pub fn hold_times(report: &Report) -> Result<(String, usize), String> {
+    let mut counts = [[0u32; BUCKETS.len()]; 2];
+    let mut total = 0;
+    for port in &report.ports {
+        for hold in port.holds.iter().filter(|hold| hold.claim_seen) {
+            let closed = match hold.end {
+                End::Closed(at) => Some(at),
+                End::TimeWait { closed, .. } => closed,
+                End::Open => None,
+            };
+            if let (Some(from), Some(closed)) = (hold.from, closed) {
+                let proto = usize::from(port.proto == Proto::Udp);
+                counts[proto][bucket(closed.saturating_sub(from))] += 1;
+                total += 1;
+            }
+        }
+    }
+    let highest = counts.iter().flatten().copied().max().unwrap_or(0).max(1);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, 360)).into_drawing_area();
+        root.fill(&WHITE).map_err(error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(
+                (0..BUCKETS.len() as i32 * 2).into_segmented(),
+                0u32..highest + highest / 10 + 1,
+            )
+            .map_err(error)?;
+        let label = |value: &SegmentValue<i32>| match value {
+            SegmentValue::CenterOf(i) if i % 2 == 0 => BUCKETS
+                .get((*i / 2) as usize)
+                .map_or(String::new(), |bucket| bucket.to_string()),
+            _ => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(BUCKETS.len() * 2)
+            .x_label_formatter(&label)
+            .x_desc("time a socket held its port (claim to close)")
+            .y_desc("sockets")
+            .draw()
+            .map_err(error)?;
+        for (proto, offset, colour) in [(Proto::Tcp, 0, BLUE), (Proto::Udp, 1, GREEN)] {
+            let series = counts[usize::from(proto == Proto::Udp)];
+            chart
+                .draw_series(
+                    Histogram::vertical(&chart)
+                        .style(colour.mix(0.7).filled())
+                        .margin(2)
+                        .data(
+                            series
+                                .iter()
+                                .enumerate()
+                                .map(|(i, count)| (i as i32 * 2 + offset, *count)),
+                        ),
+                )
+                .map_err(error)?
+                .label(proto.name())
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.filled())
+                });
+        }
+        legend(&mut chart)?;
+        root.present().map_err(error)?;
+    }
+    Ok((svg, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_times_fall_in_decades() {
+        assert_eq!(BUCKETS[bucket(999)], "<1us");
+        assert_eq!(BUCKETS[bucket(1_000)], "1-10us");
+        assert_eq!(BUCKETS[bucket(150_000_000)], "0.1-1s");
+        assert_eq!(BUCKETS[bucket(u128::MAX)], ">=100s");
+    }
+}

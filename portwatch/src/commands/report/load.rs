@@ -1,0 +1,220 @@
+//! Capture files to records, in capture order, through the shared reader. What cannot be read is
+//! one sentence naming the file and line: reported and skipped, or, with `--strict`, the end.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use super::record::Record;
+use crate::output::capture::reader::{self, ReadError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// `--strict` and the input is not whole: the sentence naming file and line.
+    #[error("{0}")]
+    Malformed(String),
+    /// A file could not be opened at all.
+    #[error(transparent)]
+    Unreadable(ReadError),
+    #[error("none of the files is a capture")]
+    Empty,
+}
+
+/// What reading every part found besides its records: what was skipped or missing.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// One sentence per problem, `FILE:LINE: ...`, in the order found.
+    pub problems: Vec<String>,
+    /// Records the numbering shows missing (seq gaps), beside the kernel's `lost`.
+    pub missing_records: u64,
+    /// Lines (or whole files, or the rest of a file) skipped because they could not be read.
+    pub skipped: usize,
+    /// Facts about the input that are not faults (a capture whose first parts were not given).
+    pub notes: Vec<String>,
+    pub files: usize,
+}
+
+/// How a record follows the one before it in its capture.
+enum Sequence {
+    InOrder,
+    Note(String),
+    Problem(String),
+}
+
+/// Where each capture's numbering stands.
+#[derive(Default)]
+struct Numbering {
+    next_seq: HashMap<String, u64>,
+    current: Option<String>,
+}
+
+impl Loaded {
+    /// Notes a problem and what reading does about it (printed at once by `warn`), or stops
+    /// when strict.
+    fn problem(
+        &mut self,
+        sentence: String,
+        going_on: &str,
+        strict: bool,
+        warn: &mut impl FnMut(&str),
+    ) -> Result<(), LoadError> {
+        if strict {
+            return Err(LoadError::Malformed(sentence));
+        }
+        let sentence = format!("{sentence}; {going_on}");
+        warn(&sentence);
+        self.problems.push(sentence);
+        Ok(())
+    }
+}
+
+/// Hands every readable record to `each`, in capture order.
+pub fn load(
+    paths: &[PathBuf],
+    strict: bool,
+    mut warn: impl FnMut(&str),
+    mut each: impl FnMut(Record),
+) -> Result<Loaded, LoadError> {
+    let (mut parts, errors) = reader::open_each_in_order(paths);
+    let mut loaded = Loaded {
+        files: parts.len(),
+        ..Loaded::default()
+    };
+    for error in errors {
+        match error {
+            ReadError::NoHeader { path } => {
+                loaded.skipped += 1;
+                loaded.problem(
+                    format!("{path}:1: not a capture header (is it a portwatch --output file?)"),
+                    "file skipped",
+                    strict,
+                    &mut warn,
+                )?
+            }
+            unreadable => return Err(LoadError::Unreadable(unreadable)),
+        }
+    }
+    if parts.is_empty() {
+        return Err(LoadError::Empty);
+    }
+    let mut numbering = Numbering::default();
+    for part in &mut parts {
+        let mut last_line = 0;
+        while let Some(line) = part.next_line() {
+            let line = match line {
+                Ok(line) => line,
+                Err(error) => {
+                    loaded.skipped += 1;
+                    loaded.problem(
+                        format!(
+                            "{}:{}: the file breaks off here ({})",
+                            part.path,
+                            last_line + 1,
+                            error_cause(&error)
+                        ),
+                        "the rest of it is skipped",
+                        strict,
+                        &mut warn,
+                    )?;
+                    break;
+                }
+            };
+            last_line = line.number;
+            let where_ = format!("{}:{}", part.path, line.number);
+            let record = line
+                .value
+                .as_ref()
+                .ok_or_else(|| "not a JSON record (a torn or truncated line)".to_string())
+                .and_then(Record::from_value);
+            let record = match record {
+                Ok(record) => record,
+                Err(reason) => {
+                    loaded.skipped += 1;
+                    loaded.problem(
+                        format!("{where_}: {reason}"),
+                        "line skipped",
+                        strict,
+                        &mut warn,
+                    )?;
+                    numbering.skip_one();
+                    continue;
+                }
+            };
+            let seq = line.value.as_ref().and_then(|value| value["seq"].as_u64());
+            match numbering.check(&record, seq, &where_, &mut loaded.missing_records) {
+                Sequence::InOrder => {}
+                Sequence::Note(note) => loaded.notes.push(note),
+                Sequence::Problem(sentence) => {
+                    loaded.problem(sentence, "reading on", strict, &mut warn)?
+                }
+            }
+            each(record);
+        }
+    }
+    Ok(loaded)
+}
+
+fn error_cause(error: &ReadError) -> String {
+    match error {
+        ReadError::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
+impl Numbering {
+    /// An unreadable line stood for one record: the next one is not missing another.
+    fn skip_one(&mut self) {
+        if let Some(next) = self
+            .current
+            .as_ref()
+            .and_then(|current| self.next_seq.get_mut(current))
+        {
+            *next += 1;
+        }
+    }
+
+    fn check(
+        &mut self,
+        record: &Record,
+        seq: Option<u64>,
+        where_: &str,
+        missing: &mut u64,
+    ) -> Sequence {
+        let mut note = None;
+        if let Record::Header(header) = record {
+            self.current = Some(header.capture_id.clone());
+            if !self.next_seq.contains_key(&header.capture_id) {
+                self.next_seq.insert(header.capture_id.clone(), header.seq);
+                if header.part != 1 {
+                    note = Some(format!(
+                        "capture {} begins at part {} ({where_}): its earlier parts were not given",
+                        header.capture_id, header.part
+                    ));
+                }
+            }
+        }
+        let Some(next) = self
+            .current
+            .as_ref()
+            .and_then(|current| self.next_seq.get_mut(current))
+        else {
+            return Sequence::Problem(format!("{where_}: a record before any capture header"));
+        };
+        let Some(seq) = seq else {
+            return Sequence::Problem(format!("{where_}: the record has no seq"));
+        };
+        let due = *next;
+        *next = seq.max(due) + 1;
+        match seq {
+            seq if seq > due => {
+                *missing += seq - due;
+                Sequence::Problem(format!(
+                    "{where_}: seq {seq} where {due} was due: {} records missing (a part or lines were removed)",
+                    seq - due
+                ))
+            }
+            seq if seq < due => Sequence::Problem(format!(
+                "{where_}: seq {seq} where {due} was due: records repeated or out of order"
+            )),
+            _ => note.map_or(Sequence::InOrder, Sequence::Note),
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! The live table of who holds each watched port: seeded by the start-up snapshot, kept by
+//! claims, listens and frees. It answers "who holds this port?" when a claim fails, and names the
+//! claimer of a port freed without a seen claim.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    ops::RangeInclusive,
+};
+
+use foldhash::HashMap;
+use portwatch_ebpf::How;
+
+use crate::{
+    model::clock::Timestamp,
+    model::event::{Comm, Event, Holder, Kind, Proto, Task},
+};
+
+/// One socket holding a port.
+#[derive(Clone, Debug)]
+struct Entry {
+    task: Option<Task>,
+    local_addr: IpAddr,
+    remote: Option<(IpAddr, u16)>,
+    how: Option<How>,
+    since: Timestamp,
+    state: &'static str,
+}
+
+impl Entry {
+    fn holder(&self) -> Holder {
+        Holder {
+            task: self.task,
+            local_addr: self.local_addr,
+            remote: self.remote,
+            how: self.how,
+            since: self.since,
+            state: self.state,
+        }
+    }
+
+    /// Which holder a failed bind most likely ran into: a listener, then any other full
+    /// socket, then a TIME_WAIT one (SO_REUSEADDR lets a bind pass those).
+    fn rank(&self) -> u8 {
+        match self.state {
+            "listen" => 0,
+            "time_wait" => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Sockets conflict only within one network namespace, protocol and port.
+type Key = (Option<u32>, Proto, u16);
+
+fn key(event: &Event) -> Key {
+    (event.netns, event.proto, event.local_port)
+}
+
+/// One socket within a port: its local address and peer. A listener's port can hold thousands
+/// of accepted and TIME_WAIT sockets, so each event finds its own in one lookup, not a scan.
+type SocketId = (IpAddr, Option<(IpAddr, u16)>);
+
+fn socket_id(local: IpAddr, remote: Option<(IpAddr, u16)>) -> SocketId {
+    (
+        canonical(local),
+        remote.map(|(addr, port)| (canonical(addr), port)),
+    )
+}
+
+type Sockets = HashMap<SocketId, Vec<Entry>>;
+
+#[derive(Default)]
+pub struct Holders {
+    ports: HashMap<Key, Sockets>,
+    /// Emptied small tables, kept for the next ports claimed. On socket churn every claim is
+    /// on a new port and every free empties one; reusing the tables spares an allocation and a
+    /// free per event.
+    spare_sockets: Vec<Sockets>,
+    spare_entries: Vec<Vec<Entry>>,
+}
+
+/// How many emptied tables are kept, and how large (in slots) each may be: a table that once
+/// held a busy listener's thousands of connections goes back to the allocator.
+const SPARES: usize = 64;
+const SPARE_CAPACITY: usize = 8;
+
+impl Holders {
+    /// Keeps the table in step with one event (before any user filter: the table must see
+    /// everything the kernel reported).
+    pub fn observe(&mut self, event: &Event) {
+        match event.kind {
+            Kind::Held => self.put(
+                event,
+                Entry {
+                    task: event.task,
+                    local_addr: event.local_addr,
+                    remote: event.remote,
+                    how: None,
+                    since: event.ts,
+                    state: event.state.unwrap_or("unknown"),
+                },
+            ),
+            Kind::Claim => self.put(
+                event,
+                Entry {
+                    task: event.task,
+                    local_addr: event.local_addr,
+                    remote: event.remote,
+                    how: event.how,
+                    since: event.ts,
+                    state: claimed_state(event),
+                },
+            ),
+            Kind::Listen => {
+                if let Some(mut entry) = self.take(event) {
+                    entry.state = "listen";
+                    self.put(event, entry);
+                }
+            }
+            Kind::Free if event.time_wait => {
+                if let Some(mut entry) = self.take(event) {
+                    // The TIME_WAIT socket is known by its connection from now on.
+                    entry.state = "time_wait";
+                    entry.local_addr = event.local_addr;
+                    entry.remote = event.remote;
+                    self.put(event, entry);
+                }
+            }
+            Kind::Free => {
+                self.take(event);
+            }
+            Kind::Fail => {}
+        }
+    }
+
+    /// The task that holds the very socket this event is about (same addresses and peer),
+    /// preferring one with a process.
+    pub fn claimer_of(&self, event: &Event) -> Option<Task> {
+        self.ports
+            .get(&key(event))?
+            .get(&socket_id(event.local_addr, event.remote))?
+            .iter()
+            .find_map(|entry| entry.task)
+    }
+
+    /// Who holds the port a failed claim wanted: the sockets whose address conflicts with the
+    /// one asked for (equal, or either one a wildcard; IPv4 and IPv4-mapped IPv6 alike).
+    pub fn holder_for(&self, failed: &Event) -> Option<Holder> {
+        let entries = || {
+            self.ports
+                .get(&key(failed))
+                .into_iter()
+                .flat_map(|port| port.values().flatten())
+        };
+        entries()
+            .filter(|entry| addresses_conflict(entry.local_addr, failed.local_addr))
+            .min_by_key(|entry| entry.rank())
+            .or_else(|| entries().min_by_key(|entry| entry.rank()))
+            .map(Entry::holder)
+    }
+
+    fn put(&mut self, event: &Event, entry: Entry) {
+        let Self {
+            ports,
+            spare_sockets,
+            spare_entries,
+        } = self;
+        ports
+            .entry(key(event))
+            .or_insert_with(|| spare_sockets.pop().unwrap_or_default())
+            .entry(socket_id(entry.local_addr, entry.remote))
+            .or_insert_with(|| spare_entries.pop().unwrap_or_default())
+            .push(entry);
+    }
+
+    /// Takes out the entry an event about a socket refers to: the same socket of the same
+    /// process, else a socket of that process claimed before it had a peer (bind, then connect;
+    /// a wildcard bind gets a specific address when it connects), else the same socket of
+    /// whichever process.
+    fn take(&mut self, event: &Event) -> Option<Entry> {
+        let key = key(event);
+        let port = self.ports.get_mut(&key)?;
+        let pid = event.task.as_ref().map(|task| task.pid);
+        let same_pid = |entry: &Entry| entry.task.as_ref().map(|task| task.pid) == pid;
+        let exact = socket_id(event.local_addr, event.remote);
+        let unconnected = [
+            socket_id(event.local_addr, None),
+            socket_id(IpAddr::V4(Ipv4Addr::UNSPECIFIED), None),
+            socket_id(IpAddr::V6(Ipv6Addr::UNSPECIFIED), None),
+        ];
+        let found = std::iter::once(exact)
+            .chain(unconnected)
+            .find_map(|id| Some((id, port.get(&id)?.iter().position(same_pid)?)))
+            .or_else(|| {
+                port.get(&exact)
+                    .filter(|entries| !entries.is_empty())
+                    .map(|_| (exact, 0))
+            });
+        let (id, at) = found?;
+        let entries = port.get_mut(&id)?;
+        let entry = entries.swap_remove(at);
+        if entries.is_empty()
+            && let Some(emptied) = port.remove(&id)
+        {
+            keep_spare(&mut self.spare_entries, emptied, Vec::capacity);
+        }
+        if port.is_empty()
+            && let Some(emptied) = self.ports.remove(&key)
+        {
+            keep_spare(&mut self.spare_sockets, emptied, HashMap::capacity);
+        }
+        Some(entry)
+    }
+
+    /// The processes holding most ports in `range` of one namespace and protocol, busiest
+    /// first: who is using up the ephemeral range.
+    pub fn top_claimers(
+        &self,
+        netns: Option<u32>,
+        proto: Proto,
+        range: &RangeInclusive<u16>,
+        limit: usize,
+    ) -> Vec<(Option<Task>, usize)> {
+        // Keyed by (pid, comm), None for sockets without a process.
+        type Process = Option<(u32, Comm)>;
+        let mut ports_by_process: HashMap<Process, (Option<&Task>, usize)> = HashMap::default();
+        for ((ns, p, port), sockets) in &self.ports {
+            if *ns != netns || *p != proto || !range.contains(port) {
+                continue;
+            }
+            for entry in sockets.values().flatten() {
+                let id = entry.task.as_ref().map(|task| (task.pid, task.comm));
+                ports_by_process
+                    .entry(id)
+                    .or_insert((entry.task.as_ref(), 0))
+                    .1 += 1;
+            }
+        }
+        let mut top: Vec<(Option<Task>, usize)> = ports_by_process
+            .into_values()
+            .map(|(task, count)| (task.cloned(), count))
+            .collect();
+        top.sort_by_key(|(_, ports)| std::cmp::Reverse(*ports));
+        top.truncate(limit);
+        top
+    }
+
+    /// Sockets in the table, for tests and for watching the table's size in a soak.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.ports
+            .values()
+            .flat_map(|port| port.values())
+            .map(Vec::len)
+            .sum()
+    }
+}
+
+/// Keeps an emptied table for reuse, unless enough are kept or it is large.
+fn keep_spare<T>(spares: &mut Vec<T>, emptied: T, capacity: impl Fn(&T) -> usize) {
+    if spares.len() < SPARES && capacity(&emptied) <= SPARE_CAPACITY {
+        spares.push(emptied);
+    }
+}
+
+/// The state a freshly claimed socket is in, in `ss`'s words.
+fn claimed_state(event: &Event) -> &'static str {
+    match (event.proto, event.how, event.remote.is_some()) {
+        (Proto::Tcp, Some(How::Connect | How::Accept), _) => "established",
+        (Proto::Tcp, _, _) => "bound",
+        (Proto::Udp, _, true) => "connected",
+        (Proto::Udp, _, false) => "unconnected",
+    }
+}
+
+/// An IPv4-mapped IPv6 address is the IPv4 address it maps.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Whether two local addresses on one port collide in the kernel's bind tables: equal, or
+/// either is a wildcard. An IPv6 wildcard (`[::]`, dual-stack unless IPV6_V6ONLY) also covers
+/// IPv4; an IPv4 wildcard covers IPv4 and IPv4-mapped addresses only.
+fn addresses_conflict(held: IpAddr, wanted: IpAddr) -> bool {
+    let (held, wanted) = (canonical(held), canonical(wanted));
+    if held == wanted {
+        return true;
+    }
+    match (held, wanted) {
+        (IpAddr::V6(held), _) if held.is_unspecified() => true,
+        (_, IpAddr::V6(wanted)) if wanted.is_unspecified() => true,
+        (IpAddr::V4(held), IpAddr::V4(_)) if held.is_unspecified() => true,
+        (IpAddr::V4(_), IpAddr::V4(wanted)) if wanted.is_unspecified() => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::model::event::fixtures::sample;
+
+    fn event(kind: Kind, addr: IpAddr, remote: Option<(IpAddr, u16)>, pid: u32) -> Event {
+        let mut event = sample();
+        event.kind = kind;
+        event.local_addr = addr;
+        event.remote = remote;
+        event.time_wait = false;
+        event.how = Some(How::Bind);
+        if let Some(task) = &mut event.task {
+            task.pid = pid;
+        }
+        event
+    }
+
+    const ANY4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    const ANY6: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+    const LO4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const LO6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+    #[test]
+    fn a_listener_is_the_holder_and_leaves_on_free() {
+        let mut holders = Holders::default();
+        holders.observe(&event(Kind::Claim, LO4, None, 10));
+        holders.observe(&event(Kind::Listen, LO4, None, 10));
+        let holder = holders
+            .holder_for(&event(Kind::Fail, LO4, None, 11))
+            .unwrap();
+        assert_eq!((holder.state, holder.task.unwrap().pid), ("listen", 10));
+        holders.observe(&event(Kind::Free, LO4, None, 10));
+        assert!(
+            holders
+                .holder_for(&event(Kind::Fail, LO4, None, 11))
+                .is_none()
+        );
+        assert_eq!(holders.len(), 0);
+    }
+
+    #[test]
+    fn a_reused_table_holds_only_its_new_port() {
+        let mut holders = Holders::default();
+        let on = |kind, port, pid| {
+            let mut event = event(kind, LO4, None, pid);
+            event.local_port = port;
+            event
+        };
+        holders.observe(&on(Kind::Claim, 5000, 10));
+        holders.observe(&on(Kind::Free, 5000, 10));
+        assert_eq!(
+            (holders.spare_sockets.len(), holders.spare_entries.len()),
+            (1, 1)
+        );
+        holders.observe(&on(Kind::Claim, 5001, 11));
+        assert_eq!(holders.spare_sockets.len(), 0);
+        assert!(holders.holder_for(&on(Kind::Fail, 5000, 12)).is_none());
+        let holder = holders.holder_for(&on(Kind::Fail, 5001, 12)).unwrap();
+        assert_eq!(holder.task.unwrap().pid, 11);
+        assert_eq!(holders.len(), 1);
+    }
+
+    #[test]
+    fn wildcards_and_dual_stack_conflict_like_the_kernel() {
+        assert!(addresses_conflict(ANY6, LO4));
+        assert!(addresses_conflict(ANY4, LO4));
+        assert!(addresses_conflict(LO4, ANY4));
+        assert!(addresses_conflict(LO4, ANY6));
+        assert!(!addresses_conflict(ANY4, LO6));
+        assert!(!addresses_conflict(
+            LO4,
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))
+        ));
+        let mapped = IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped());
+        assert!(addresses_conflict(mapped, LO4));
+    }
+
+    #[test]
+    fn a_time_wait_keeps_holding_until_its_end() {
+        let mut holders = Holders::default();
+        let peer = Some((LO4, 8080));
+        holders.observe(&event(Kind::Claim, LO4, peer, 10));
+        let mut time_wait = event(Kind::Free, LO4, peer, 10);
+        time_wait.time_wait = true;
+        holders.observe(&time_wait);
+        let holder = holders
+            .holder_for(&event(Kind::Fail, ANY4, None, 11))
+            .unwrap();
+        assert_eq!(holder.state, "time_wait");
+        let mut end = event(Kind::Free, LO4, peer, 10);
+        end.time_wait_end = true;
+        holders.observe(&end);
+        assert_eq!(holders.len(), 0);
+    }
+
+    #[test]
+    fn a_socket_bound_before_it_connected_is_followed_into_time_wait() {
+        let mut holders = Holders::default();
+        holders.observe(&event(Kind::Claim, ANY4, None, 10));
+        let peer = Some((LO4, 8080));
+        let mut time_wait = event(Kind::Free, LO4, peer, 10);
+        time_wait.time_wait = true;
+        holders.observe(&time_wait);
+        let holder = holders
+            .holder_for(&event(Kind::Fail, LO4, None, 11))
+            .unwrap();
+        assert_eq!((holder.state, holder.remote), ("time_wait", peer));
+        let mut end = event(Kind::Free, LO4, peer, 0);
+        end.time_wait_end = true;
+        holders.observe(&end);
+        assert_eq!(holders.len(), 0);
+    }
+
+    #[test]
+    fn the_claimer_of_a_free_is_found_by_the_whole_socket() {
+        let mut holders = Holders::default();
+        let mut held = event(Kind::Held, LO4, Some((LO4, 20123)), 10);
+        held.state = Some("established");
+        holders.observe(&held);
+        let other = event(Kind::Free, LO4, Some((LO4, 20121)), 0);
+        assert!(holders.claimer_of(&other).is_none());
+        let same = event(Kind::Free, LO4, Some((LO4, 20123)), 0);
+        assert_eq!(holders.claimer_of(&same).unwrap().pid, 10);
+    }
+}

@@ -1,0 +1,8 @@
+//! The shapes every other layer speaks: the owned event decoded from the kernel's record, wall
+//! and monotonic time, and port sets.
+
+pub mod clock;
+pub mod container;
+pub mod event;
+pub mod json;
+pub mod ports;

@@ -1,0 +1,373 @@
+//! Prometheus metrics from the event stream: counters of claims, frees and failures, and a gauge
+//! of the ports in use per range. Labels stay low-cardinality (protocol, how, errno, range): a
+//! pid or a port as a label would make one time series per process or port.
+//!
+//! "In use" follows the event model: a port is in use from its claim (or its `held` report at
+//! start-up) until its last holder gives it back. A `free` with `time_wait` hands the port to a
+//! TIME_WAIT socket, which still holds it; only the `time_wait_end` free gives it back.
+
+use std::{collections::HashMap, io, ops::RangeInclusive};
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use super::Sink;
+use crate::live::pressure::Pressure;
+use crate::{
+    model::clock::Timestamp,
+    model::event::{Event, Kind, Proto, errno_name, how_name},
+    model::ports,
+};
+
+/// Where a socket holds its port: the same number in two network namespaces is two ports.
+type PortKey = (Option<u32>, Proto, u16);
+
+/// A named port range for the in-use gauge. Ranges overlap (the ephemeral range lies inside the
+/// registered and dynamic ones), so a port counts in every range that contains it.
+struct NamedRange {
+    name: &'static str,
+    ports: RangeInclusive<u16>,
+}
+
+pub struct MetricsSink {
+    claims: IntCounterVec,
+    frees: IntCounterVec,
+    time_waits: IntCounterVec,
+    fails: IntCounterVec,
+    ports_in_use: IntGaugeVec,
+    lost: IntCounter,
+    ranges: Vec<NamedRange>,
+    /// Sockets holding each port now; a port is in use while its count is above zero.
+    holders: HashMap<PortKey, u32>,
+}
+
+impl MetricsSink {
+    /// The sink and the registry the HTTP endpoint encodes. `ephemeral` is this host's ephemeral
+    /// range, when it could be read.
+    pub fn new(
+        backend: &str,
+        ephemeral: Option<RangeInclusive<u16>>,
+    ) -> prometheus::Result<(Self, Registry)> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(counter.clone()))?;
+            Ok::<_, prometheus::Error>(counter)
+        };
+        let claims = counter(
+            "portwatch_claims_total",
+            "Ports claimed by sockets, by how they were claimed.",
+            &["proto", "how"],
+        )?;
+        let frees = counter(
+            "portwatch_frees_total",
+            "Ports given back by sockets (TIME_WAIT starts are not counted here, their ends are).",
+            &["proto", "how"],
+        )?;
+        let time_waits = counter(
+            "portwatch_time_wait_starts_total",
+            "TCP closes that left a TIME_WAIT socket, which still holds the port.",
+            &["proto"],
+        )?;
+        let fails = counter(
+            "portwatch_fails_total",
+            "Failed attempts to claim a port, by how and the errno.",
+            &["proto", "how", "errno"],
+        )?;
+        let ports_in_use = IntGaugeVec::new(
+            Opts::new(
+                "portwatch_ports_in_use",
+                "Watched ports held by at least one socket now, per range (ranges overlap).",
+            ),
+            &["proto", "range"],
+        )?;
+        registry.register(Box::new(ports_in_use.clone()))?;
+        let lost = IntCounter::new(
+            "portwatch_lost_events_total",
+            "Events dropped because the ring buffer was full.",
+        )?;
+        registry.register(Box::new(lost.clone()))?;
+        let info = |name: &str, help: &str, label: &str, value: &str| {
+            let gauge = IntGauge::with_opts(Opts::new(name, help).const_label(label, value))?;
+            gauge.set(1);
+            registry.register(Box::new(gauge))
+        };
+        info(
+            "portwatch_build_info",
+            "The portwatch version serving these metrics.",
+            "version",
+            env!("CARGO_PKG_VERSION"),
+        )?;
+        info(
+            "portwatch_backend_info",
+            "The kernel hooks portwatch attached with.",
+            "backend",
+            backend,
+        )?;
+
+        let mut ranges = vec![
+            NamedRange {
+                name: "well_known",
+                ports: 0..=1023,
+            },
+            NamedRange {
+                name: "registered",
+                ports: 1024..=49151,
+            },
+            NamedRange {
+                name: "dynamic",
+                ports: ports::DYNAMIC,
+            },
+        ];
+        ranges.extend(ephemeral.map(|ports| NamedRange {
+            name: "ephemeral",
+            ports,
+        }));
+        // Every series exists from the first scrape, so "no ports in use" reads 0, not absent.
+        for proto in [Proto::Tcp, Proto::Udp] {
+            for range in &ranges {
+                ports_in_use.with_label_values(&[proto.name(), range.name]);
+            }
+        }
+        let sink = Self {
+            claims,
+            frees,
+            time_waits,
+            fails,
+            ports_in_use,
+            lost,
+            ranges,
+            holders: HashMap::new(),
+        };
+        Ok((sink, registry))
+    }
+
+    fn taken(&mut self, event: &Event) {
+        let count = self.holders.entry(key(event)).or_default();
+        *count += 1;
+        if *count == 1 {
+            self.adjust_in_use(event, 1);
+        }
+    }
+
+    /// A release of a port whose holder we never saw taking it (it may live in a namespace the
+    /// start-up snapshot cannot read) changes nothing: the gauge never goes below what was seen.
+    fn given_back(&mut self, event: &Event) {
+        let key = key(event);
+        let Some(count) = self.holders.get_mut(&key) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.holders.remove(&key);
+            self.adjust_in_use(event, -1);
+        }
+    }
+
+    fn adjust_in_use(&self, event: &Event, delta: i64) {
+        for range in self
+            .ranges
+            .iter()
+            .filter(|range| range.ports.contains(&event.local_port))
+        {
+            self.ports_in_use
+                .with_label_values(&[event.proto.name(), range.name])
+                .add(delta);
+        }
+    }
+}
+
+fn key(event: &Event) -> PortKey {
+    (event.netns, event.proto, event.local_port)
+}
+
+fn how_label(event: &Event) -> &'static str {
+    event.how.map_or("unknown", how_name)
+}
+
+impl Sink for MetricsSink {
+    fn event(&mut self, event: &Event) -> io::Result<()> {
+        let proto = event.proto.name();
+        match event.kind {
+            Kind::Claim => {
+                self.claims
+                    .with_label_values(&[proto, how_label(event)])
+                    .inc();
+                self.taken(event);
+            }
+            Kind::Held => self.taken(event),
+            Kind::Free if event.time_wait && !event.time_wait_end => {
+                self.time_waits.with_label_values(&[proto]).inc();
+            }
+            Kind::Free => {
+                self.frees
+                    .with_label_values(&[proto, how_label(event)])
+                    .inc();
+                self.given_back(event);
+            }
+            Kind::Fail => {
+                let errno = event.errno.map_or_else(|| "unknown".into(), errno_name);
+                self.fails
+                    .with_label_values(&[proto, how_label(event), &errno])
+                    .inc();
+            }
+            Kind::Listen => {}
+        }
+        Ok(())
+    }
+
+    fn lost(&mut self, _ts: Timestamp, count: u64) -> io::Result<()> {
+        self.lost.inc_by(count);
+        Ok(())
+    }
+
+    /// Pressure is the gauge of ports in use, already exported per range.
+    fn pressure(&mut self, _pressure: &Pressure) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use portwatch_ebpf::How;
+
+    use super::*;
+    use crate::model::event::fixtures::sample;
+
+    fn event(kind: Kind, port: u16, how: How) -> Event {
+        Event {
+            kind,
+            local_port: port,
+            how: Some(how),
+            time_wait: false,
+            errno: (kind == Kind::Fail).then_some(libc::EADDRINUSE),
+            ..sample()
+        }
+    }
+
+    fn value(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric())
+            .find(|metric| {
+                labels.iter().all(|(label, want)| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .any(|pair| pair.name() == *label && pair.value() == *want)
+                })
+            })
+            .map(|metric| {
+                if name.ends_with("_total") {
+                    metric.get_counter().get_value()
+                } else {
+                    metric.get_gauge().get_value()
+                }
+            })
+    }
+
+    fn in_use(registry: &Registry, proto: &str, range: &str) -> f64 {
+        value(
+            registry,
+            "portwatch_ports_in_use",
+            &[("proto", proto), ("range", range)],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_port_stays_in_use_through_time_wait_until_its_end() {
+        let (mut sink, registry) = MetricsSink::new("tracepoint", Some(32768..=60999)).unwrap();
+        sink.event(&event(Kind::Claim, 50000, How::Connect))
+            .unwrap();
+        assert_eq!(in_use(&registry, "tcp", "dynamic"), 1.0);
+        assert_eq!(in_use(&registry, "tcp", "ephemeral"), 1.0);
+        assert_eq!(in_use(&registry, "tcp", "registered"), 0.0);
+        let time_wait = Event {
+            time_wait: true,
+            ..event(Kind::Free, 50000, How::Connect)
+        };
+        sink.event(&time_wait).unwrap();
+        assert_eq!(in_use(&registry, "tcp", "dynamic"), 1.0);
+        let end = Event {
+            time_wait_end: true,
+            ..event(Kind::Free, 50000, How::Connect)
+        };
+        sink.event(&end).unwrap();
+        assert_eq!(in_use(&registry, "tcp", "dynamic"), 0.0);
+        assert_eq!(in_use(&registry, "tcp", "ephemeral"), 0.0);
+        let labels = [("proto", "tcp"), ("how", "connect")];
+        assert_eq!(
+            value(&registry, "portwatch_claims_total", &labels),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&registry, "portwatch_frees_total", &labels),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &registry,
+                "portwatch_time_wait_starts_total",
+                &[("proto", "tcp")]
+            ),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn a_port_shared_by_a_listener_and_its_connections_counts_once() {
+        let (mut sink, registry) = MetricsSink::new("fentry", None).unwrap();
+        sink.event(&event(Kind::Held, 8080, How::Bind)).unwrap();
+        sink.event(&event(Kind::Claim, 8080, How::Accept)).unwrap();
+        assert_eq!(in_use(&registry, "tcp", "registered"), 1.0);
+        sink.event(&event(Kind::Free, 8080, How::Bind)).unwrap();
+        assert_eq!(in_use(&registry, "tcp", "registered"), 1.0);
+        sink.event(&event(Kind::Free, 8080, How::Accept)).unwrap();
+        assert_eq!(in_use(&registry, "tcp", "registered"), 0.0);
+        // A free of a claim never seen leaves the gauge alone.
+        sink.event(&event(Kind::Free, 8080, How::Bind)).unwrap();
+        assert_eq!(in_use(&registry, "tcp", "registered"), 0.0);
+        assert!(
+            value(
+                &registry,
+                "portwatch_ports_in_use",
+                &[("range", "ephemeral")]
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn failures_are_counted_by_errno_and_losses_by_count() {
+        let (mut sink, registry) = MetricsSink::new("kprobe", None).unwrap();
+        sink.event(&event(Kind::Fail, 80, How::Bind)).unwrap();
+        sink.lost(Timestamp::from_unix_nanos(0), 7).unwrap();
+        assert_eq!(
+            value(
+                &registry,
+                "portwatch_fails_total",
+                &[("how", "bind"), ("errno", "EADDRINUSE")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&registry, "portwatch_lost_events_total", &[]),
+            Some(7.0)
+        );
+        assert_eq!(in_use(&registry, "tcp", "well_known"), 0.0);
+        assert_eq!(
+            value(
+                &registry,
+                "portwatch_backend_info",
+                &[("backend", "kprobe")]
+            ),
+            Some(1.0)
+        );
+    }
+}
