@@ -401,7 +401,7 @@ impl Pipeline {
         event.container = event
             .task
             .as_ref()
-            .and_then(|task| self.containers.of_task(task));
+            .and_then(|task| self.containers.of_task(task, event.cgroup_id));
         if !config.kinds.contains(&event.kind)
             || config.netns.is_some_and(|netns| event.netns != Some(netns))
             || !config.containers.passes(event.container.as_deref())

@@ -13,6 +13,8 @@
 //! A runtime's helper processes (`libpod-conmon-<id>.scope`, `crio-conmon-<id>.scope`) are not
 //! the container.
 
+use std::{fs, os::unix::fs::MetadataExt as _, path::PathBuf};
+
 use crate::model::container::Runtime;
 
 /// What a cgroup path says about the container, before any runtime is asked.
@@ -28,11 +30,63 @@ pub struct Identity {
 
 /// The container of the first line of a /proc/<pid>/cgroup text that names one: the unified
 /// (`0::`) line first, then the v1 hierarchies, where a host with both (hybrid, like this
-/// project's test host) keeps the container's cgroup while the unified line says `/`.
+/// project's test host) may keep the container's cgroup while the unified line says `/`.
 pub fn of_proc_cgroup(text: &str) -> Option<Identity> {
-    let paths = text.lines().filter_map(|line| line.splitn(3, ':').nth(2));
-    let unified = text.lines().filter_map(|line| line.strip_prefix("0::"));
-    unified.chain(paths).find_map(identify)
+    read_proc_cgroup(text).1
+}
+
+/// The container the unified line names, and the one any line names (the unified first).
+pub fn read_proc_cgroup(text: &str) -> (Option<Identity>, Option<Identity>) {
+    let unified = text
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .and_then(identify);
+    let any = unified.clone().or_else(|| {
+        text.lines()
+            .filter_map(|line| line.splitn(3, ':').nth(2))
+            .find_map(identify)
+    });
+    (unified, any)
+}
+
+/// Where the unified (cgroup2) hierarchy is mounted: `/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on a hybrid host.
+fn cgroup2_root() -> Option<String> {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| left.split(' ').nth(4).map(str::to_string))?
+    })
+}
+
+/// The path (from the hierarchy's root) of the unified cgroup whose id is `id`: a cgroup's
+/// id is its directory's inode number on the cgroup2 filesystem. Found by walking the
+/// hierarchy, which holds a few hundred directories on a busy host.
+pub fn path_of_id(id: u64) -> Option<String> {
+    let root = cgroup2_root()?;
+    let root = root.as_str();
+    let mut directories = vec![(PathBuf::from(root), 0)];
+    while let Some((directory, depth)) = directories.pop() {
+        for entry in fs::read_dir(&directory).ok()?.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if !meta.is_dir() {
+                continue;
+            }
+            if meta.ino() == id {
+                let path = entry.path();
+                let relative = path.strip_prefix(root).ok()?;
+                return Some(format!("/{}", relative.display()));
+            }
+            // Container cgroups sit a few levels down; nothing deeper is looked at.
+            if depth < 8 {
+                directories.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    None
 }
 
 /// The container a cgroup path names, if any.
@@ -171,6 +225,23 @@ mod tests {
     }
 
     #[test]
+    fn finds_a_cgroup_by_its_id() {
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let unified = own
+            .lines()
+            .find_map(|line| line.strip_prefix("0::"))
+            .unwrap();
+        let root = cgroup2_root().expect("a cgroup2 hierarchy");
+        let dir = format!("{root}{unified}");
+        let id = fs::metadata(&dir).unwrap().ino();
+        // The root cgroup is the walk's start, not an entry in it.
+        if unified != "/" {
+            assert_eq!(path_of_id(id).as_deref(), Some(unified));
+        }
+        assert_eq!(path_of_id(u64::MAX), None);
+    }
+
+    #[test]
     fn a_hybrid_host_names_it_in_a_v1_line() {
         let text = format!("9:name=systemd:/\n4:memory:/libpod_parent/libpod-{ID}\n0::/\n");
         assert_eq!(
@@ -178,5 +249,7 @@ mod tests {
             Some(Runtime::Podman)
         );
         assert_eq!(of_proc_cgroup("0::/user.slice\n1:cpu:/\n"), None);
+        let (unified, any) = read_proc_cgroup(&text);
+        assert_eq!((unified, any.is_some()), (None, true));
     }
 }

@@ -82,7 +82,12 @@ const PROCESSES_REMEMBERED: usize = 8192;
 /// The tracer's container lookups: the cgroup part at once, the runtime's part in the
 /// background.
 pub struct Resolver {
-    /// Per process (pid, start time): its container, if any.
+    /// Per cgroup id (the unified hierarchy's, which events carry): its container, if any.
+    /// Found once from any process in the cgroup, or from the cgroup's own directory when
+    /// the process is gone already (a `bind` that failed and exited at once).
+    cgroups: HashMap<u64, Option<Identity>>,
+    /// Per process (pid, start time), for events without a cgroup id and for processes a
+    /// runtime put in a container's cgroup only in the v1 hierarchies.
     processes: HashMap<(u32, u64), Option<Identity>>,
     answers: Answers,
     asked: HashSet<String>,
@@ -95,6 +100,7 @@ impl Default for Resolver {
     fn default() -> Self {
         let (requests, pending) = mpsc::channel();
         Self {
+            cgroups: HashMap::new(),
             processes: HashMap::new(),
             answers: Answers::default(),
             asked: HashSet::new(),
@@ -125,17 +131,10 @@ impl Resolver {
             .map(drop)
     }
 
-    /// The container of the event's process, as known now; None outside containers.
-    pub fn of_task(&mut self, task: &Task) -> Option<Arc<Container>> {
-        let key = (task.pid, task.start_ns);
-        if self.processes.len() >= PROCESSES_REMEMBERED && !self.processes.contains_key(&key) {
-            self.processes.clear();
-        }
-        let identity = self
-            .processes
-            .entry(key)
-            .or_insert_with(|| same_process(task).then(|| identity_of(task.pid)).flatten())
-            .clone()?;
+    /// The container of the event's process (in cgroup `cgroup_id`, when the kernel said), as
+    /// known now; None outside containers.
+    pub fn of_task(&mut self, task: &Task, cgroup_id: Option<u64>) -> Option<Arc<Container>> {
+        let identity = self.identity(task, cgroup_id)?;
         let mut answers = self.answers.lock().ok()?;
         if !answers.contains_key(&identity.id) && self.asked.insert(identity.id.clone()) {
             if self.pending.is_some() {
@@ -148,6 +147,49 @@ impl Resolver {
             }
         }
         Some(Arc::new(container(&identity, answers.get(&identity.id))))
+    }
+}
+
+impl Resolver {
+    fn identity(&mut self, task: &Task, cgroup_id: Option<u64>) -> Option<Identity> {
+        if let Some(known) = cgroup_id.and_then(|id| self.cgroups.get(&id)) {
+            return known.clone();
+        }
+        let key = (task.pid, task.start_ns);
+        if let Some(known) = self.processes.get(&key) {
+            return known.clone();
+        }
+        for table_len in [self.processes.len(), self.cgroups.len()] {
+            if table_len >= PROCESSES_REMEMBERED {
+                self.processes.clear();
+                self.cgroups.clear();
+            }
+        }
+        let text = same_process(task)
+            .then(|| std::fs::read_to_string(format!("/proc/{}/cgroup", task.pid)).ok())
+            .flatten();
+        match (text, cgroup_id) {
+            (Some(text), cgroup_id) => {
+                let (unified, any) = cgroup::read_proc_cgroup(&text);
+                match cgroup_id {
+                    // The cgroup id names the unified cgroup: it answers for every process
+                    // in it, unless only a v1 hierarchy holds the container.
+                    Some(id) if unified.is_some() || any.is_none() => {
+                        self.cgroups.insert(id, unified.clone());
+                    }
+                    _ => {
+                        self.processes.insert(key, any.clone());
+                    }
+                }
+                any
+            }
+            (None, Some(id)) => {
+                let found = cgroup::path_of_id(id).and_then(|path| cgroup::identify(&path));
+                self.cgroups.insert(id, found.clone());
+                found
+            }
+            (None, None) => None,
+        }
     }
 }
 
