@@ -19,7 +19,9 @@ use crate::{
         config::{TraceConfig, WhoConfig},
         report,
     },
+    host::snapshot::{Scope, namespaces},
     kernel::backend::Choice,
+    model::container,
     model::event::{Kind, Proto},
     model::ports::{self, PortSet},
     output::{Format, sink::FileOptions},
@@ -83,6 +85,10 @@ struct WhoArgs {
     /// One JSON object per port instead of a table.
     #[arg(long)]
     json: bool,
+    /// Only this network namespace (default: every one on the host): its inode, a path, a
+    /// pid in it, an `ip netns` name or `self`.
+    #[arg(long, value_name = "NETNS", value_parser = namespaces::parse_target)]
+    netns: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -192,6 +198,17 @@ struct TraceArgs {
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9834.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<SocketAddr>,
+    /// Only this network namespace (default: every one): its inode, a path, a pid in it, an
+    /// `ip netns` name or `self`.
+    #[arg(long, value_name = "NETNS", value_parser = namespaces::parse_target)]
+    netns: Option<u32>,
+    /// Only events of processes in this container: its name, or its id or the start of it; may
+    /// repeat.
+    #[arg(long = "container", value_name = "NAME|ID")]
+    containers: Vec<String>,
+    /// Only events of processes in this Kubernetes pod; may repeat.
+    #[arg(long = "pod", value_name = "NAMESPACE/NAME", value_parser = container::parse_pod)]
+    pods: Vec<container::PodName>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -293,6 +310,7 @@ fn who_config(args: WhoArgs) -> WhoConfig {
         } else {
             Format::Table
         },
+        netns: args.netns.map_or(Scope::All, Scope::Only),
     }
 }
 
@@ -364,6 +382,8 @@ fn trace_config(args: TraceArgs) -> anyhow::Result<TraceConfig> {
         debug_kernel: args.debug_kernel,
         pressure_pct: args.pressure,
         metrics: args.metrics,
+        netns: args.netns,
+        containers: container::Filter::new(args.containers, args.pods),
     })
 }
 

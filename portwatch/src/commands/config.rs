@@ -4,8 +4,10 @@
 use std::{collections::HashSet, net::SocketAddr, ops::RangeInclusive, time::Duration};
 
 use crate::{
+    host::snapshot::Scope,
     kernel::backend::{Choice, LoadSpec},
     model::{
+        container,
         event::{Kind, Proto},
         ports::PortSet,
     },
@@ -41,6 +43,10 @@ pub struct TraceConfig {
     pub pressure_pct: u8,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// `--netns`: only this namespace (inode).
+    pub netns: Option<u32>,
+    /// `--container` and `--pod`: only processes in these.
+    pub containers: container::Filter,
 }
 
 impl TraceConfig {
@@ -105,6 +111,8 @@ impl TraceConfig {
             .iter()
             .map(|pid| format!("pid={pid}"))
             .chain(self.comms.iter().map(|comm| format!("comm={comm}")))
+            .chain(self.netns.iter().map(|netns| format!("netns={netns}")))
+            .chain(self.containers.describe())
             .collect();
         filters.sort();
         if self.kinds.len() < Kind::ALL.len() {
@@ -141,4 +149,5 @@ pub struct WhoConfig {
     /// In the order given, each once.
     pub ports: Vec<u16>,
     pub format: Format,
+    pub netns: Scope,
 }

@@ -21,6 +21,7 @@ use tokio::{
 
 use crate::{
     commands::config::TraceConfig,
+    host::containers::Resolver,
     host::enrich::AuditCache,
     host::netns::RangeReader,
     host::ns_ranges::NamespaceRanges,
@@ -109,7 +110,12 @@ pub async fn run(
     let outcome = match pipeline
         .report_holders(&config)
         .and_then(|()| crate::kernel::privileges::drop_all(config.audit))
-    {
+        .and_then(|()| {
+            pipeline
+                .containers
+                .start()
+                .context("starting the container lookups")
+        }) {
         Ok(()) => {
             eprintln!(
                 "portwatch: attached backend={backend}, watching {}",
@@ -216,6 +222,7 @@ struct Pipeline {
     /// port freed without a seen claim.
     holders: Holders,
     audit: Option<AuditCache>,
+    containers: Resolver,
     pressure: Option<PressureWatch>,
     /// Each namespace's ephemeral range, for pressure and the exhaustion explanation.
     ranges: NamespaceRanges,
@@ -250,6 +257,7 @@ impl Pipeline {
             emitted: 0,
             holders: Holders::default(),
             audit: config.audit.then(AuditCache::load),
+            containers: Resolver::default(),
             pressure: (config.pressure_pct > 0).then(|| PressureWatch::new(config.pressure_pct)),
             ranges: NamespaceRanges::new(
                 namespaces,
@@ -329,6 +337,9 @@ impl Pipeline {
                 .into_iter()
                 .filter_map(|(wanted, family)| wanted.then_some(family))
                 .collect(),
+            netns: config
+                .netns
+                .map_or(snapshot::Scope::All, snapshot::Scope::Only),
         });
         for note in &held.notes {
             eprintln!("portwatch: note: {note}");
@@ -437,7 +448,13 @@ impl Pipeline {
         let pid = event.task.as_ref().map(|task| task.pid);
         let comm = event.task.as_ref().map(|task| task.comm.as_str());
         let comm = comm.as_deref();
+        event.container = event
+            .task
+            .as_ref()
+            .and_then(|task| self.containers.of_task(task, event.cgroup_id));
         if !config.kinds.contains(&event.kind)
+            || config.netns.is_some_and(|netns| event.netns != Some(netns))
+            || !config.containers.passes(event.container.as_deref())
             || (!config.pids.is_empty() && !pid.is_some_and(|pid| config.pids.contains(&pid)))
             || (!config.comms.is_empty() && !comm.is_some_and(|comm| config.comms.contains(comm)))
             || self.reached_count(config)

@@ -1,5 +1,5 @@
 //! `--audit`: the process behind an event, looked up in /proc: executable, command line, user,
-//! parent, cgroup and container. Cached per process, keyed by pid and start time so a reused pid
+//! parent, cgroup and systemd unit. Cached per process, keyed by pid and start time so a reused pid
 //! never inherits another process's details; a process that is gone before it could be looked
 //! up is reported as exited, never as blanks that look like data.
 
@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    host::users,
+    host::{containers, users},
     model::event::{Audit, ProcessInfo, Task},
 };
 
@@ -63,9 +63,8 @@ impl AuditCache {
             return None;
         }
         let proc = format!("/proc/{}", task.pid);
-        let cgroup = fs::read_to_string(format!("{proc}/cgroup"))
-            .ok()
-            .and_then(|text| unified_cgroup(&text));
+        let cgroups = fs::read_to_string(format!("{proc}/cgroup")).ok();
+        let cgroup = cgroups.as_deref().and_then(unified_cgroup);
         let info = ProcessInfo {
             exe: fs::read_link(format!("{proc}/exe"))
                 .ok()
@@ -76,7 +75,7 @@ impl AuditCache {
                 .then(|| fs::read_to_string(format!("/proc/{}/comm", task.ppid)).ok())
                 .flatten()
                 .map(|comm| comm.trim_end_matches('\n').to_string()),
-            container: cgroup.as_deref().and_then(container_of),
+            unit: cgroups.as_deref().and_then(unit_of),
             cgroup,
         };
         // Read everything, then check again: the pid may have been reused meanwhile.
@@ -154,36 +153,15 @@ fn unified_cgroup(text: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The container (or systemd unit) a cgroup path names: `docker:<id>`, `containerd:<id>`,
-/// `cri-o:<id>`, `podman:<id>`, or `systemd:<unit>`.
-pub fn container_of(cgroup: &str) -> Option<String> {
-    let leaf = cgroup.rsplit('/').find(|part| !part.is_empty())?;
-    let scope_id = |prefix: &str| {
-        leaf.strip_prefix(prefix)
-            .map(|rest| rest.trim_end_matches(".scope").to_string())
-    };
-    let runtimes = [
-        ("docker-", "docker"),
-        ("cri-containerd-", "containerd"),
-        ("crio-", "cri-o"),
-        ("libpod-", "podman"),
-    ];
-    for (prefix, runtime) in runtimes {
-        if let Some(id) = scope_id(prefix) {
-            return Some(format!("{runtime}:{id}"));
-        }
+/// The systemd unit (`nginx.service`) a /proc/<pid>/cgroup text names, unless the process is
+/// in a container (which the event's `container` names, read the same way).
+pub fn unit_of(cgroups: &str) -> Option<String> {
+    if containers::of_proc_cgroup(cgroups).is_some() {
+        return None;
     }
-    // cgroupfs driver: /docker/<id>, /kubepods/.../<id>
-    let is_id = leaf.len() == 64 && leaf.bytes().all(|b| b.is_ascii_hexdigit());
-    if is_id {
-        let runtime = if cgroup.contains("/docker/") {
-            "docker"
-        } else {
-            "container"
-        };
-        return Some(format!("{runtime}:{leaf}"));
-    }
-    (leaf.ends_with(".service") || leaf.ends_with(".scope")).then(|| format!("systemd:{leaf}"))
+    let unified = unified_cgroup(cgroups)?;
+    let leaf = unified.rsplit('/').find(|part| !part.is_empty())?;
+    (leaf.ends_with(".service") || leaf.ends_with(".scope")).then(|| leaf.to_string())
 }
 
 #[cfg(test)]
@@ -192,26 +170,18 @@ mod tests {
     use crate::model::event::Comm;
 
     #[test]
-    fn names_containers_and_units_from_cgroup_paths() {
-        let docker = "/system.slice/docker-3f2a1b.scope";
-        assert_eq!(container_of(docker).as_deref(), Some("docker:3f2a1b"));
-        let cri = "/kubepods.slice/kubepods-pod1.slice/cri-containerd-abc.scope";
-        assert_eq!(container_of(cri).as_deref(), Some("containerd:abc"));
-        assert_eq!(
-            container_of("/machine.slice/libpod-77.scope").as_deref(),
-            Some("podman:77")
-        );
+    fn names_units_outside_containers() {
         let id = "a".repeat(64);
+        let docker = format!("0::/system.slice/docker-{id}.scope\n");
+        assert_eq!(unit_of(&docker), None);
+        let hybrid = format!("4:memory:/libpod_parent/libpod-{id}\n0::/system.slice/x.service\n");
+        assert_eq!(unit_of(&hybrid), None);
         assert_eq!(
-            container_of(&format!("/docker/{id}")),
-            Some(format!("docker:{id}"))
+            unit_of("0::/system.slice/nginx.service\n").as_deref(),
+            Some("nginx.service")
         );
-        assert_eq!(
-            container_of("/system.slice/nginx.service").as_deref(),
-            Some("systemd:nginx.service")
-        );
-        assert_eq!(container_of("/"), None);
-        assert_eq!(container_of("/user.slice"), None);
+        assert_eq!(unit_of("0::/\n"), None);
+        assert_eq!(unit_of("0::/user.slice\n"), None);
     }
 
     #[test]

@@ -97,8 +97,9 @@ pub struct ProcessInfo {
     pub user: Option<String>,
     pub parent_comm: Option<String>,
     pub cgroup: Option<String>,
-    /// `docker:<id>`, `containerd:<id>`, `podman:<id>` or `systemd:<unit>`.
-    pub container: Option<String>,
+    /// The systemd unit (`nginx.service`) of a process in no container; a container is the
+    /// event's own `container`, on every event.
+    pub unit: Option<String>,
 }
 
 /// Who held a port when a claim on it failed.
@@ -152,6 +153,9 @@ pub struct Event {
     pub audit: Option<Audit>,
     /// Fail without a port: why the kernel found none (boxed: most events have none).
     pub exhaustion: Option<Box<crate::live::exhaustion::Exhaustion>>,
+    /// The process's container, when it runs in one (shared: every event of a container
+    /// carries the same lookup).
+    pub container: Option<std::sync::Arc<crate::model::container::Container>>,
 }
 
 impl Event {
@@ -210,6 +214,7 @@ impl Event {
             hint: None,
             audit: None,
             exhaustion: None,
+            container: None,
         })
     }
 }
@@ -416,6 +421,7 @@ pub mod fixtures {
             hint: None,
             audit: None,
             exhaustion: None,
+            container: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! and monotonic time, and port sets.
 
 pub mod clock;
+pub mod container;
 pub mod event;
 pub mod json;
 pub mod ports;

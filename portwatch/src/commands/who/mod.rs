@@ -1,18 +1,22 @@
 //! `portwatch who PORT...`: one shot, no BPF. What each port is (IANA class, this host's
 //! ephemeral range and reserved ports, /etc/services names) and every socket on it now, with
-//! the processes holding them, from the same kernel-filtered snapshot the tracer starts with.
+//! the processes holding them, from the same kernel-filtered snapshot the tracer starts with,
+//! in every network namespace on the host (or the one `--netns` names), with the container of
+//! each socket's process.
 
 mod print;
 mod process;
 mod services;
 
-use std::{io::Write, process::ExitCode, time::Duration};
+use std::{collections::HashMap, io::Write, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 
 use crate::{
     commands::config::WhoConfig,
-    host::snapshot::{self, Family, Query},
+    host::containers::Lookups,
+    host::snapshot::{self, Family, Query, Scope},
+    model::container::Container,
     model::event::Proto,
     model::ports::{EphemeralPolicy, IanaClass, PortSet},
     output::Format,
@@ -30,6 +34,29 @@ pub struct Report {
     pub policy: Option<EphemeralPolicy>,
     /// What the caller could not see or the kernel cannot show, one sentence each.
     pub notes: Vec<String>,
+    /// The namespaces the sockets are in, by inode.
+    pub namespaces: HashMap<u32, NamespaceLabel>,
+    /// portwatch's own network namespace (the host's, usually).
+    pub own_netns: Option<u32>,
+}
+
+/// What names a network namespace for a reader.
+#[derive(Clone, Debug, Default)]
+pub struct NamespaceLabel {
+    /// `ip netns` names and the runtimes' bind mounts.
+    pub names: Vec<String>,
+    /// The container of a process in it.
+    pub container: Option<Container>,
+}
+
+impl NamespaceLabel {
+    /// `web` (a container: the runtimes' own names are generated), `blue`, or nothing.
+    pub fn short(&self) -> Option<String> {
+        self.container
+            .as_ref()
+            .map(Container::label)
+            .or_else(|| self.names.first().cloned())
+    }
 }
 
 pub struct PortReport {
@@ -47,6 +74,8 @@ pub struct Holder {
     pub processes: Vec<Process>,
     /// Why `processes` is empty.
     pub missing: Option<Missing>,
+    /// The container of its first process.
+    pub container: Option<Container>,
 }
 
 pub struct Process {
@@ -77,7 +106,7 @@ impl Missing {
 }
 
 pub fn run(config: &WhoConfig) -> anyhow::Result<ExitCode> {
-    let report = gather(&config.ports)?;
+    let report = gather(&config.ports, &config.netns)?;
     for note in &report.notes {
         eprintln!("portwatch: note: {note}");
     }
@@ -96,15 +125,31 @@ pub fn run(config: &WhoConfig) -> anyhow::Result<ExitCode> {
     Ok(if held { HELD } else { FREE })
 }
 
-fn gather(ports: &[u16]) -> anyhow::Result<Report> {
+fn gather(ports: &[u16], netns: &Scope) -> anyhow::Result<Report> {
     let snapshot = snapshot::take(&Query {
         ports: Some(PortSet::new(
             ports.iter().map(|&port| port..=port).collect(),
         )),
         protos: vec![Proto::Tcp, Proto::Udp],
         families: vec![Family::Ipv4, Family::Ipv6],
+        netns: netns.clone(),
     })?;
     let mut notes = snapshot.notes;
+    let mut lookups = Lookups::default();
+    let held_in: std::collections::HashSet<u32> =
+        snapshot.sockets.iter().map(|socket| socket.netns).collect();
+    let namespaces: HashMap<u32, NamespaceLabel> = snapshot
+        .namespaces
+        .iter()
+        .filter(|namespace| held_in.contains(&namespace.inode))
+        .map(|namespace| {
+            let label = NamespaceLabel {
+                names: namespace.names.clone(),
+                container: namespace.pid.and_then(|pid| lookups.of_pid(pid)),
+            };
+            (namespace.inode, label)
+        })
+        .collect();
     let policy = EphemeralPolicy::read()
         .map_err(|err| notes.push(format!("this host's ephemeral range is unknown: {err}")))
         .ok();
@@ -128,7 +173,13 @@ fn gather(ports: &[u16]) -> anyhow::Result<Report> {
                     (_, true) => Some(Missing::NotFound),
                 };
                 hidden += usize::from(missing == Some(Missing::Hidden));
+                let container = socket
+                    .owners
+                    .first()
+                    .and_then(|owner| lookups.of_pid(owner.pid))
+                    .or_else(|| namespaces.get(&socket.netns)?.container.clone());
                 Holder {
+                    container,
                     socket: socket.clone(),
                     user: socket.uid.and_then(crate::host::users::through_nss),
                     processes: socket
@@ -164,5 +215,7 @@ fn gather(ports: &[u16]) -> anyhow::Result<Report> {
         ports: reports,
         policy,
         notes,
+        namespaces,
+        own_netns: snapshot.own_netns,
     })
 }

@@ -7,7 +7,63 @@ use serde_json::{Value, json};
 use super::{Holder, PortReport, Report, process::human};
 use crate::model::ports::EphemeralPolicy;
 
+/// The columns a table adds when some socket needs them: its namespace, when any is outside
+/// portwatch's own, and its container, when any is in one.
+struct Extra {
+    netns: bool,
+    container: bool,
+}
+
+impl Extra {
+    fn of(report: &Report) -> Self {
+        let holders = || report.ports.iter().flat_map(|port| &port.holders);
+        Extra {
+            netns: holders().any(|holder| Some(holder.socket.netns) != report.own_netns),
+            container: holders().any(|holder| holder.container.is_some()),
+        }
+    }
+
+    fn header(&self) -> String {
+        let mut text = String::new();
+        if self.netns {
+            text.push_str(&format!(" {:<24}", "NETNS"));
+        }
+        if self.container {
+            text.push_str(" CONTAINER");
+        }
+        text
+    }
+
+    /// `4026532310 (blue)`, `4026531840 (host)`, and the container's name.
+    fn row(&self, holder: &Holder, report: &Report) -> String {
+        let mut text = String::new();
+        if self.netns {
+            let inode = holder.socket.netns;
+            let name = if Some(inode) == report.own_netns {
+                Some("own".to_string())
+            } else {
+                report
+                    .namespaces
+                    .get(&inode)
+                    .and_then(|label| label.short())
+            };
+            let netns = match name {
+                Some(name) => format!("{inode} ({})", printable(&name)),
+                None => inode.to_string(),
+            };
+            text.push_str(&format!(" {netns:<24}"));
+        }
+        if self.container {
+            let label = holder.container.as_ref().map(|container| container.label());
+            text.push(' ');
+            text.push_str(&label.map_or("-".to_string(), |label| printable(&label)));
+        }
+        text
+    }
+}
+
 pub fn table(report: &Report, out: &mut impl Write) -> io::Result<()> {
+    let extra = Extra::of(report);
     for (index, port) in report.ports.iter().enumerate() {
         if index > 0 {
             writeln!(out)?;
@@ -21,13 +77,21 @@ pub fn table(report: &Report, out: &mut impl Write) -> io::Result<()> {
         if port.holders.is_empty() {
             writeln!(out, "free: no TCP or UDP socket holds it")?;
         } else {
-            writeln!(
-                out,
-                "{:<6} {:<15} {:<28} {:<28} {:<8} {:<16} {:<10} AGE",
-                "PROTO", "STATE", "LOCAL", "REMOTE", "PID", "COMM", "USER"
-            )?;
+            let line = format!(
+                "{:<6} {:<15} {:<28} {:<28} {:<8} {:<16} {:<10} {:<6}{}",
+                "PROTO",
+                "STATE",
+                "LOCAL",
+                "REMOTE",
+                "PID",
+                "COMM",
+                "USER",
+                "AGE",
+                extra.header()
+            );
+            writeln!(out, "{}", line.trim_end())?;
             for holder in &port.holders {
-                row(holder, out)?;
+                row(holder, &extra.row(holder, report), out)?;
             }
         }
         if let Some(hint) = report
@@ -86,7 +150,7 @@ fn describe(port: &PortReport, policy: Option<&EphemeralPolicy>) -> String {
     format!("{class}; {ephemeral}; {services}")
 }
 
-fn row(holder: &Holder, out: &mut impl Write) -> io::Result<()> {
+fn row(holder: &Holder, extra: &str, out: &mut impl Write) -> io::Result<()> {
     let socket = &holder.socket;
     let family = if socket.local.is_ipv4() { 4 } else { 6 };
     let proto = format!("{}{family}", socket.proto.name());
@@ -122,12 +186,12 @@ fn row(holder: &Holder, out: &mut impl Write) -> io::Result<()> {
         .clone()
         .or_else(|| socket.uid.map(|uid| uid.to_string()))
         .unwrap_or_else(|| "-".to_string());
-    writeln!(
-        out,
-        "{proto:<6} {:<15} {:<28} {remote:<28} {pid:<8} {comm:<16} {user:<10} {up}",
+    let line = format!(
+        "{proto:<6} {:<15} {:<28} {remote:<28} {pid:<8} {comm:<16} {user:<10} {up:<6}{extra}",
         socket.state,
         socket.local.to_string(),
-    )
+    );
+    writeln!(out, "{}", line.trim_end())
 }
 
 /// Process names can hold control characters; a table shows them escaped.
@@ -151,7 +215,7 @@ pub fn json(report: &Report, out: &mut impl Write) -> io::Result<()> {
                 "proto": service.proto,
                 "aliases": service.aliases,
             })).collect::<Vec<Value>>()),
-            "sockets": port.holders.iter().map(holder_json).collect::<Vec<Value>>(),
+            "sockets": port.holders.iter().map(|holder| holder_json(holder, report)).collect::<Vec<Value>>(),
             "hint": report.policy.as_ref().and_then(|policy| policy.reserve_hint(port.port)),
         });
         serde_json::to_writer(&mut *out, &value)?;
@@ -160,7 +224,7 @@ pub fn json(report: &Report, out: &mut impl Write) -> io::Result<()> {
     Ok(())
 }
 
-fn holder_json(holder: &Holder) -> Value {
+fn holder_json(holder: &Holder, report: &Report) -> Value {
     let socket = &holder.socket;
     let first = holder.processes.first();
     json!({
@@ -179,12 +243,16 @@ fn holder_json(holder: &Holder) -> Value {
         "process_age_s": first.and_then(|process| process.age).map(|age| age.as_secs_f64()),
         "other_pids": holder.processes.iter().skip(1).map(|process| process.pid).collect::<Vec<u32>>(),
         "no_process": holder.missing.map(|missing| missing.name()),
+        "netns": socket.netns,
+        "netns_own": Some(socket.netns) == report.own_netns,
+        "netns_names": report.namespaces.get(&socket.netns).map_or(&[][..], |label| &label.names),
+        "container": holder.container.as_ref().map(|container| container.to_json()),
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{collections::HashMap, time::Duration};
 
     use super::*;
     use crate::{
@@ -204,6 +272,7 @@ mod tests {
                 uid: Some(0),
                 inode: 42,
                 owners: Vec::new(),
+                netns: 4026531840,
             },
             user: Some("root".into()),
             processes: vec![Process {
@@ -212,6 +281,7 @@ mod tests {
                 age: Some(Duration::from_secs(303)),
             }],
             missing: None,
+            container: None,
         };
         let time_wait = Holder {
             socket: Socket {
@@ -222,10 +292,12 @@ mod tests {
                 uid: None,
                 inode: 0,
                 owners: Vec::new(),
+                netns: 4026531840,
             },
             user: None,
             processes: Vec::new(),
             missing: Some(Missing::Kernel),
+            container: None,
         };
         Report {
             ports: vec![
@@ -251,6 +323,8 @@ mod tests {
                 reserved: vec![8080..=8080],
             }),
             notes: Vec::new(),
+            namespaces: HashMap::new(),
+            own_netns: Some(4026531840),
         }
     }
 

@@ -4,12 +4,15 @@
 
 mod bytecode;
 mod diag;
+pub mod namespaces;
 mod owners;
 mod procnet;
 
-use std::{collections::HashSet, net::SocketAddr};
+use std::{collections::HashSet, net::SocketAddr, os::fd::AsRawFd as _};
 
+use diag::Diagnosed;
 pub use diag::Family;
+pub use namespaces::{Namespace, Scope};
 pub use owners::Owner;
 
 use crate::{
@@ -37,6 +40,7 @@ pub struct Query {
     pub ports: Option<PortSet>,
     pub protos: Vec<Proto>,
     pub families: Vec<Family>,
+    pub netns: Scope,
 }
 
 /// A socket holding a port, with the processes holding it.
@@ -53,6 +57,8 @@ pub struct Socket {
     pub inode: u32,
     /// Every process holding the socket, in ascending pid order; empty when none was found.
     pub owners: Vec<Owner>,
+    /// The inode of its network namespace.
+    pub netns: u32,
 }
 
 #[derive(Debug)]
@@ -62,18 +68,162 @@ pub struct Snapshot {
     pub unreadable_processes: usize,
     /// What the snapshot cannot show on this kernel, in one sentence each.
     pub notes: Vec<String>,
+    /// The namespaces looked in, by inode; portwatch's own is `own_netns`.
+    pub namespaces: Vec<Namespace>,
+    pub own_netns: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("reading this namespace's {} {} sockets: {cause}", proto.name(), family.name())]
-pub struct SnapshotError {
-    proto: Proto,
-    family: Family,
-    cause: std::io::Error,
+pub enum SnapshotError {
+    #[error("reading this namespace's {} {} sockets: {cause}", proto.name(), family.name())]
+    Dump {
+        proto: Proto,
+        family: Family,
+        cause: std::io::Error,
+    },
+    #[error(
+        "no process is in network namespace {0} and no bind mount keeps it under /run/netns, \
+         /run/docker/netns or /run/user/*/netns"
+    )]
+    NoSuchNamespace(u32),
 }
 
-/// The sockets matching `query` now, sorted by port, protocol, address and state.
+/// One namespace's sockets, or why they could not be read.
+struct Dumped {
+    sockets: Vec<Diagnosed>,
+    /// Protocols this kernel's sock_diag has no handler for (read from /proc/net instead).
+    without_sock_diag: Vec<Proto>,
+}
+
+/// The sockets matching `query` now, in every namespace it asks for, sorted by port,
+/// protocol, state, namespace (portwatch's own first), address.
 pub fn take(query: &Query) -> Result<Snapshot, SnapshotError> {
+    let own_netns = own_netns();
+    let mut namespaces = namespaces::list();
+    match query.netns {
+        Scope::All => {}
+        Scope::Only(inode) => {
+            namespaces.retain(|namespace| namespace.inode == inode);
+            if namespaces.is_empty() {
+                return Err(SnapshotError::NoSuchNamespace(inode));
+            }
+        }
+    }
+    let mut found: Vec<(u32, Diagnosed)> = Vec::new();
+    let mut without_sock_diag: Vec<Proto> = Vec::new();
+    let mut notes = Vec::new();
+    let (own, others): (Vec<&Namespace>, Vec<&Namespace>) = namespaces
+        .iter()
+        .partition(|namespace| Some(namespace.inode) == own_netns);
+    // Ours is read from here, as before: a failure there is the snapshot's failure.
+    if !own.is_empty() {
+        add(
+            &mut found,
+            &mut without_sock_diag,
+            own_netns.unwrap_or(0),
+            dump_here(query)?,
+        );
+    }
+    if !others.is_empty() {
+        let mut refused = 0;
+        match enter_each(&others, query) {
+            None => notes.push(format!(
+                "no thread could be started to enter the {} other network namespace(s): \
+                 their sockets are not shown",
+                others.len()
+            )),
+            Some(entered) => {
+                for (namespace, outcome) in others.iter().zip(entered) {
+                    match outcome {
+                        Ok(dumped) => {
+                            add(&mut found, &mut without_sock_diag, namespace.inode, dumped)
+                        }
+                        Err(Entering::Refused) => refused += 1,
+                        Err(Entering::Gone) => {}
+                        Err(Entering::Failed(err)) => {
+                            notes.push(format!("network namespace {}: {err}", namespace.inode))
+                        }
+                    }
+                }
+            }
+        }
+        if refused > 0 {
+            notes.push(format!(
+                "{refused} other network namespace(s) could not be entered (that takes \
+                 CAP_SYS_ADMIN): their sockets are not shown; run as root to see them"
+            ));
+        }
+    }
+    finish(
+        found,
+        without_sock_diag,
+        notes,
+        query,
+        namespaces,
+        own_netns,
+    )
+}
+
+fn add(
+    found: &mut Vec<(u32, Diagnosed)>,
+    without_sock_diag: &mut Vec<Proto>,
+    netns: u32,
+    dumped: Dumped,
+) {
+    found.extend(dumped.sockets.into_iter().map(|socket| (netns, socket)));
+    for proto in dumped.without_sock_diag {
+        if !without_sock_diag.contains(&proto) {
+            without_sock_diag.push(proto);
+        }
+    }
+}
+
+/// Why another namespace's sockets are missing.
+enum Entering {
+    /// Not permitted (no CAP_SYS_ADMIN).
+    Refused,
+    /// Its last process exited, or its bind mount went, since it was listed.
+    Gone,
+    Failed(SnapshotError),
+}
+
+/// Reads each namespace from a thread that enters one after another: a thread may change
+/// its network namespace on its own, and it ends afterwards, so no thread of portwatch is
+/// left anywhere but where it started.
+fn enter_each(namespaces: &[&Namespace], query: &Query) -> Option<Vec<Result<Dumped, Entering>>> {
+    let read = || {
+        namespaces
+            .iter()
+            .map(|namespace| {
+                let file =
+                    std::fs::File::open(&namespace.path).map_err(|err| match err.kind() {
+                        std::io::ErrorKind::PermissionDenied => Entering::Refused,
+                        _ => Entering::Gone,
+                    })?;
+                // SAFETY: the descriptor is an open network namespace file; only this thread
+                // changes namespace, and it ends when the reading is done.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(match std::io::Error::last_os_error().raw_os_error() {
+                        Some(libc::EPERM) => Entering::Refused,
+                        _ => Entering::Gone,
+                    });
+                }
+                dump_here(query).map_err(Entering::Failed)
+            })
+            .collect()
+    };
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("portwatch-netns".into())
+            .spawn_scoped(scope, read)
+            .ok()?
+            .join()
+            .ok()
+    })
+}
+
+/// The sockets of the calling thread's network namespace.
+fn dump_here(query: &Query) -> Result<Dumped, SnapshotError> {
     let program = query
         .ports
         .as_ref()
@@ -102,7 +252,7 @@ pub fn take(query: &Query) -> Result<Snapshot, SnapshotError> {
                 }
                 other => other,
             }
-            .map_err(|cause| SnapshotError {
+            .map_err(|cause| SnapshotError::Dump {
                 proto,
                 family,
                 cause,
@@ -115,22 +265,34 @@ pub fn take(query: &Query) -> Result<Snapshot, SnapshotError> {
             );
         }
     }
-    let mut notes: Vec<String> = without_sock_diag
-        .iter()
-        .map(|proto| {
-            let name = proto.name();
-            format!(
-                "this kernel's sock_diag cannot list {name} sockets (no inet_diag/{name}_diag \
+    Ok(Dumped {
+        sockets: found,
+        without_sock_diag,
+    })
+}
+
+/// Notes, owners and order for the sockets of every namespace read.
+fn finish(
+    found: Vec<(u32, Diagnosed)>,
+    without_sock_diag: Vec<Proto>,
+    mut notes: Vec<String>,
+    query: &Query,
+    namespaces: Vec<Namespace>,
+    own_netns: Option<u32>,
+) -> Result<Snapshot, SnapshotError> {
+    notes.extend(without_sock_diag.iter().map(|proto| {
+        let name = proto.name();
+        format!(
+            "this kernel's sock_diag cannot list {name} sockets (no inet_diag/{name}_diag \
                  module loaded, and none could be): read /proc/net/{name} instead{}",
-                if *proto == Proto::Tcp {
-                    ", which lists no TCP sockets that are bound but neither listening nor \
+            if *proto == Proto::Tcp {
+                ", which lists no TCP sockets that are bound but neither listening nor \
                      connected"
-                } else {
-                    ""
-                }
-            )
-        })
-        .collect();
+            } else {
+                ""
+            }
+        )
+    }));
     if query.protos.contains(&Proto::Tcp)
         && !without_sock_diag.contains(&Proto::Tcp)
         && let Some(release) = kernel_release().filter(|release| !lists_bound_inactive(release))
@@ -140,15 +302,17 @@ pub fn take(query: &Query) -> Result<Snapshot, SnapshotError> {
              are bound but neither listening nor connected: such sockets are not shown"
         ));
     }
+    // Socket inodes are unique across namespaces: one scan of /proc finds every owner.
     let inodes: HashSet<u32> = found
         .iter()
-        .map(|socket| socket.inode)
+        .map(|(_, socket)| socket.inode)
         .filter(|&inode| inode != 0)
         .collect();
     let mut owners = owners::find(&inodes);
     let mut sockets: Vec<Socket> = found
         .into_iter()
-        .map(|socket| Socket {
+        .map(|(netns, socket)| Socket {
+            netns,
             proto: socket.proto,
             state: state_name(socket.proto, socket.state),
             local: socket.local,
@@ -170,6 +334,8 @@ pub fn take(query: &Query) -> Result<Snapshot, SnapshotError> {
             socket.local.port(),
             socket.proto.name(),
             rank(socket.state),
+            Some(socket.netns) != own_netns,
+            socket.netns,
             socket.local,
             socket.remote,
         )
@@ -178,6 +344,8 @@ pub fn take(query: &Query) -> Result<Snapshot, SnapshotError> {
         sockets,
         unreadable_processes: owners.unreadable,
         notes,
+        namespaces,
+        own_netns,
     })
 }
 
@@ -193,7 +361,6 @@ pub struct Held {
 pub struct HeldEvents {
     sockets: std::vec::IntoIter<Socket>,
     now: Timestamp,
-    netns: Option<u32>,
 }
 
 impl Iterator for HeldEvents {
@@ -228,11 +395,12 @@ impl Iterator for HeldEvents {
             claimer_seen: true,
             state: Some(socket.state),
             cgroup_id: None,
-            netns: self.netns,
+            netns: Some(socket.netns),
             holder: None,
             hint: None,
             audit: None,
             exhaustion: None,
+            container: None,
         })
     }
 }
@@ -247,7 +415,6 @@ pub fn held(query: &Query) -> Held {
         events: HeldEvents {
             sockets: sockets.into_iter(),
             now: Timestamp::now(),
-            netns: own_netns(),
         },
         notes,
     }
@@ -312,6 +479,7 @@ mod tests {
             ports: Some(PortSet::new(vec![port..=port])),
             protos: vec![proto],
             families: vec![Family::Ipv4, Family::Ipv6],
+            netns: Scope::All,
         }
     }
 

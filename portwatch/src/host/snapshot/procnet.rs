@@ -20,7 +20,9 @@ pub fn dump(
     wanted: impl Fn(u16) -> bool,
 ) -> io::Result<Vec<Diagnosed>> {
     let path = format!(
-        "/proc/net/{}{}",
+        // The calling thread's namespace: the snapshot reads other namespaces from a thread
+        // that entered them, and /proc/net is the whole process's (its first thread's).
+        "/proc/thread-self/net/{}{}",
         proto.name(),
         match family {
             Family::Ipv4 => "",

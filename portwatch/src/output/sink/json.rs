@@ -87,7 +87,7 @@ fn audit_fields(out: &mut impl Write, audit: &Audit) -> io::Result<()> {
             optional_string(out, "user", info.user.as_deref())?;
             optional_string(out, "parent_comm", info.parent_comm.as_deref())?;
             optional_string(out, "cgroup", info.cgroup.as_deref())?;
-            optional_string(out, "container", info.container.as_deref())
+            optional_string(out, "unit", info.unit.as_deref())
         }
     }
 }
@@ -165,6 +165,10 @@ pub fn event_fields(out: &mut impl Write, event: &Event) -> io::Result<()> {
     if let Some(netns) = event.netns {
         out.write_all(b",\"netns\":")?;
         number(out, netns)?;
+    }
+    if let Some(container) = &event.container {
+        out.write_all(b",\"container\":")?;
+        serde_json::to_writer(&mut *out, &container.to_json())?;
     }
     if let Some(audit) = &event.audit {
         audit_fields(out, audit)?;

@@ -115,6 +115,9 @@ fn detail(event: &Event) -> String {
     if !event.claimer_seen && event.kind == Kind::Free {
         parts.push("claim not seen".into());
     }
+    if let Some(container) = &event.container {
+        parts.push(format!("container {}", printable(&container.label())));
+    }
     parts.join(", ")
 }
 
