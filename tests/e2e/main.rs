@@ -134,6 +134,7 @@ fn scenarios() -> Vec<Trial> {
         namespaces::held_and_holders_in_other_namespaces,
         namespaces::podman_container_is_named,
         namespaces::podman_container_started_later_resolves,
+        namespaces::docker_container_is_named,
     ]
 }
 
