@@ -503,8 +503,8 @@ pub fn podman_container_is_named() -> Outcome {
     )?;
     check(on_port(&only_web.events).len() == events.len(), || {
         format!(
-            "--container {} kept {:?} of {events:?}",
-            web.name, only_web.events
+            "--container {} kept {:?} of {events:?} (its stderr: {:?})",
+            web.name, only_web.events, only_web.stderr
         )
     })?;
     check(on_port(&only_other.events).is_empty(), || {
