@@ -27,6 +27,7 @@ mod fleet;
 mod flood;
 mod holders;
 mod lifetimes;
+mod namespaces;
 mod parity;
 mod pid_reuse;
 mod pressure;
@@ -174,6 +175,11 @@ fn scenarios() -> Vec<Trial> {
         privileges::runs_as_nobody_with_only_load_capabilities,
         cli::count_stops_the_trace,
         cli::closed_pipe_is_a_clean_exit,
+        namespaces::who_covers_every_namespace,
+        namespaces::held_and_holders_in_other_namespaces,
+        namespaces::podman_container_is_named,
+        namespaces::podman_container_started_later_resolves,
+        namespaces::docker_container_is_named,
     ]
 }
 

@@ -49,7 +49,29 @@ impl Reachable {
         std::fs::set_permissions(&copy.dir, std::fs::Permissions::from_mode(0o755))?;
         std::fs::copy(binary(), &copy.path)?;
         std::fs::set_permissions(&copy.path, std::fs::Permissions::from_mode(0o755))?;
+        copy.await_runnable()?;
         Ok(copy)
+    }
+
+    /// Runs the copy (`--version`) until it starts. A process another scenario's thread forked
+    /// while the copy was open for writing holds that descriptor until it execs, and exec of a
+    /// file open for writing fails with ETXTBSY (seen under qemu). Once one run starts, no
+    /// process has it open for writing any more, and none can get it.
+    fn await_runnable(&self) -> std::io::Result<()> {
+        let mut tries = 0;
+        loop {
+            let started = Command::new(&self.path)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status();
+            match started {
+                Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) && tries < 250 => {
+                    tries += 1;
+                    thread::sleep(Duration::from_millis(20));
+                }
+                started => return started.map(drop),
+            }
+        }
     }
 
     /// A command running the copy, from `/` (the working directory may be unreachable too).

@@ -60,6 +60,20 @@ pub const HOST_CHECKS: &[Needed] = &[
         package: "prometheus",
         probe: Probe::Program("promtool"),
     },
+    // A real container runtime for the namespaces scenarios: podman with runc (crun refuses
+    // hybrid cgroup hosts), and a static busybox as the image's only file.
+    Needed {
+        package: "podman",
+        probe: Probe::Program("podman"),
+    },
+    Needed {
+        package: "runc",
+        probe: Probe::File("/usr/sbin/runc"),
+    },
+    Needed {
+        package: "busybox-static",
+        probe: Probe::Program("busybox"),
+    },
 ];
 
 /// Installs the missing packages, or fails naming the command that would.

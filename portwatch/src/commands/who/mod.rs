@@ -145,7 +145,11 @@ fn gather(ports: &[u16], netns: &Scope) -> anyhow::Result<Report> {
         .map(|namespace| {
             let label = NamespaceLabel {
                 names: namespace.names.clone(),
-                container: namespace.pid.and_then(|pid| lookups.of_pid(pid)),
+                // Any process in it may be a tool that entered it (`nsenter`, a tracer's
+                // thread): the first in a container names the namespace. Ours is the host's.
+                container: (Some(namespace.inode) != snapshot.own_netns)
+                    .then(|| namespace.pids.iter().find_map(|&pid| lookups.of_pid(pid)))
+                    .flatten(),
             };
             (namespace.inode, label)
         })

@@ -57,7 +57,21 @@ pub fn lookup(identity: &Identity) -> Result<Details, String> {
     Err(reasons.join("; "))
 }
 
+/// podman rewrites `containers.json` whenever a container is created or removed; a read that
+/// meets one of those (or a container not written yet) is tried again a few times.
 fn podman(id: &str) -> Result<Details, String> {
+    let mut outcome = podman_once(id);
+    for _ in 0..3 {
+        if outcome.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        outcome = podman_once(id);
+    }
+    outcome
+}
+
+fn podman_once(id: &str) -> Result<Details, String> {
     let text = fs::read_to_string(PODMAN_CONTAINERS)
         .map_err(|err| format!("podman's {PODMAN_CONTAINERS}: {err}"))?;
     let containers: Value = serde_json::from_str(&text)

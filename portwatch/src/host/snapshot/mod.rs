@@ -187,12 +187,18 @@ enum Entering {
     Failed(SnapshotError),
 }
 
-/// Reads each namespace from a thread that enters one after another: a thread may change
-/// its network namespace on its own, and it ends afterwards, so no thread of portwatch is
-/// left anywhere but where it started.
+/// Threads reading other namespaces at most: each TCP dump walks the kernel's established
+/// hash table, which every namespace shares unless `tcp_child_ehash_entries` gives it its own
+/// (262144 buckets on a 4 GiB host), so a namespace costs about the same however few sockets
+/// it has, and the dumps spread over the CPUs.
+const READERS: usize = 4;
+
+/// Reads the namespaces from a few threads that each enter one after another: a thread may
+/// change its network namespace on its own, and these end afterwards, so no thread of
+/// portwatch is left anywhere but where it started.
 fn enter_each(namespaces: &[&Namespace], query: &Query) -> Option<Vec<Result<Dumped, Entering>>> {
-    let read = || {
-        namespaces
+    let read = |share: &[&Namespace]| -> Vec<Result<Dumped, Entering>> {
+        share
             .iter()
             .map(|namespace| {
                 let file =
@@ -212,13 +218,23 @@ fn enter_each(namespaces: &[&Namespace], query: &Query) -> Option<Vec<Result<Dum
             })
             .collect()
     };
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let share = namespaces.len().div_ceil(cpus.clamp(1, READERS));
     std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("portwatch-netns".into())
-            .spawn_scoped(scope, read)
-            .ok()?
-            .join()
-            .ok()
+        let readers: Vec<_> = namespaces
+            .chunks(share.max(1))
+            .map(|chunk| {
+                std::thread::Builder::new()
+                    .name("portwatch-netns".into())
+                    .spawn_scoped(scope, move || read(chunk))
+            })
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let mut outcomes = Vec::with_capacity(namespaces.len());
+        for reader in readers {
+            outcomes.extend(reader.join().ok()?);
+        }
+        Some(outcomes)
     })
 }
 

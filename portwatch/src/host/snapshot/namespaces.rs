@@ -21,8 +21,8 @@ pub struct Namespace {
     pub inode: u32,
     /// The names it is kept under (`blue` for /run/netns/blue; the full path elsewhere), sorted.
     pub names: Vec<String>,
-    /// The lowest pid in it; None for a namespace only a bind mount keeps.
-    pub pid: Option<u32>,
+    /// The processes in it, in ascending order; none for a namespace only a bind mount keeps.
+    pub pids: Vec<u32>,
     /// A bind mount or /proc/<pid>/ns/net.
     pub path: PathBuf,
 }
@@ -110,12 +110,16 @@ pub fn list() -> Vec<Namespace> {
         }) else {
             continue;
         };
-        found.entry(inode).or_insert(Namespace {
-            inode,
-            names: Vec::new(),
-            pid: Some(pid),
-            path,
-        });
+        found
+            .entry(inode)
+            .or_insert(Namespace {
+                inode,
+                names: Vec::new(),
+                pids: Vec::new(),
+                path,
+            })
+            .pids
+            .push(pid);
     }
     let user_directories = fs::read_dir("/run/user")
         .map(|dir| {
@@ -159,7 +163,7 @@ pub fn list() -> Vec<Namespace> {
             let namespace = found.entry(inode).or_insert(Namespace {
                 inode,
                 names: Vec::new(),
-                pid: None,
+                pids: Vec::new(),
                 path: path.clone(),
             });
             namespace.names.push(name);
@@ -178,7 +182,7 @@ mod tests {
         let own = parse_target("self").unwrap();
         let listed = list();
         let namespace = listed.iter().find(|ns| ns.inode == own).unwrap();
-        assert!(namespace.pid.is_some());
+        assert!(namespace.pids.contains(&std::process::id()));
         assert_eq!(parse_target(&std::process::id().to_string()), Ok(own));
         assert_eq!(parse_target(&own.to_string()), Ok(own));
         assert_eq!(parse_target("/proc/self/ns/net"), Ok(own));
