@@ -3,11 +3,9 @@
 //! Both are built on the host, in release mode, and copied into the initramfs together with the
 //! shared libraries they link against; the guest has nothing else.
 
-use std::io::BufRead;
 use std::path::PathBuf;
-use std::process::Stdio;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 
 use super::arch::Arch;
 
@@ -31,11 +29,11 @@ pub fn build(arch: Arch) -> Result<Payload> {
         Some(triple) => &["--target", triple],
         None => &[],
     };
-    let portwatch = built_executable(
+    let portwatch = crate::project::built_executable(
         &[&["build", "--release", "-p", "portwatch"], target].concat(),
         "portwatch",
     )?;
-    let e2e = built_executable(
+    let e2e = crate::project::built_executable(
         &[
             &[
                 "test",
@@ -52,33 +50,4 @@ pub fn build(arch: Arch) -> Result<Payload> {
         "e2e",
     )?;
     Ok(Payload { portwatch, e2e })
-}
-
-/// Runs a cargo build and returns the executable of the target named `target`, as cargo reports it
-/// in its JSON messages: the test binary's file name carries a hash, and the target directory may
-/// be moved by `CARGO_TARGET_DIR`, so neither path can be guessed.
-fn built_executable(args: &[&str], target: &str) -> Result<PathBuf> {
-    let output = crate::project::cargo(None)
-        .args(args)
-        .arg("--message-format=json-render-diagnostics")
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running cargo {}", args.join(" ")))?;
-    if !output.status.success() {
-        bail!("cargo {} failed ({})", args.join(" "), output.status);
-    }
-    let mut found = None;
-    for line in output.stdout.lines() {
-        let line = line.context("reading cargo's output")?;
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if message["reason"] == "compiler-artifact"
-            && message["target"]["name"] == target
-            && let Some(executable) = message["executable"].as_str()
-        {
-            found = Some(PathBuf::from(executable));
-        }
-    }
-    found.with_context(|| format!("cargo {} reported no executable {target}", args.join(" ")))
 }

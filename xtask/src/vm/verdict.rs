@@ -190,6 +190,7 @@ mod tests {
 
     fn kernel() -> Kernel {
         Kernel {
+            arch: Arch::Amd64,
             series: Series::V6_12,
             release: "6.12.0-1-cloud-amd64".to_owned(),
             package: "linux-image-6.12.0-1-cloud-amd64".to_owned(),
@@ -377,10 +378,20 @@ mod tests {
 
     #[test]
     fn an_unsupported_answer_is_accepted_only_as_listed() {
-        // The list is empty: every unsupported answer on these kernels is a failure.
+        let amd64 = kernel();
         assert_eq!(
-            unsupported(Series::V5_10, Backend::Fentry, "no BTF"),
+            unsupported(&amd64, Backend::Fentry, "no BTF"),
             ("FAILED: not supported: no BTF".to_owned(), true)
         );
+        let arm64_6_1 = Kernel {
+            arch: Arch::Arm64,
+            series: Series::V6_1,
+            ..kernel()
+        };
+        let (text, failed) = unsupported(&arm64_6_1, Backend::Fentry, "ENOTSUPP (os error 524)");
+        assert!(!failed && text.contains("accepted"), "{text}");
+        // The listed kernel, but another reason: still a failure.
+        assert!(unsupported(&arm64_6_1, Backend::Fentry, "EPERM").1);
+        assert!(unsupported(&arm64_6_1, Backend::Kprobe, "os error 524").1);
     }
 }
