@@ -86,6 +86,15 @@ pub fn filled(buckets: &[Bucket]) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// Where the series stands after its last change: `(in use, TIME_WAIT)`.
+pub fn settled(buckets: &[Bucket]) -> (u32, u32) {
+    buckets
+        .iter()
+        .rev()
+        .find(|bucket| bucket.touched)
+        .map_or((0, 0), |bucket| (bucket.last, bucket.last_time_wait))
+}
+
 /// Ports in use in one set of ports, now and over time.
 #[derive(Clone, Debug, Default)]
 pub struct Counter {
