@@ -503,7 +503,15 @@ mod tests {
             (at_peak.ports, at_peak.time_wait_ports, at_peak.sockets),
             (3, 1, 4)
         );
-        assert_eq!(at_peak.by_process[0].1, 3);
+        // Ports, not sockets: process 1's listener and accepted socket share 40000.
+        assert_eq!(
+            at_peak
+                .by_process
+                .iter()
+                .map(|(process, ports)| (process.pid, *ports))
+                .collect::<Vec<_>>(),
+            vec![(Some(1), 2), (Some(2), 1)]
+        );
         assert_eq!(at_peak.by_destination, vec![("127.0.0.1:9".to_string(), 1)]);
         // The series' fullest bucket holds the peak, TIME_WAIT apart.
         let fullest = filled(&space.ephemeral.series).into_iter().max().unwrap();
