@@ -98,6 +98,9 @@ pub struct Outcome {
     pub sk: u64,
     /// For failed binds: the address the caller asked for, which the socket never got.
     pub requested: Requested,
+    /// For failed connects: the address connected to, when the socket does not hold it (the
+    /// kernel never set it, or undid it before the hook ran).
+    pub destination: Requested,
     /// Set on frees of a seen claim: when the claim happened.
     pub claimed_at: u64,
 }
@@ -116,6 +119,7 @@ impl Outcome {
             family,
             sk,
             requested: Requested::Nothing,
+            destination: Requested::Nothing,
             claimed_at: 0,
         }
     }
@@ -131,26 +135,60 @@ pub enum Requested {
     User(u64),
 }
 
-/// Copies the IP address out of a sockaddr: `sin_addr` at byte 4, `sin6_addr` at byte 8.
+/// Copies `out.len()` bytes at `offset` into a caller's sockaddr; false when there is none or
+/// the read faults.
 #[inline(always)]
-fn read_requested_address(requested: Requested, family: u16, out: &mut [u8; 16]) {
-    let (offset, len) = if family == FAMILY_INET6 {
-        (8, 16)
-    } else {
-        (4, 4)
-    };
+fn read_sockaddr(at: Requested, offset: u64, out: &mut [u8]) -> bool {
     // SAFETY: the probe-read helpers validate the source address and fail instead of faulting;
-    // len is at most 16, the destination's size.
+    // they write at most `out.len()` bytes.
     unsafe {
-        let _ = match requested {
+        match at {
             Requested::Kernel(addr) => {
-                bpf_probe_read_kernel_buf((addr + offset) as *const u8, &mut out[..len])
+                bpf_probe_read_kernel_buf((addr + offset) as *const u8, out).is_ok()
             }
             Requested::User(addr) => {
-                bpf_probe_read_user_buf((addr + offset) as *const u8, &mut out[..len])
+                bpf_probe_read_user_buf((addr + offset) as *const u8, out).is_ok()
             }
-            Requested::Nothing => Ok(()),
-        };
+            Requested::Nothing => false,
+        }
+    }
+}
+
+/// Copies the IP address out of a sockaddr of the socket's family: `sin_addr` at byte 4,
+/// `sin6_addr` at byte 8.
+#[inline(always)]
+fn read_requested_address(requested: Requested, family: u16, out: &mut [u8; 16]) {
+    if family == FAMILY_INET6 {
+        read_sockaddr(requested, 8, &mut out[..]);
+    } else {
+        read_sockaddr(requested, 4, &mut out[..4]);
+    }
+}
+
+/// Copies the address and port a connect asked for into the event. The sockaddr's own family
+/// decides its layout: an IPv6 socket may connect to an `AF_INET` address (UDP does), which is
+/// then shown as the IPv4-mapped address the socket would use.
+#[inline(always)]
+fn read_destination(destination: Requested, family: u16, event: &mut RawEvent) {
+    let mut head = [0u8; 4];
+    if !read_sockaddr(destination, 0, &mut head) {
+        return;
+    }
+    let sa_family = u16::from_ne_bytes([head[0], head[1]]);
+    let mut addr = [0u8; 16];
+    let read = match sa_family {
+        FAMILY_INET6 if family == FAMILY_INET6 => read_sockaddr(destination, 8, &mut addr),
+        FAMILY_INET if family == FAMILY_INET6 => {
+            addr[10] = 0xff;
+            addr[11] = 0xff;
+            read_sockaddr(destination, 4, &mut addr[12..])
+        }
+        FAMILY_INET => read_sockaddr(destination, 4, &mut addr[..4]),
+        _ => false,
+    };
+    if read {
+        event.remote_addr = addr;
+        event.remote_port = u16::from_be_bytes([head[2], head[3]]);
     }
 }
 
@@ -211,6 +249,7 @@ pub fn submit(outcome: &Outcome, who: &Claim) {
     // After the socket's own endpoints: a failed bind's socket never got the address it asked
     // for, so the request is what the event shows.
     read_requested_address(outcome.requested, outcome.family, &mut event.local_addr);
+    read_destination(outcome.destination, outcome.family, event);
     // Batched delivery: the reader polls on a short timer and is woken only each time the unread
     // data passes another multiple of `wakeup_bytes`, so a busy ring costs it (and the CPUs that
     // send the wakeup interrupt) one wakeup per batch, however far behind it is.

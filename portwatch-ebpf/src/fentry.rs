@@ -32,9 +32,24 @@ pub fn inet6_bind_exit(ctx: FExitContext) -> i32 {
     0
 }
 
+/// `__inet_hash_connect(death_row, sk, port_offset, check_established)`, before 6.15.
 #[fexit(function = "__inet_hash_connect")]
-pub fn hash_connect_exit(ctx: FExitContext) -> i32 {
+pub fn hash_connect_exit_4(ctx: FExitContext) -> i32 {
     kfunc::after_hash_connect(ctx.arg(1), returned!(ctx, 4));
+    0
+}
+
+/// `__inet_hash_connect(death_row, sk, port_offset, hash_port0, check_established)`, Linux 6.15
+/// and later.
+#[fexit(function = "__inet_hash_connect")]
+pub fn hash_connect_exit_5(ctx: FExitContext) -> i32 {
+    kfunc::after_hash_connect(ctx.arg(1), returned!(ctx, 5));
+    0
+}
+
+#[fentry(function = "inet_dgram_connect")]
+pub fn dgram_connect_entry(ctx: FEntryContext) -> i32 {
+    kfunc::before_dgram_connect(ctx.arg(0), ctx.arg(1));
     0
 }
 

@@ -3,8 +3,11 @@
 
 use portwatch_ebpf::How;
 
+const AF_UNSPEC: u16 = 0;
+
 use crate::{
     emit::Requested,
+    globals::global,
     lifecycle::{self, Repeat},
     maps::{IN_FLIGHT, InFlight, InFlightKey},
     sock,
@@ -23,6 +26,8 @@ pub enum Hook {
     /// The socket itself, for the kretprobe of `inet_csk_listen_start`.
     ListenSocket = 6,
     Syscall = 7,
+    /// The address a datagram connect on an unbound socket asked for, for its autobind.
+    DgramConnect = 8,
 }
 
 #[inline(always)]
@@ -71,17 +76,49 @@ pub fn after_hash_connect(sk: u64, ret: i32) {
     if ret == 0 {
         lifecycle::claimed(sk, How::Connect);
     } else {
-        lifecycle::failed(sk, How::Connect, -ret, 0, Requested::Nothing);
+        // The socket holds the destination here: the kernel sets it before choosing a port and
+        // clears the port only after this returns.
+        lifecycle::failed(
+            sk,
+            How::Connect,
+            -ret,
+            0,
+            Requested::Nothing,
+            Requested::Nothing,
+        );
+    }
+}
+
+/// `inet_dgram_connect(sock, uaddr, ...)` is entered (UDP connect, IPv4 and IPv6). On an unbound
+/// socket it autobinds next, and `inet_autobind` has no address to name in its failure: the
+/// kernel's copy of the caller's address is remembered for it. A disconnect (`AF_UNSPEC`)
+/// autobinds nothing.
+#[inline(always)]
+pub fn before_dgram_connect(socket: u64, uaddr: u64) {
+    let sk: u64 = sock::read(socket, global!(OFFSETS.socket_sk));
+    let family: u16 = sock::read(uaddr, 0);
+    if sk != 0 && family != AF_UNSPEC && sock::local_port(sk) == 0 {
+        remember(
+            Hook::DgramConnect,
+            InFlight {
+                sk,
+                arg: uaddr,
+                ..InFlight::default()
+            },
+        );
     }
 }
 
 /// `inet_autobind` returned: a send or connect on an unbound socket got (or did not get) a port.
+/// A connect entered on this socket left its address (a send's is not traced).
 #[inline(always)]
 pub fn after_autobind(sk: u64, ret: i32) {
+    let connecting = take(Hook::DgramConnect).filter(|call| call.sk == sk);
     if ret == 0 {
         lifecycle::claimed(sk, How::Autobind);
     } else {
-        lifecycle::failed(sk, How::Autobind, -ret, 0, Requested::Nothing);
+        let destination = connecting.map_or(Requested::Nothing, |call| Requested::Kernel(call.arg));
+        lifecycle::failed(sk, How::Autobind, -ret, 0, Requested::Nothing, destination);
     }
 }
 

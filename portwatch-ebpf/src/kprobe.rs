@@ -72,6 +72,12 @@ pub fn kp_hash_connect_ret(ctx: RetProbeContext) -> u32 {
     0
 }
 
+#[kprobe(function = "inet_dgram_connect")]
+pub fn kp_dgram_connect(ctx: ProbeContext) -> u32 {
+    kfunc::before_dgram_connect(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0));
+    0
+}
+
 #[kprobe(function = "inet_autobind")]
 pub fn kp_autobind(ctx: ProbeContext) -> u32 {
     park(&ctx, Hook::Autobind, 0);

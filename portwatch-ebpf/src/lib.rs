@@ -5,6 +5,8 @@
 //! userspace hands [`Offsets`], [`Settings`] and [`Syscalls`] to the programs as read-only globals.
 #![no_std]
 
+pub mod programs;
+
 /// What happened to a local port. Stored in [`RawEvent::kind`].
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

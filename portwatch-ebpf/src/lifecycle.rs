@@ -116,7 +116,7 @@ pub fn bind_returned(sk: u64, requested_port: u16, requested: Requested, ret: i3
     if ret == 0 {
         claimed(sk, how);
     } else {
-        failed(sk, how, -ret, requested_port, requested);
+        failed(sk, how, -ret, requested_port, requested, Requested::Nothing);
     }
 }
 
@@ -136,14 +136,29 @@ pub fn listen_returned(sk: u64, port_before: u16, ret: i32) {
         } else {
             How::Bind
         };
-        failed(sk, how, EADDRINUSE, port_before, Requested::Nothing);
+        failed(
+            sk,
+            how,
+            EADDRINUSE,
+            port_before,
+            Requested::Nothing,
+            Requested::Nothing,
+        );
     }
 }
 
 /// A bind, connect or autobind could not get a port. `port` is the one asked for, 0 when the
-/// kernel was to choose; `requested` the address a failed bind asked for.
+/// kernel was to choose; `requested` the address a failed bind asked for; `destination` the
+/// address a failed connect asked for, when the socket no longer (or never did) hold it.
 #[inline(always)]
-pub fn failed(sk: u64, how: How, errno: i32, port: u16, requested: Requested) {
+pub fn failed(
+    sk: u64,
+    how: How,
+    errno: i32,
+    port: u16,
+    requested: Requested,
+    destination: Requested,
+) {
     let (proto, family) = (sock::protocol(sk), sock::family(sk));
     if !emit::port_watched(port) || !emit::socket_watched(proto, family) {
         return;
@@ -153,6 +168,7 @@ pub fn failed(sk: u64, how: How, errno: i32, port: u16, requested: Requested) {
             how: how as u8,
             errno,
             requested,
+            destination,
             ..Outcome::new(EventKind::Fail, port, proto, family, sk)
         },
         &emit::current_claim(port, how as u8, 0),

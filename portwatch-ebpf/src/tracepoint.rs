@@ -166,6 +166,9 @@ fn socket_call_entered(call: Call, fd: u64, uaddr: u64) {
         Hook::Syscall,
         InFlight {
             sk,
+            // Where the connect's address is, for its failure (the kernel clears the socket's
+            // destination port on the way out, and UDP fails before setting it).
+            arg: if call == Call::Connect { uaddr } else { 0 },
             port_before,
             ..InFlight::default()
         },
@@ -231,7 +234,11 @@ fn on_exit(call: Call, entered: InFlight, ret: i64) {
             } else if ret < 0 && port_after == 0 {
                 let errno = -ret as i32;
                 if errno == EADDRNOTAVAIL || errno == EAGAIN {
-                    lifecycle::failed(sk, how, errno, 0, Requested::Nothing);
+                    let destination = match entered.arg {
+                        0 => Requested::Nothing,
+                        uaddr => Requested::User(uaddr),
+                    };
+                    lifecycle::failed(sk, how, errno, 0, Requested::Nothing, destination);
                 }
             }
         }

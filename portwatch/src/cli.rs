@@ -336,7 +336,6 @@ fn trace_config(args: TraceArgs) -> anyhow::Result<TraceConfig> {
     Ok(TraceConfig {
         ports,
         watch_ephemeral: args.ephemeral,
-        portless_failures: false,
         pids: args.pids.into_iter().collect(),
         comms: args.comms.into_iter().collect(),
         protos,
@@ -493,15 +492,17 @@ mod tests {
     fn no_port_option_watches_everything_including_portless_failures() {
         let config = config(&[]);
         assert!(config.ports.is_none());
-        assert!(config.portless_failures);
         assert_eq!(config.describe(), "every port (tcp+udp, ipv4+ipv6)");
     }
 
     #[test]
-    fn a_single_low_port_does_not_want_portless_failures() {
-        assert!(!config(&["--port", "80"]).portless_failures);
-        assert!(config(&["--ephemeral"]).portless_failures);
-        assert!(config(&["--port", "40000"]).portless_failures);
+    fn portless_failures_go_by_the_namespace_range() {
+        let low = config(&["--port", "80"]);
+        assert!(!low.wants_portless_failure(Some(&(32768..=60999)), None));
+        let high = config(&["--port", "62000-62003"]);
+        assert!(!high.wants_portless_failure(None, Some(&(32768..=60999))));
+        assert!(high.wants_portless_failure(Some(&(62000..=62001)), Some(&(32768..=60999))));
+        assert!(config(&[]).wants_portless_failure(None, None));
     }
 
     #[test]

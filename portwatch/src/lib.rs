@@ -12,8 +12,8 @@
 
 pub mod cli;
 pub mod commands;
-#[cfg(test)]
-mod fuzz_replay;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod host;
 pub mod kernel;
 pub mod live;

@@ -213,6 +213,69 @@ pub fn capture_rotates_under_churn() -> Outcome {
     Ok(())
 }
 
+/// `--rotate-keep 2` with enough churn for many parts: only FILE and the two newest rotated
+/// parts (compressed) remain, holding the newest parts' numbers with their records unbroken,
+/// and the oldest parts are gone.
+pub fn rotate_keep_deletes_the_oldest_parts() -> Outcome {
+    const ROUNDS: usize = 2000;
+    let dir = scratch("rotate-keep")?;
+    let rotation = [
+        "--rotate-size",
+        "64K",
+        "--rotate-keep",
+        "2",
+        "--compress",
+        "--quiet",
+    ];
+    let (tracer, _, port) = capture(&dir, &rotation)?;
+    churn(port, ROUNDS)?;
+    tracer.stop()?;
+    let mut names: Vec<String> = files_in(&dir)?
+        .iter()
+        .filter_map(|path| path.file_name()?.to_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    check(
+        names == ["ports.jsonl", "ports.jsonl.1.gz", "ports.jsonl.2.gz"],
+        || format!("the capture directory holds {names:?}"),
+    )?;
+    let parts = parts(&dir)?;
+    let numbers: Vec<Option<u64>> = parts
+        .iter()
+        .map(|(_, records)| records[0]["part"].as_u64())
+        .collect();
+    let newest = numbers.last().copied().flatten().unwrap_or(0);
+    // 2000 claims and frees make well over five 64K parts: at least two were deleted.
+    check(
+        newest >= 5 && numbers == [Some(newest - 2), Some(newest - 1), Some(newest)],
+        || format!("the parts left are numbered {numbers:?}"),
+    )?;
+    for (path, part) in [
+        ("ports.jsonl.2.gz", newest - 2),
+        ("ports.jsonl.1.gz", newest - 1),
+    ] {
+        let found = parts
+            .iter()
+            .find(|(file, _)| file.ends_with(path))
+            .map(|(_, records)| records[0]["part"].as_u64());
+        check(found == Some(Some(part)), || {
+            format!("{path} holds part {found:?}, not {part}")
+        })?;
+    }
+    let records: Vec<&Value> = parts.iter().flat_map(|(_, records)| records).collect();
+    let first_seq = records[0]["seq"].as_u64().unwrap_or(0);
+    for (index, record) in records.iter().enumerate() {
+        check(record["seq"] == first_seq + index as u64, || {
+            format!("record {index} of the kept parts has seq {}", record["seq"])
+        })?;
+    }
+    check(first_seq > 1, || {
+        "the first records were not deleted".to_owned()
+    })?;
+    fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
 /// logrotate moves the file away and sends SIGHUP: portwatch reopens FILE with a new header and
 /// loses nothing; the two files verify as one capture.
 pub fn sighup_reopens_the_capture() -> Outcome {

@@ -11,7 +11,7 @@ use std::{
 use crate::{
     Outcome,
     expect::check,
-    tracer::{Tracer, backend, binary},
+    tracer::{Reachable, Tracer, backend, binary},
     workload::{Kind, Socket, V4, free_port},
 };
 
@@ -39,7 +39,8 @@ pub fn bad_arguments_exit_2() -> Outcome {
 /// Without privileges: one sentence naming what is needed, exit 1. Runs as nobody, which drops
 /// every capability.
 pub fn unprivileged_exit_1() -> Outcome {
-    let output = Command::new(binary())
+    let output = Reachable::binary()?
+        .command()
         .args(["--port", "60312"])
         .uid(65534)
         .gid(65534)

@@ -57,27 +57,45 @@ impl<'a> Want<'a> {
     }
 }
 
-/// Every wanted event must appear, in the given order (other events may come between).
-pub fn in_order(events: &[&Value], wants: &[Want<'_>]) -> Outcome {
-    let mut position = 0;
-    for want in wants {
-        match events[position..]
-            .iter()
-            .position(|event| want.matches(event))
-        {
-            Some(found) => position += found + 1,
-            None => {
-                let seen: Vec<String> = events.iter().map(|e| e.to_string()).collect();
-                return Err(format!(
-                    "missing (in order): {}\n  events seen:\n    {}",
-                    want.describe(),
-                    seen.join("\n    ")
-                )
-                .into());
-            }
+/// The events a scenario owns (those on its ports, from its processes) are exactly `wants`, in
+/// this order: each wanted event once, and nothing else. A duplicate claim or free (two hooks
+/// firing for one socket) fails, as does any event nobody asked for.
+pub fn only(events: &[&Value], wants: &[Want<'_>]) -> Outcome {
+    only_allowing(events, wants, &[])
+}
+
+/// As [`only`], but events matching one of `allowed` may also come, anywhere and any number of
+/// times: for what the kernel may add on its own. Every caller says why in a comment.
+pub fn only_allowing(events: &[&Value], wants: &[Want<'_>], allowed: &[Want<'_>]) -> Outcome {
+    let mut next = 0;
+    let mut unexpected = Vec::new();
+    for event in events {
+        if wants.get(next).is_some_and(|want| want.matches(event)) {
+            next += 1;
+        } else if !allowed.iter().any(|allowed| allowed.matches(event)) {
+            unexpected.push(event.to_string());
         }
     }
-    Ok(())
+    if next == wants.len() && unexpected.is_empty() {
+        return Ok(());
+    }
+    let wanted: Vec<String> = wants
+        .iter()
+        .enumerate()
+        .map(|(index, want)| {
+            let mark = if index < next { "seen   " } else { "MISSING" };
+            format!("{mark} {}", want.describe())
+        })
+        .collect();
+    let seen: Vec<String> = events.iter().map(|event| event.to_string()).collect();
+    Err(format!(
+        "the events are not exactly the wanted ones, in order\n  wanted:\n    {}\n  \
+         unexpected:\n    {}\n  events seen:\n    {}",
+        wanted.join("\n    "),
+        unexpected.join("\n    "),
+        seen.join("\n    ")
+    )
+    .into())
 }
 
 /// Exactly `count` events match.

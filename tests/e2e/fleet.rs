@@ -1,5 +1,7 @@
 //! `--metrics`: the Prometheus endpoint counts exactly the traffic a test causes on its own
 //! watched port, its text passes Prometheus's own checker, and a real Prometheus scrapes it.
+//! The last two need Prometheus (`cargo xtask test` installs it on the host; the kernel
+//! matrix's guests have none) and are reported skipped where it is missing.
 
 use std::{
     collections::BTreeMap,
@@ -11,7 +13,7 @@ use std::{
 };
 
 use crate::{
-    Outcome,
+    Outcome, Skip,
     expect::check,
     tracer::Tracer,
     workload::{Kind, Socket, V4, V6, free_port, tcp_connection, tcp_listener},
@@ -133,9 +135,21 @@ fn tracer_with_metrics(port: u16) -> Result<(Tracer, u16), String> {
 }
 
 /// A holder from before the start, claims, a failure, connections and a TIME_WAIT on one
-/// watched port: every counter and the in-use gauge move exactly as caused, and `promtool check
-/// metrics` accepts the text.
+/// watched port: every counter and the in-use gauge move exactly as caused.
 pub fn metrics_count_own_traffic() -> Outcome {
+    own_traffic().map(drop)
+}
+
+/// Prometheus's own linter and parser accept what the endpoint served after that traffic
+/// (`promtool check metrics`); skipped, saying so, on a machine without promtool.
+pub fn promtool_accepts_the_metrics() -> Outcome {
+    let promtool = on_path("promtool")
+        .ok_or_else(|| Skip::because("promtool is not installed (Debian: prometheus)"))?;
+    promtool_check(&promtool, &own_traffic()?)
+}
+
+/// The traffic of [`metrics_count_own_traffic`], checked; returns the last scrape's text.
+fn own_traffic() -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let port = free_port();
     let early = Socket::new(Kind::Udp, V4)?;
     early.bind(port)?;
@@ -205,16 +219,11 @@ pub fn metrics_count_own_traffic() -> Outcome {
     ])?;
     early.close();
     endpoint.expect(&[(udp_in_use, -1.0)])?;
-    drop(tracer.stop());
-    promtool_check(&text)
+    tracer.stop()?;
+    Ok(text)
 }
 
-/// Prometheus's own linter and parser on the scraped text; skipped, saying so, without it.
-fn promtool_check(text: &str) -> Outcome {
-    let Some(promtool) = on_path("promtool") else {
-        println!("e2e: skip promtool sub-check: promtool is not installed (Debian: prometheus)");
-        return Ok(());
-    };
+fn promtool_check(promtool: &Path, text: &str) -> Outcome {
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -255,10 +264,8 @@ impl Drop for Prometheus {
 /// A real Prometheus scrapes the endpoint: its API reports the target up and holds the
 /// claim this test made.
 pub fn prometheus_scrapes_metrics() -> Outcome {
-    let Some(prometheus) = on_path("prometheus") else {
-        println!("e2e: skip: prometheus is not installed (Debian: prometheus)");
-        return Ok(());
-    };
+    let prometheus = on_path("prometheus")
+        .ok_or_else(|| Skip::because("prometheus is not installed (Debian: prometheus)"))?;
     let port = free_port();
     let (tracer, metrics_port) = tracer_with_metrics(port)?;
     let api_port = loop {
@@ -300,7 +307,7 @@ pub fn prometheus_scrapes_metrics() -> Outcome {
         &dir,
     )?;
     listener.close();
-    drop(tracer.stop());
+    tracer.stop()?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -16,7 +16,7 @@ use crate::{
     expect::check,
     lifetimes::HOLDER_ENV,
     tracer::{Trace, Tracer},
-    workload::{Kind, Socket, V4, V6, free_port, tcp_listener},
+    workload::{Kind, Socket, V4, V6, free_port, tcp_connection, tcp_listener},
 };
 
 const ANY4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -227,5 +227,51 @@ pub fn ephemeral_holder_comes_with_a_hint() -> Outcome {
                 hint.contains("ip_local_reserved_ports") && hint.contains(&port.to_string())
             }),
         || format!("the failure carries no reservation hint: {fail}"),
+    )
+}
+
+/// One port held at once by a listener, an accepted connection and a TIME_WAIT socket: a failed
+/// bind names the listener; with the listener gone, the connection; the TIME_WAIT socket only
+/// when nothing else is left (SO_REUSEADDR would let a bind past it).
+pub fn listener_first_time_wait_last() -> Outcome {
+    let me = std::process::id();
+    let port = free_port();
+    let tracer = Tracer::start(&["--port", &port.to_string()])?;
+    let caused = (|| -> Outcome {
+        let listener = tcp_listener(V4, port)?;
+        let (peer, connection, _) = tcp_connection(&listener)?;
+        // This connection's accepted end closes first: it is left in TIME_WAIT on the port.
+        let (client, accepted, _) = tcp_connection(&listener)?;
+        accepted.close();
+        thread::sleep(Duration::from_millis(50));
+        client.close();
+        thread::sleep(Duration::from_millis(100));
+        bind_must_fail(Kind::Tcp, V4, V4, port)?;
+        listener.close();
+        bind_must_fail(Kind::Tcp, V4, V4, port)?;
+        // The peer closes first, so the connection's close is passive and frees the port at
+        // once (an active one would linger in FIN_WAIT2, still holding it).
+        peer.close();
+        connection.await_peer_close()?;
+        connection.close();
+        thread::sleep(Duration::from_millis(50));
+        bind_must_fail(Kind::Tcp, V4, V4, port)
+    })();
+    let trace = tracer.stop()?;
+    caused?;
+    let holders: Vec<(&Value, &Value)> = trace
+        .on_port(port)
+        .into_iter()
+        .filter(|event| event["event"] == "fail")
+        .map(|fail| (&fail["holder"]["state"], &fail["holder"]["pid"]))
+        .collect();
+    check(
+        holders
+            == [
+                (&"listen".into(), &me.into()),
+                (&"established".into(), &me.into()),
+                (&"time_wait".into(), &me.into()),
+            ],
+        || format!("the failed binds named holders (state, pid) {holders:?}"),
     )
 }

@@ -18,6 +18,8 @@ mod capture;
 mod cli;
 mod coexistence;
 mod connect;
+mod connect_fail;
+mod exhaustion;
 mod expect;
 mod failures;
 mod faults;
@@ -38,10 +40,30 @@ mod workload;
 
 use std::process::ExitCode;
 
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::{Arguments, Completion, Trial};
 
 /// A scenario's result: the first thing that did not hold, socket errors included.
 pub type Outcome = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// What a scenario returns, as `Err(Skip::because(..))`, when this machine lacks what it needs
+/// (a kernel feature, a program): the harness reports it `ignored` with the reason and counts
+/// it apart, so a check that never ran cannot pass for one that did.
+#[derive(Debug)]
+pub struct Skip(String);
+
+impl Skip {
+    pub fn because(reason: impl Into<String>) -> Box<dyn std::error::Error + Send + Sync> {
+        Box::new(Skip(reason.into()))
+    }
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "skipped: {}", self.0)
+    }
+}
+
+impl std::error::Error for Skip {}
 
 /// The threads scenarios run on when `--test-threads` is not given: the two that wait out a
 /// TIME_WAIT hold one each while the rest run one after another on the third.
@@ -51,12 +73,18 @@ const DEFAULT_THREADS: usize = 3;
 macro_rules! scenarios {
     ($($module:ident :: $function:ident),* $(,)?) => {
         vec![$(
-            Trial::test(concat!(stringify!($module), "::", stringify!($function)), || {
+            Trial::ignorable_test(concat!(stringify!($module), "::", stringify!($function)), || {
                 tracer::take_last_summary();
-                $module::$function().map_err(|failure| match tracer::take_last_summary() {
-                    Some(summary) => format!("{failure}\n  tracer summary: {summary}").into(),
-                    None => failure.to_string().into(),
-                })
+                match $module::$function() {
+                    Ok(()) => Ok(Completion::Completed),
+                    Err(failure) => match failure.downcast::<Skip>() {
+                        Ok(skip) => Ok(Completion::ignored_with(skip.0)),
+                        Err(failure) => Err(match tracer::take_last_summary() {
+                            Some(summary) => format!("{failure}\n  tracer summary: {summary}").into(),
+                            None => failure.to_string().into(),
+                        }),
+                    },
+                }
             })
         ),*]
     };
@@ -75,13 +103,24 @@ fn scenarios() -> Vec<Trial> {
         bind::tcp_listen_without_bind,
         connect::tcp_connect_ipv4,
         connect::tcp_connect_ipv6,
+        connect_fail::tcp_ipv4_names_destination,
+        connect_fail::tcp_ipv6_names_destination,
+        connect_fail::udp_connect_names_destination,
+        exhaustion::one_destination_exhausted_another_connects,
+        exhaustion::one_destination_exhausted_ipv6,
+        exhaustion::time_wait_exhaustion,
+        exhaustion::bound_ports_block_every_destination,
+        exhaustion::bind_before_connect_with_and_without_no_port,
+        exhaustion::udp_connect_exhaustion,
         udp::udp_bind_ipv6,
         udp::udp_send_autobind_ipv4,
         udp::udp_connect_autobind_ipv6,
         failures::bind_eaddrinuse,
         holders::eaddrinuse_names_its_holder,
         holders::ephemeral_holder_comes_with_a_hint,
+        holders::listener_first_time_wait_last,
         capture::capture_rotates_under_churn,
+        capture::rotate_keep_deletes_the_oldest_parts,
         capture::sighup_reopens_the_capture,
         capture::full_disk_ends_the_capture_cleanly,
         capture::unsafe_output_paths_are_refused,
@@ -112,6 +151,7 @@ fn scenarios() -> Vec<Trial> {
         who::who_unprivileged,
         who::held_bound_not_listening,
         fleet::metrics_count_own_traffic,
+        fleet::promtool_accepts_the_metrics,
         fleet::prometheus_scrapes_metrics,
         lifetimes::sigkill_releases_held_ports,
         lifetimes::single_watched_port_sees_nothing_else,
@@ -129,6 +169,7 @@ fn scenarios() -> Vec<Trial> {
         sharing::reuseport_group_frees_per_socket,
         sharing::dual_stack_listener_accepts_ipv4,
         pid_reuse::reused_pid_is_another_process,
+        pid_reuse::free_after_reuse_names_the_first_life,
         privileges::capabilities_dropped_after_attach,
         privileges::runs_as_nobody_with_only_load_capabilities,
         cli::count_stops_the_trace,
@@ -145,6 +186,9 @@ fn main() -> ExitCode {
     }
     if std::env::var_os(pressure::FILL_ENV).is_some() {
         pressure::fill_the_range();
+    }
+    if let Ok(spec) = std::env::var(pid_reuse::KEEP_ENV) {
+        pid_reuse::keep_after_exit(&spec);
     }
     if let Ok(spec) = std::env::var(capture::BIND_ONCE_ENV) {
         capture::bind_once(&spec);
@@ -168,7 +212,7 @@ fn main() -> ExitCode {
         tracer::backend()
     );
     let conclusion = libtest_mimic::run(&args, scenarios());
-    if conclusion.num_passed + conclusion.num_failed == 0 {
+    if conclusion.num_passed + conclusion.num_failed + conclusion.num_ignored == 0 {
         // A filter that matches nothing must not look like a passing suite.
         eprintln!("e2e: no scenario ran (filter matched nothing)");
         return ExitCode::FAILURE;

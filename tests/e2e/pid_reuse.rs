@@ -3,17 +3,41 @@
 
 use std::{
     ffi::{CString, OsString},
+    io::Read,
     os::unix::ffi::OsStringExt,
-    process::Command,
+    process::{Command, Stdio},
+    time::Duration,
 };
 
 use crate::{
     Outcome,
     capture::BIND_ONCE_ENV,
-    expect::{check, in_order, want},
+    expect::{check, only, want},
     tracer::Tracer,
-    workload::free_port,
+    workload::{Kind, Socket, V4, free_port},
 };
+
+/// `<port>,<millis>`: turns this binary into a first life whose socket outlives it (see
+/// [`keep_after_exit`]).
+pub const KEEP_ENV: &str = "PORTWATCH_E2E_KEEP";
+
+/// Binds UDP `port`, forks a child that keeps the socket until its stdin closes, holds the port
+/// for `millis` (so the tracer reads this process's /proc entry) and exits: the port is then held
+/// in the name of a pid that no process has.
+pub fn keep_after_exit(spec: &str) -> ! {
+    let (port, millis) = spec.split_once(',').expect("port,millis");
+    let socket = Socket::new(Kind::Udp, V4).expect("socket");
+    socket.bind(port.parse().expect("port")).expect("bind");
+    // SAFETY: this helper is single-threaded (it runs before the harness starts threads); the
+    // child only reads stdin and leaves through _exit.
+    if unsafe { libc::fork() } == 0 {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(0) }
+    }
+    std::thread::sleep(Duration::from_millis(millis.parse().expect("millis")));
+    std::process::exit(0)
+}
 
 /// How long each life holds its port: long enough for the tracer to read its /proc entry.
 const HOLD_MILLIS: u32 = 1000;
@@ -31,37 +55,98 @@ pub fn reused_pid_is_another_process() -> Outcome {
         .spawn()?;
     let pid = first.id();
     first.wait()?;
-    let second = spawn_with_pid(pid, &exe, "second-life", second_port)?;
+    let second = spawn_with_pid(pid, &exe, "second-life", second_port, || {})?;
     let trace = tracer.stop()?;
     check(second == 0, || {
         format!("the second life (pid {pid}) exited with status {second}")
     })?;
     for (port, life) in [(first_port, "first-life"), (second_port, "second-life")] {
-        let events = trace.of_process(port, pid);
-        in_order(
-            &events,
-            &[
-                want("claim", port, pid, "udp", "ipv4").with("how", "bind"),
-                want("free", port, pid, "udp", "ipv4").with("how", "bind"),
-            ],
-        )?;
-        let claim = events
-            .iter()
-            .find(|event| event["event"] == "claim")
-            .expect("in_order found it");
+        claimed_and_freed_by(&trace.of_process(port, pid), port, pid, life, &["claim"])?;
+    }
+    Ok(())
+}
+
+/// The first life's socket outlives it (a forked child keeps it), and is closed while a second
+/// process has the same pid: the free names the first life, as the claimer, and `--audit`
+/// describes that life, not the process that has its pid now.
+pub fn free_after_reuse_names_the_first_life() -> Outcome {
+    let (first_port, second_port) = (free_port(), free_port());
+    let tracer = Tracer::start(&["--port", &format!("{first_port},{second_port}"), "--audit"])?;
+    let exe = std::env::current_exe()?;
+    let mut first = Command::new(&exe)
+        .arg("first-life")
+        .env(KEEP_ENV, format!("{first_port},{HOLD_MILLIS}"))
+        .stdin(Stdio::piped())
+        .spawn()?;
+    let pid = first.id();
+    let keeper = first.stdin.take();
+    first.wait()?;
+    let second = spawn_with_pid(pid, &exe, "second-life", second_port, || {
+        // The second life has bound by now; the keeper's stdin closes, it exits, and the first
+        // life's port is freed while pid `pid` is the second life's.
+        std::thread::sleep(Duration::from_millis(300));
+        drop(keeper);
+        std::thread::sleep(Duration::from_millis(300));
+    })?;
+    let trace = tracer.stop()?;
+    check(second == 0, || {
+        format!("the second life (pid {pid}) exited with status {second}")
+    })?;
+    claimed_and_freed_by(
+        &trace.of_process(first_port, pid),
+        first_port,
+        pid,
+        "first-life",
+        &["claim", "free"],
+    )?;
+    claimed_and_freed_by(
+        &trace.of_process(second_port, pid),
+        second_port,
+        pid,
+        "second-life",
+        &["claim"],
+    )
+}
+
+/// `events` are one claim and one free of UDP `port` by `pid`, and those of kinds `audited`
+/// carry the command line of `life`.
+fn claimed_and_freed_by(
+    events: &[&serde_json::Value],
+    port: u16,
+    pid: u32,
+    life: &str,
+    audited: &[&str],
+) -> Outcome {
+    only(
+        events,
+        &[
+            want("claim", port, pid, "udp", "ipv4").with("how", "bind"),
+            want("free", port, pid, "udp", "ipv4").with("how", "bind"),
+        ],
+    )?;
+    for event in events
+        .iter()
+        .filter(|event| audited.iter().any(|kind| event["event"] == *kind))
+    {
         check(
-            claim["cmdline"]
+            event["cmdline"]
                 .as_str()
                 .is_some_and(|cmdline| cmdline.ends_with(life)),
-            || format!("the claim on {port} should name the {life}: {claim}"),
+            || format!("this event on {port} should name the {life}: {event}"),
         )?;
     }
     Ok(())
 }
 
 /// Runs `exe life` as a process with pid `pid` (which must be free) in bind-once mode on `port`,
-/// and returns its exit status.
-fn spawn_with_pid(pid: u32, exe: &std::path::Path, life: &str, port: u16) -> Result<i32, String> {
+/// runs `while_alive` meanwhile, and returns its exit status.
+fn spawn_with_pid(
+    pid: u32,
+    exe: &std::path::Path,
+    life: &str,
+    port: u16,
+    while_alive: impl FnOnce(),
+) -> Result<i32, String> {
     let c = |bytes: Vec<u8>| CString::new(bytes).map_err(|err| err.to_string());
     let program = c(exe.as_os_str().as_encoded_bytes().to_vec())?;
     let argv = [program.clone(), c(life.into())?];
@@ -108,6 +193,7 @@ fn spawn_with_pid(pid: u32, exe: &std::path::Path, life: &str, port: u16) -> Res
             std::io::Error::last_os_error()
         ));
     }
+    while_alive();
     let mut status = 0;
     // SAFETY: waits for our own child, writing its status into a live i32.
     if unsafe { libc::waitpid(child as libc::pid_t, &mut status, 0) } < 0 {

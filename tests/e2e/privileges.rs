@@ -5,8 +5,8 @@ use std::{os::unix::process::CommandExt, process::Command};
 
 use crate::{
     Outcome,
-    expect::{check, in_order, want},
-    tracer::Tracer,
+    expect::{check, only, want},
+    tracer::{Reachable, Tracer},
     workload::{Kind, Socket, V4, free_port},
 };
 
@@ -54,8 +54,12 @@ pub fn runs_as_nobody_with_only_load_capabilities() -> Outcome {
             .status()?;
         check(mounted.success(), || "mounting tracefs failed".into())?;
     }
+    // Nobody must reach the binary without CAP_DAC_READ_SEARCH (kept only for tracefs above).
+    let copy = Reachable::binary()?;
     traces_without_capabilities(|args| {
-        Tracer::start_with(args, |command| as_nobody_with(command, capabilities))
+        Tracer::start_command(copy.command(), args, |command| {
+            as_nobody_with(command, capabilities)
+        })
     })
 }
 
@@ -98,7 +102,7 @@ fn traces_without_capabilities(start: impl FnOnce(&[&str]) -> Result<Tracer, Str
     socket.bind(port)?;
     socket.close();
     let trace = tracer.stop()?;
-    in_order(
+    only(
         &trace.on_port(port),
         &[
             want("claim", port, me, "udp", "ipv4").with("how", "bind"),

@@ -23,6 +23,49 @@ pub fn binary() -> String {
     std::env::var("PORTWATCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_portwatch").to_string())
 }
 
+/// A copy of the binary that every user can run, for scenarios that run it as another user: the
+/// build's own may sit in a directory only root can enter (a clone under /root, mode 0700). A
+/// fresh directory under /tmp, mode 0755, holds the copy (0755) and goes when this is dropped.
+pub struct Reachable {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl Reachable {
+    pub fn binary() -> std::io::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "portwatch-e2e-reachable-{}-{unique}",
+            std::process::id()
+        ));
+        // Mode 0755 whatever the umask: set again after creating.
+        std::fs::DirBuilder::new().mode(0o755).create(&dir)?;
+        let copy = Self {
+            path: dir.join("portwatch"),
+            dir,
+        };
+        std::fs::set_permissions(&copy.dir, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::copy(binary(), &copy.path)?;
+        std::fs::set_permissions(&copy.path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(copy)
+    }
+
+    /// A command running the copy, from `/` (the working directory may be unreachable too).
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(&self.path);
+        command.current_dir("/");
+        command
+    }
+}
+
+impl Drop for Reachable {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The backend under test: PORTWATCH_BACKEND, or whatever `auto` picks.
 pub fn backend() -> String {
     std::env::var("PORTWATCH_BACKEND").unwrap_or_else(|_| "auto".into())
@@ -127,7 +170,15 @@ impl Tracer {
 
     /// As [`Tracer::start`], with the command adjusted first (credentials, for one).
     pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Result<Self, String> {
-        let mut command = Command::new(binary());
+        Self::start_command(Command::new(binary()), args, adjust)
+    }
+
+    /// As [`Tracer::start_with`], running `command`'s program (a [`Reachable`] copy, for one).
+    pub fn start_command(
+        mut command: Command,
+        args: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Result<Self, String> {
         command
             .args(["--json", "--backend", &backend()])
             .args(args)

@@ -5,6 +5,7 @@
 
 mod bench;
 mod dist;
+mod fuzz;
 #[cfg(test)]
 mod parity_table;
 mod project;
@@ -43,6 +44,8 @@ enum Command {
     Lint,
     /// Boot Debian's stock kernels in qemu and run the end-to-end suite per backend.
     VmTest(vm::VmArgs),
+    /// Run the cargo-fuzz targets from their committed corpora (nightly; installs cargo-fuzz).
+    Fuzz(fuzz::FuzzArgs),
     /// Measure portwatch's overhead against no tracer and bpftrace.
     Bench(bench::BenchArgs),
     /// Render `portwatch report --html` in headless Chromium: charts drawn, no console message,
@@ -71,6 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Soak(args) => soak::run(args),
         Command::Dist(args) => dist::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
         Command::ReportPage(args) => report_page::run(args),
     }
 }

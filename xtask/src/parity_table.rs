@@ -1,5 +1,6 @@
-//! The README's parity table and the end-to-end suite's parity scenarios must name the same
-//! scenarios: the table is what users read about the backends, the suite is what proves it.
+//! The parity table of the backends' documentation and the end-to-end suite's parity scenarios
+//! must name the same scenarios: the table is what users read about the backends, the suite is
+//! what proves it.
 
 use std::{collections::BTreeSet, path::Path};
 
@@ -10,12 +11,15 @@ fn read(relative: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
 }
 
-/// The `parity::name` scenarios the README's parity table names, one per row.
-fn table_rows(readme: &str) -> Vec<String> {
-    let section = readme
-        .split("\n### ")
+/// The file that holds the parity table, under a `## Parity` heading.
+const BACKENDS_DOC: &str = "portwatch/docs/backends.md";
+
+/// The `parity::name` scenarios the parity table names, one per row.
+fn table_rows(doc: &str) -> Vec<String> {
+    let section = doc
+        .split("\n## ")
         .find(|section| section.starts_with("Parity"))
-        .expect("the README has a Parity section");
+        .unwrap_or_else(|| panic!("{BACKENDS_DOC} has no Parity section"));
     section
         .lines()
         .filter(|line| {
@@ -42,8 +46,8 @@ fn suite_scenarios(main_rs: &str) -> BTreeSet<String> {
 }
 
 #[test]
-fn readme_table_and_suite_name_the_same_scenarios() {
-    let rows = table_rows(&read("README.md"));
+fn parity_table_and_suite_name_the_same_scenarios() {
+    let rows = table_rows(&read(BACKENDS_DOC));
     let in_table: BTreeSet<String> = rows.iter().cloned().collect();
     assert_eq!(
         in_table.len(),
@@ -57,6 +61,6 @@ fn readme_table_and_suite_name_the_same_scenarios() {
     );
     assert_eq!(
         in_table, in_suite,
-        "README parity table (left) and tests/e2e/main.rs (right) differ"
+        "{BACKENDS_DOC} parity table (left) and tests/e2e/main.rs (right) differ"
     );
 }

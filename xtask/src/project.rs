@@ -1,6 +1,11 @@
 //! The workspace: where it is, where cargo builds into, and running commands in it.
 
-use std::{path::PathBuf, process::Command, sync::OnceLock};
+use std::{
+    io::BufReader,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::OnceLock,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -56,4 +61,32 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
     Ok(TARGET_DIR
         .get_or_init(|| metadata.target_directory.into_std_path_buf())
         .clone())
+}
+
+/// Runs `cargo ARGS` and returns the executable of the target named `target`, as cargo reports it
+/// in its JSON messages: a test binary's file name carries a hash, and the target directory may
+/// be moved by `CARGO_TARGET_DIR`, so neither path can be guessed.
+pub fn built_executable(args: &[&str], target: &str) -> anyhow::Result<PathBuf> {
+    let mut child = cargo(None)
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut found = None;
+    for message in cargo_metadata::Message::parse_stream(BufReader::new(stdout)) {
+        if let cargo_metadata::Message::CompilerArtifact(artifact) =
+            message.context("reading cargo's messages")?
+            && artifact.target.name == target
+            && let Some(executable) = artifact.executable
+        {
+            found = Some(executable.into_std_path_buf());
+        }
+    }
+    let status = child.wait().context("waiting for cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    found.with_context(|| format!("cargo {} reported no executable {target}", args.join(" ")))
 }

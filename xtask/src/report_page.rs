@@ -21,7 +21,7 @@ use crate::{bench::binary, project, soak::wait_until_attached};
 
 #[derive(Args)]
 pub struct ReportPageArgs {
-    /// Where to save the screenshot (the README's is portwatch/assets/report.png).
+    /// Where to save the screenshot (portwatch/docs/reports.md shows portwatch/assets/report.png).
     #[arg(long, value_name = "PNG")]
     screenshot: Option<PathBuf>,
 }

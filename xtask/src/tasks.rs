@@ -28,9 +28,9 @@ pub fn run_portwatch(args: &[String]) -> anyhow::Result<()> {
 
 /// Everything CI checks, in the order that fails fastest: the host packages the kernel matrix
 /// needs (installed when missing, before any build), the toolchain, lint, xtask's own unit tests,
-/// portwatch's unit tests, the benchmark's quick mode, then the end-to-end suite: on this host
-/// with every backend it supports and in each kernel of the matrix (one table), or on this host
-/// alone.
+/// portwatch's unit tests, a few seconds of each fuzz target, the benchmark's quick mode, then
+/// the end-to-end suite: on this host with every backend it supports and in each kernel of the
+/// matrix (one table), or on this host alone.
 pub fn test_all(host_only: bool) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the tests load eBPF programs and must run as root (sudo cargo xtask test)");
@@ -40,13 +40,15 @@ pub fn test_all(host_only: bool) -> anyhow::Result<()> {
         crate::vm::packages::ensure(crate::vm::packages::KERNEL_MATRIX)?;
     }
     toolchain::ensure()?;
-    lint()?;
+    // The fuzz targets are built and run below, which checks them more than lint's check.
+    lint_code()?;
     let mut xtask_units = cargo(None);
     xtask_units.args(["test", "-p", "xtask"]);
     succeed(xtask_units)?;
     let mut unit = cargo(None);
     unit.args(["test", "--release", "-p", "portwatch", "--lib", "--bins"]);
     succeed(unit)?;
+    crate::fuzz::smoke()?;
     let xtask = std::env::current_exe().context("locating xtask")?;
     let mut bench = Command::new(&xtask);
     bench.args(["bench", "--quick"]);
@@ -65,8 +67,15 @@ pub fn test_all(host_only: bool) -> anyhow::Result<()> {
     succeed(matrix)
 }
 
-/// rustfmt and clippy on every crate; the kernel crate is linted for the BPF target as well.
+/// rustfmt and clippy on every crate; the kernel crate is linted for the BPF target as well,
+/// and the fuzz targets are type-checked on nightly.
 pub fn lint() -> anyhow::Result<()> {
+    lint_code()?;
+    crate::fuzz::check()
+}
+
+/// rustfmt and clippy on every crate, the kernel crate for the BPF target as well.
+fn lint_code() -> anyhow::Result<()> {
     toolchain::ensure()?;
     let mut fmt = cargo(None);
     fmt.args(["fmt", "--all", "--check"]);

@@ -8,6 +8,8 @@
 //! One boot per kernel runs every backend: a boot under TCG costs seconds, the suites cost minutes.
 
 pub mod apt;
+pub mod arch;
+pub mod busybox;
 mod cpio;
 mod host;
 pub mod initramfs;
@@ -17,8 +19,10 @@ pub mod packages;
 mod payload;
 pub mod protocol;
 pub mod qemu;
+mod subset;
 mod verdict;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,7 +32,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 
-use kernels::{Kernel, Series};
+use arch::Arch;
+use kernels::{Kernel, Spec};
 use matrix::{Matrix, Row};
 use payload::Payload;
 use protocol::Report;
@@ -36,9 +41,15 @@ use protocol::Report;
 /// Options of `cargo xtask vm-test`.
 #[derive(clap::Args)]
 pub struct VmArgs {
-    /// Kernel series to boot (Debian's newest cloud kernel of each).
-    #[arg(long, value_delimiter = ',', default_values = ["5.10", "6.1", "6.12"])]
-    pub kernels: Vec<Series>,
+    /// Kernels to boot: Debian's newest cloud kernel of each series, `6.1` for this machine's
+    /// architecture, `arm64/6.1` for arm64 (emulated on qemu's `virt` board).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = Spec::parse,
+        default_values = ["5.10", "6.1", "6.12", "7.2", "7.3", "arm64/6.1", "arm64/6.12", "arm64/7.3"]
+    )]
+    pub kernels: Vec<Spec>,
     /// Backends to run the suite with.
     #[arg(long, value_delimiter = ',', default_values = ["kprobe", "fentry", "tracepoint"])]
     pub backends: Vec<Backend>,
@@ -61,7 +72,12 @@ pub struct VmArgs {
     /// look into one failure without a whole matrix run. Letters, digits, `_` and `:` only.
     #[arg(long, value_name = "FILTER", value_parser = scenario_filter)]
     pub scenarios: Option<String>,
-    /// Use this portwatch binary instead of building it (needs --e2e too).
+    /// Run every scenario in every row: by default the arm64 rows leave out the topics that do
+    /// not depend on the architecture (see portwatch/docs/platforms.md).
+    #[arg(long)]
+    pub all: bool,
+    /// Use this portwatch binary instead of building it (needs --e2e too; this machine's
+    /// architecture only).
     #[arg(long, requires = "e2e", value_name = "PATH")]
     pub portwatch: Option<PathBuf>,
     /// Use this end-to-end test binary instead of building it (needs --portwatch too).
@@ -111,19 +127,38 @@ fn scenario_filter(text: &str) -> Result<String, String> {
 const BOOT_ALLOWANCE: Duration = Duration::from_secs(60);
 
 pub fn run(args: VmArgs) -> Result<()> {
-    let series = sorted_unique(args.kernels);
+    let specs = sorted_unique(args.kernels);
     let backends = sorted_unique(args.backends);
     if args.timeout_secs == 0 || args.jobs == 0 {
         bail!("--timeout-secs and --jobs must be positive");
     }
+    let mut arches: Vec<Arch> = specs.iter().map(|spec| spec.arch).collect();
+    if args.with_host {
+        arches.push(Arch::HOST);
+    }
+    let arches = sorted_unique(arches);
+    let given = args.portwatch.zip(args.e2e);
+    if given.is_some() && arches.iter().any(|&arch| arch != Arch::HOST) {
+        bail!(
+            "--portwatch and --e2e are binaries for this machine; they cannot run in {} guests",
+            arches
+                .iter()
+                .map(|arch| arch.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     packages::ensure(packages::KERNEL_MATRIX)?;
+    if arches.contains(&Arch::Arm64) {
+        packages::ensure(packages::ARM64_MATRIX)?;
+    }
 
     let dir = crate::project::target_dir()?.join("vm");
-    let kernels = kernels::resolve(&dir, &series, args.offline)?;
+    let kernels = kernels::resolve(&dir, &specs, args.offline)?;
     for kernel in &kernels {
         println!(
             "kernel {}: {} {} ({})",
-            kernel.series.name(),
+            kernel.name(),
             kernel.package,
             kernel.version,
             if kernel.btf {
@@ -134,21 +169,61 @@ pub fn run(args: VmArgs) -> Result<()> {
         );
     }
 
-    let payload = match (args.portwatch, args.e2e) {
-        (Some(portwatch), Some(e2e)) => Payload { portwatch, e2e },
-        _ => payload::build()?,
+    // One payload per architecture, and an image per payload and scenario selection.
+    let selection = |kernel: &Kernel| match (&args.scenarios, args.all) {
+        (Some(filter), _) => Some(filter.clone()),
+        (None, true) => None,
+        (None, false) => subset::skips(kernel.spec()),
     };
-    let initrd = dir.join("initramfs.cpio");
-    let init = protocol::init_script(&backends, args.timeout_secs, args.scenarios.as_deref());
-    initramfs::build(&initrd, &payload, &init)?;
+    let mut images = BTreeMap::new();
+    let mut host_payload = None;
+    for &arch in &arches {
+        let payload = match &given {
+            Some((portwatch, e2e)) => Payload {
+                portwatch: portwatch.clone(),
+                e2e: e2e.clone(),
+            },
+            None => payload::build(arch)?,
+        };
+        let busybox = busybox::find(&dir, arch, args.offline)?;
+        let guest = initramfs::Guest {
+            arch,
+            busybox: &busybox,
+        };
+        for kernel in kernels.iter().filter(|kernel| kernel.arch == arch) {
+            let scenarios = selection(kernel);
+            let key = (arch, scenarios.clone());
+            if images.contains_key(&key) {
+                continue;
+            }
+            let name = match (&args.scenarios, &scenarios) {
+                (None, Some(_)) => format!("initramfs-{}-subset.cpio", arch.name()),
+                _ => format!("initramfs-{}.cpio", arch.name()),
+            };
+            let initrd = dir.join(name);
+            let init = protocol::init_script(&backends, args.timeout_secs, scenarios.as_deref());
+            initramfs::build(&initrd, &guest, &payload, &init)?;
+            images.insert(key, initrd);
+        }
+        if arch == Arch::HOST {
+            host_payload = Some(payload);
+        }
+    }
 
     let logs = dir.join("logs");
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let watchdog = Duration::from_secs(args.timeout_secs) + BOOT_ALLOWANCE;
     let mut rows = run_all(&kernels, args.jobs, |kernel| {
-        run_kernel(kernel, &initrd, &logs, &backends, watchdog)
+        let scenarios = selection(kernel);
+        let subset = args.scenarios.is_none() && scenarios.is_some();
+        let initrd = &images[&(kernel.arch, scenarios)];
+        let mut row = run_kernel(kernel, initrd, &logs, &backends, watchdog)?;
+        if subset {
+            row.kernel = format!("{}, {}", row.kernel, subset::label());
+        }
+        Ok(row)
     })?;
-    if args.with_host {
+    if let (true, Some(payload)) = (args.with_host, &host_payload) {
         rows.push(host::row(&payload.portwatch, &payload.e2e, &backends)?);
     }
 
@@ -212,16 +287,23 @@ fn run_kernel(
     backends: &[Backend],
     watchdog: Duration,
 ) -> Result<Row> {
-    let series = kernel.series.name();
+    let series = kernel.name();
     println!("{series}: booting {} ...", kernel.release);
     let log = logs.join(format!("{}.log", kernel.release));
-    let console = qemu::boot(&kernel.vmlinuz, initrd, &log, watchdog, |line| {
-        let marker = protocol::marker(line);
-        if let Some(marker) = marker {
-            println!("{series}:   {marker}");
-        }
-        marker.is_some()
-    })?;
+    let console = qemu::boot(
+        kernel.arch,
+        &kernel.vmlinuz,
+        initrd,
+        &log,
+        watchdog,
+        |line| {
+            let marker = protocol::marker(line);
+            if let Some(marker) = marker {
+                println!("{series}:   {marker}");
+            }
+            marker.is_some()
+        },
+    )?;
     let report = Report::parse(&console.lines);
     if let Some(facts) = &report.kernel {
         println!(

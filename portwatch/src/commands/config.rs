@@ -20,9 +20,6 @@ pub struct TraceConfig {
     /// `--ephemeral`: the host's ephemeral range is added to `ports` by
     /// [`TraceConfig::with_ephemeral_range`], when the command starts.
     pub watch_ephemeral: bool,
-    /// Deliver failures that have no port (the kernel found none to choose): only useful when
-    /// watching every port or a range the kernel chooses from.
-    pub portless_failures: bool,
     pub pids: HashSet<u32>,
     pub comms: HashSet<String>,
     pub protos: HashSet<Proto>,
@@ -48,8 +45,7 @@ pub struct TraceConfig {
 
 impl TraceConfig {
     /// Folds in the host's ephemeral range (read when the command starts, not while parsing):
-    /// `--ephemeral` watches it, and failures with no port are only wanted when the watched
-    /// ports overlap the range the kernel chose from.
+    /// `--ephemeral` watches it.
     pub fn with_ephemeral_range(
         mut self,
         range: std::io::Result<RangeInclusive<u16>>,
@@ -66,12 +62,22 @@ impl TraceConfig {
             ranges.push(range.clone());
             self.ports = Some(PortSet::new(ranges));
         }
-        self.portless_failures = match (&self.ports, &range) {
-            (None, _) => true,
-            (Some(set), Ok(range)) => set.intersects(range),
-            (Some(_), Err(_)) => false,
-        };
         Ok(self)
+    }
+
+    /// Whether a failure without a port belongs to the trace: when watching every port, or
+    /// ports that overlap the ephemeral range of the failure's own namespace (None: unknown,
+    /// then this host's range decides).
+    pub fn wants_portless_failure(
+        &self,
+        namespace_range: Option<&RangeInclusive<u16>>,
+        host_range: Option<&RangeInclusive<u16>>,
+    ) -> bool {
+        match (&self.ports, namespace_range.or(host_range)) {
+            (None, _) => true,
+            (Some(set), Some(range)) => set.intersects(range),
+            (Some(_), None) => false,
+        }
     }
 
     /// What the kernel side is loaded with: the filters the programs apply themselves.
@@ -79,7 +85,9 @@ impl TraceConfig {
         LoadSpec {
             choice: self.backend,
             ports: self.ports.clone(),
-            portless_failures: self.portless_failures,
+            // Whether a failure without a port matters depends on its own namespace's range,
+            // which only the tracer can tell (wants_portless_failure): the kernel sends them all.
+            portless_failures: true,
             tcp: self.protos.contains(&Proto::Tcp),
             udp: self.protos.contains(&Proto::Udp),
             ipv4: self.ipv4,

@@ -23,16 +23,18 @@ use crate::{
     commands::config::TraceConfig,
     host::enrich::AuditCache,
     host::netns::RangeReader,
+    host::ns_ranges::NamespaceRanges,
     host::snapshot::{self, Family},
     kernel::backend::{self, Choice, Kernel},
     kernel::kernel_log::KernelLog,
     kernel::loader::Loaded,
     kernel::stream::Stream,
+    live::exhaustion::{self, Facts, TimeWaitReuse},
     live::holders::Holders,
     live::pressure::PressureWatch,
     model::clock::{MonotonicClock, Timestamp},
     model::event::{Event, Holder, Kind},
-    model::ports::EphemeralPolicy,
+    model::ports::{EphemeralPolicy, PortSet},
     output::Format,
     output::capture::{self, Summary},
     output::metrics_server,
@@ -113,6 +115,12 @@ pub async fn run(
                 "portwatch: attached backend={backend}, watching {}",
                 config.describe()
             );
+            // Under systemd (Type=notify) the unit counts as started only now, with the
+            // holders out and the hooks in place; elsewhere NOTIFY_SOCKET is unset and this
+            // does nothing.
+            if let Err(err) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+                eprintln!("portwatch: telling the service manager it is ready: {err}");
+            }
             pipeline.run(&mut stream, &config).await
         }
         Err(err) => Err(err),
@@ -209,10 +217,16 @@ struct Pipeline {
     holders: Holders,
     audit: Option<AuditCache>,
     pressure: Option<PressureWatch>,
+    /// Each namespace's ephemeral range, for pressure and the exhaustion explanation.
+    ranges: NamespaceRanges,
     /// This host's ephemeral range and reserved ports, for the hint on a failure whose holder
     /// got the port as an ephemeral one.
     ephemeral: Option<EphemeralPolicy>,
     own_netns: Option<u32>,
+    /// This namespace's `tcp_tw_reuse`, for the exhaustion explanation.
+    time_wait_reuse: Option<TimeWaitReuse>,
+    /// The ports the holder table follows.
+    watched: Option<PortSet>,
     /// `--debug-kernel`: read with the lost counter, and once more at the end.
     kernel_log: Option<KernelLog>,
 }
@@ -236,12 +250,15 @@ impl Pipeline {
             emitted: 0,
             holders: Holders::default(),
             audit: config.audit.then(AuditCache::load),
-            pressure: (config.pressure_pct > 0).then(|| {
-                let own_range = ephemeral.as_ref().map(|policy| policy.range.clone());
-                PressureWatch::new(config.pressure_pct, namespaces, own_range)
-            }),
+            pressure: (config.pressure_pct > 0).then(|| PressureWatch::new(config.pressure_pct)),
+            ranges: NamespaceRanges::new(
+                namespaces,
+                ephemeral.as_ref().map(|policy| policy.range.clone()),
+            ),
             ephemeral,
             own_netns: snapshot::own_netns(),
+            time_wait_reuse: TimeWaitReuse::read(),
+            watched: config.ports.clone(),
             kernel_log,
         }
     }
@@ -350,6 +367,11 @@ impl Pipeline {
     /// Adds what only the live holder table knows, then updates it (and the pressure counts)
     /// with the event.
     fn understand(&mut self, event: &mut Event) -> anyhow::Result<()> {
+        // A namespace's range is read from its first claim, while the claiming thread (the
+        // way into the namespace) most likely still runs: a failure may be its last act.
+        if event.kind == Kind::Claim {
+            self.ranges.range_of(event);
+        }
         match event.kind {
             // A free whose claim predates tracing carries whoever ran when the port was
             // released; if the table knows who held that very socket, name it instead.
@@ -370,20 +392,48 @@ impl Pipeline {
                     .and_then(|(_, policy)| policy.reserve_hint(event.local_port));
                 event.holder = Some(holder);
             }
+            Kind::Fail if exhaustion::applies(event) => self.explain(event),
             _ => {}
         }
-        self.holders.observe(event);
-        if let Some(crossing) = self
-            .pressure
-            .as_mut()
-            .and_then(|pressure| pressure.observe(event, &self.holders))
-        {
-            self.sink.pressure(&crossing)?;
+        if let Some(change) = self.holders.observe(event) {
+            self.sink.occupancy(&change)?;
+            if let Some(crossing) = self.pressure.as_mut().and_then(|pressure| {
+                pressure.observe(event, &change, &self.holders, &mut self.ranges)
+            }) {
+                self.sink.pressure(&crossing)?;
+            }
         }
         Ok(())
     }
 
+    /// Says why the kernel found no port, if this namespace's range is known.
+    fn explain(&mut self, event: &mut Event) {
+        let Some(range) = self.ranges.range_of(event) else {
+            return;
+        };
+        // Reserved ports and tcp_tw_reuse are read here for this namespace only.
+        let here = event.netns.is_none() || event.netns == self.own_netns;
+        let facts = Facts {
+            range,
+            reserved: self
+                .ephemeral
+                .as_ref()
+                .filter(|_| here)
+                .map(|policy| policy.reserved.as_slice()),
+            time_wait_reuse: self.time_wait_reuse.filter(|_| here),
+            watched: self.watched.as_ref(),
+        };
+        event.exhaustion = Some(Box::new(exhaustion::explain(event, &self.holders, &facts)));
+    }
+
     fn deliver(&mut self, event: &mut Event, config: &TraceConfig) -> anyhow::Result<()> {
+        if event.kind == Kind::Fail && event.local_port == 0 {
+            let namespace_range = self.ranges.range_of(event);
+            let host_range = self.ephemeral.as_ref().map(|policy| &policy.range);
+            if !config.wants_portless_failure(namespace_range.as_ref(), host_range) {
+                return Ok(());
+            }
+        }
         let pid = event.task.as_ref().map(|task| task.pid);
         let comm = event.task.as_ref().map(|task| task.comm.as_str());
         let comm = comm.as_deref();

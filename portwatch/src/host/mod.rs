@@ -3,5 +3,6 @@
 
 pub mod enrich;
 pub mod netns;
+pub mod ns_ranges;
 pub mod snapshot;
 pub mod users;

@@ -13,17 +13,19 @@ use portwatch_ebpf::How;
 use crate::{
     model::clock::Timestamp,
     model::event::{Comm, Event, Holder, Kind, Proto, Task},
+    model::socket_state::SocketState,
 };
 
 /// One socket holding a port.
 #[derive(Clone, Debug)]
-struct Entry {
-    task: Option<Task>,
-    local_addr: IpAddr,
-    remote: Option<(IpAddr, u16)>,
-    how: Option<How>,
-    since: Timestamp,
-    state: &'static str,
+pub struct Entry {
+    pub task: Option<Task>,
+    pub local_addr: IpAddr,
+    pub remote: Option<(IpAddr, u16)>,
+    /// How the socket got its port; None when it held it before tracing began.
+    pub how: Option<How>,
+    pub since: Timestamp,
+    pub state: SocketState,
 }
 
 impl Entry {
@@ -34,19 +36,25 @@ impl Entry {
             remote: self.remote,
             how: self.how,
             since: self.since,
-            state: self.state,
+            state: self.state.name(),
         }
     }
 
-    /// Which holder a failed bind most likely ran into: a listener, then any other full
-    /// socket, then a TIME_WAIT one (SO_REUSEADDR lets a bind pass those).
     fn rank(&self) -> u8 {
-        match self.state {
-            "listen" => 0,
-            "time_wait" => 2,
-            _ => 1,
-        }
+        self.state.blocking_rank()
     }
+}
+
+/// A port whose occupancy changed: its first socket took it, or its last one gave it back.
+/// The holder table is the only place that counts sockets per port; pressure and the metrics
+/// learn of ports from these changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortChange {
+    pub netns: Option<u32>,
+    pub proto: Proto,
+    pub port: u16,
+    /// True: the port is in use from now on; false: no socket holds it any more.
+    pub taken: bool,
 }
 
 /// Sockets conflict only within one network namespace, protocol and port.
@@ -86,50 +94,42 @@ const SPARE_CAPACITY: usize = 8;
 
 impl Holders {
     /// Keeps the table in step with one event (before any user filter: the table must see
-    /// everything the kernel reported).
-    pub fn observe(&mut self, event: &Event) {
-        match event.kind {
-            Kind::Held => self.put(
-                event,
-                Entry {
-                    task: event.task,
-                    local_addr: event.local_addr,
-                    remote: event.remote,
-                    how: None,
-                    since: event.ts,
-                    state: event.state.unwrap_or("unknown"),
-                },
+    /// everything the kernel reported). Returns the port's change of occupancy, if any: a free
+    /// of a socket never seen taking its port changes nothing.
+    pub fn observe(&mut self, event: &Event) -> Option<PortChange> {
+        let (released, taken) = match event.kind {
+            Kind::Held => (false, self.put(event, Entry::from_held(event))),
+            Kind::Claim => (false, self.put(event, Entry::from_claim(event))),
+            Kind::Listen => self.change(event, |entry| entry.state = SocketState::Listen),
+            Kind::Free if event.time_wait => self.change(event, |entry| {
+                // The TIME_WAIT socket is known by its connection from now on.
+                entry.state = SocketState::TimeWait;
+                entry.local_addr = event.local_addr;
+                entry.remote = event.remote;
+            }),
+            Kind::Free => (
+                self.take(event).is_some_and(|(_, released)| released),
+                false,
             ),
-            Kind::Claim => self.put(
-                event,
-                Entry {
-                    task: event.task,
-                    local_addr: event.local_addr,
-                    remote: event.remote,
-                    how: event.how,
-                    since: event.ts,
-                    state: claimed_state(event),
-                },
-            ),
-            Kind::Listen => {
-                if let Some(mut entry) = self.take(event) {
-                    entry.state = "listen";
-                    self.put(event, entry);
-                }
+            Kind::Fail => (false, false),
+        };
+        (released != taken).then_some(PortChange {
+            netns: event.netns,
+            proto: event.proto,
+            port: event.local_port,
+            taken,
+        })
+    }
+
+    /// Takes out the event's socket, changes it and puts it back; (released, taken) as the
+    /// port went empty and full again on the way.
+    fn change(&mut self, event: &Event, edit: impl FnOnce(&mut Entry)) -> (bool, bool) {
+        match self.take(event) {
+            Some((mut entry, released)) => {
+                edit(&mut entry);
+                (released, self.put(event, entry))
             }
-            Kind::Free if event.time_wait => {
-                if let Some(mut entry) = self.take(event) {
-                    // The TIME_WAIT socket is known by its connection from now on.
-                    entry.state = "time_wait";
-                    entry.local_addr = event.local_addr;
-                    entry.remote = event.remote;
-                    self.put(event, entry);
-                }
-            }
-            Kind::Free => {
-                self.take(event);
-            }
-            Kind::Fail => {}
+            None => (false, false),
         }
     }
 
@@ -159,25 +159,31 @@ impl Holders {
             .map(Entry::holder)
     }
 
-    fn put(&mut self, event: &Event, entry: Entry) {
+    /// Adds a socket; true when it is the port's first.
+    fn put(&mut self, event: &Event, entry: Entry) -> bool {
         let Self {
             ports,
             spare_sockets,
             spare_entries,
         } = self;
+        let mut first = false;
         ports
             .entry(key(event))
-            .or_insert_with(|| spare_sockets.pop().unwrap_or_default())
+            .or_insert_with(|| {
+                first = true;
+                spare_sockets.pop().unwrap_or_default()
+            })
             .entry(socket_id(entry.local_addr, entry.remote))
             .or_insert_with(|| spare_entries.pop().unwrap_or_default())
             .push(entry);
+        first
     }
 
     /// Takes out the entry an event about a socket refers to: the same socket of the same
     /// process, else a socket of that process claimed before it had a peer (bind, then connect;
     /// a wildcard bind gets a specific address when it connects), else the same socket of
-    /// whichever process.
-    fn take(&mut self, event: &Event) -> Option<Entry> {
+    /// whichever process. True with it when it was the port's last socket.
+    fn take(&mut self, event: &Event) -> Option<(Entry, bool)> {
         let key = key(event);
         let port = self.ports.get_mut(&key)?;
         let pid = event.task.as_ref().map(|task| task.pid);
@@ -204,12 +210,24 @@ impl Holders {
         {
             keep_spare(&mut self.spare_entries, emptied, Vec::capacity);
         }
-        if port.is_empty()
-            && let Some(emptied) = self.ports.remove(&key)
-        {
+        let last = port.is_empty();
+        if last && let Some(emptied) = self.ports.remove(&key) {
             keep_spare(&mut self.spare_sockets, emptied, HashMap::capacity);
         }
-        Some(entry)
+        Some((entry, last))
+    }
+
+    /// The sockets holding one port of one namespace and protocol.
+    pub fn sockets_on(
+        &self,
+        netns: Option<u32>,
+        proto: Proto,
+        port: u16,
+    ) -> impl Iterator<Item = &Entry> {
+        self.ports
+            .get(&(netns, proto, port))
+            .into_iter()
+            .flat_map(|sockets| sockets.values().flatten())
     }
 
     /// The processes holding most ports in `range` of one namespace and protocol, busiest
@@ -263,13 +281,34 @@ fn keep_spare<T>(spares: &mut Vec<T>, emptied: T, capacity: impl Fn(&T) -> usize
     }
 }
 
-/// The state a freshly claimed socket is in, in `ss`'s words.
-fn claimed_state(event: &Event) -> &'static str {
-    match (event.proto, event.how, event.remote.is_some()) {
-        (Proto::Tcp, Some(How::Connect | How::Accept), _) => "established",
-        (Proto::Tcp, _, _) => "bound",
-        (Proto::Udp, _, true) => "connected",
-        (Proto::Udp, _, false) => "unconnected",
+impl Entry {
+    fn from_held(event: &Event) -> Self {
+        Entry {
+            task: event.task,
+            local_addr: event.local_addr,
+            remote: event.remote,
+            how: None,
+            since: event.ts,
+            // The snapshot's words become the one state type here.
+            state: event
+                .state
+                .map_or(SocketState::Unknown, SocketState::from_name),
+        }
+    }
+
+    fn from_claim(event: &Event) -> Self {
+        let connected = match event.proto {
+            Proto::Tcp => matches!(event.how, Some(How::Connect | How::Accept)),
+            Proto::Udp => event.remote.is_some(),
+        };
+        Entry {
+            task: event.task,
+            local_addr: event.local_addr,
+            remote: event.remote,
+            how: event.how,
+            since: event.ts,
+            state: SocketState::claimed(event.proto, connected),
+        }
     }
 }
 

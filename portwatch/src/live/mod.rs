@@ -1,5 +1,6 @@
 //! The tracing command's state, fed by events: which socket holds which port now, and how full
 //! each ephemeral range is.
 
+pub mod exhaustion;
 pub mod holders;
 pub mod pressure;

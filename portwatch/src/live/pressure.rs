@@ -10,11 +10,10 @@ use std::ops::RangeInclusive;
 use foldhash::HashMap;
 
 use crate::{
-    host::netns::RangeReader,
-    host::snapshot,
-    live::holders::Holders,
+    host::ns_ranges::NamespaceRanges,
+    live::holders::{Holders, PortChange},
     model::clock::Timestamp,
-    model::event::{Event, Kind, Proto, Task},
+    model::event::{Event, Proto, Task},
 };
 
 /// How many claimers a pressure event names.
@@ -45,57 +44,46 @@ impl Pressure {
 
 #[derive(Default)]
 struct Usage {
-    /// Sockets per port (several connections may share a local port).
-    ports: HashMap<u16, u32>,
+    /// Ports of the range held by at least one socket.
+    ports: usize,
     high: bool,
 }
 
 pub struct PressureWatch {
     threshold_pct: u8,
     usage: HashMap<(Option<u32>, Proto), Usage>,
-    /// Each namespace's ephemeral range, read once (None: unknown, not tracked).
-    ranges: HashMap<Option<u32>, Option<RangeInclusive<u16>>>,
-    /// Reads other namespaces' ranges; None where it could not be started.
-    reader: Option<RangeReader>,
 }
 
 impl PressureWatch {
-    /// `own_range`: portwatch's own namespace's range, already read.
-    pub fn new(
-        threshold_pct: u8,
-        reader: Option<RangeReader>,
-        own_range: Option<RangeInclusive<u16>>,
-    ) -> Self {
-        let own_netns = snapshot::own_netns();
+    pub fn new(threshold_pct: u8) -> Self {
         Self {
             threshold_pct,
             usage: HashMap::default(),
-            ranges: [(own_netns, own_range.clone()), (None, own_range)]
-                .into_iter()
-                .collect(),
-            reader,
         }
     }
 
-    /// Counts the event's port in or out; returns a crossing if this event made one.
-    pub fn observe(&mut self, event: &Event, holders: &Holders) -> Option<Pressure> {
-        let delta: i32 = match event.kind {
-            Kind::Claim | Kind::Held => 1,
-            Kind::Free if !event.time_wait => -1,
-            _ => return None,
-        };
-        let range = self.range_of(event)?;
-        if !range.contains(&event.local_port) {
+    /// Counts a port that the holder table saw taken or given back; returns a crossing if
+    /// this change made one.
+    pub fn observe(
+        &mut self,
+        event: &Event,
+        change: &PortChange,
+        holders: &Holders,
+        ranges: &mut NamespaceRanges,
+    ) -> Option<Pressure> {
+        let range = ranges.range_of(event)?;
+        if !range.contains(&change.port) {
             return None;
         }
-        let usage = self.usage.entry((event.netns, event.proto)).or_default();
-        let sockets = usage.ports.entry(event.local_port).or_default();
-        *sockets = sockets.saturating_add_signed(delta);
-        if *sockets == 0 {
-            usage.ports.remove(&event.local_port);
+        let usage = self.usage.entry((change.netns, change.proto)).or_default();
+        if change.taken {
+            usage.ports += 1;
+        } else {
+            // Every release follows a take the table counted.
+            usage.ports -= 1;
         }
         let size = usize::from(range.end() - range.start()) + 1;
-        let share = usage.ports.len() * 100;
+        let share = usage.ports * 100;
         let threshold = usize::from(self.threshold_pct);
         let crossed = if !usage.high && share >= threshold * size {
             true
@@ -110,37 +98,14 @@ impl PressureWatch {
         usage.high = !usage.high;
         Some(Pressure {
             ts: event.ts,
-            proto: event.proto,
-            netns: event.netns,
+            proto: change.proto,
+            netns: change.netns,
             high: usage.high,
-            in_use: usage.ports.len(),
-            top: holders.top_claimers(event.netns, event.proto, &range, TOP),
+            in_use: usage.ports,
+            top: holders.top_claimers(change.netns, change.proto, &range, TOP),
             range,
             threshold_pct: self.threshold_pct,
         })
-    }
-
-    fn range_of(&mut self, event: &Event) -> Option<RangeInclusive<u16>> {
-        if let Some(known) = self.ranges.get(&event.netns) {
-            return known.clone();
-        }
-        let range = {
-            let pid = event.task.as_ref().map(|task| task.pid)?;
-            let netns = event.netns?;
-            let range = self
-                .reader
-                .as_mut()
-                .and_then(|reader| reader.range_of(pid, netns));
-            if range.is_none() {
-                eprintln!(
-                    "portwatch: note: the ephemeral range of network namespace {netns} is \
-                     unknown (entering it needs CAP_SYS_ADMIN); no pressure events for it"
-                );
-            }
-            range
-        };
-        self.ranges.insert(event.netns, range.clone());
-        range
     }
 }
 
@@ -149,7 +114,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::model::event::fixtures::sample;
+    use crate::{model::event::Kind, model::event::fixtures::sample};
 
     fn event(kind: Kind, port: u16) -> Event {
         let mut event = sample();
@@ -158,19 +123,36 @@ mod tests {
         event.time_wait = false;
         event.local_port = port;
         event.local_addr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        event.remote = None;
         event
+    }
+
+    /// Feeds an event through the holder table and, on a change, the watch.
+    fn feed(
+        watch: &mut PressureWatch,
+        holders: &mut Holders,
+        ranges: &mut NamespaceRanges,
+        event: &Event,
+    ) -> Option<Pressure> {
+        let change = holders.observe(event)?;
+        watch.observe(event, &change, holders, ranges)
+    }
+
+    fn ranges(range: RangeInclusive<u16>) -> NamespaceRanges {
+        let mut ranges = NamespaceRanges::new(None, None);
+        ranges.insert(Some(7), range);
+        ranges
     }
 
     #[test]
     fn crosses_up_at_the_threshold_and_down_below_ninety_percent_of_it() {
-        let mut watch = PressureWatch::new(80, None, None);
-        watch.ranges.insert(Some(7), Some(100..=109));
+        let mut watch = PressureWatch::new(80);
+        let mut ranges = ranges(100..=109);
         let mut holders = Holders::default();
         let mut crossings = Vec::new();
         for port in 100..108 {
             let claim = event(Kind::Claim, port);
-            holders.observe(&claim);
-            crossings.extend(watch.observe(&claim, &holders));
+            crossings.extend(feed(&mut watch, &mut holders, &mut ranges, &claim));
         }
         assert_eq!(crossings.len(), 1);
         let up = &crossings[0];
@@ -178,23 +160,32 @@ mod tests {
         assert_eq!((up.in_use, up.range_size(), up.share_pct()), (8, 10, 80.0));
         assert_eq!(up.top[0].1, 8);
         // Back to normal below 72%: 8 → 7 ports is 70%.
-        let down = watch.observe(&event(Kind::Free, 100), &holders);
+        let down = feed(
+            &mut watch,
+            &mut holders,
+            &mut ranges,
+            &event(Kind::Free, 100),
+        );
         assert!(down.is_some_and(|down| !down.high && down.in_use == 7));
-        assert!(watch.observe(&event(Kind::Free, 101), &holders).is_none());
+        let free = event(Kind::Free, 101);
+        assert!(feed(&mut watch, &mut holders, &mut ranges, &free).is_none());
     }
 
     #[test]
     fn a_time_wait_still_holds_its_port_and_other_ports_do_not_count() {
-        let mut watch = PressureWatch::new(50, None, None);
-        watch.ranges.insert(Some(7), Some(100..=101));
-        let holders = Holders::default();
-        assert!(watch.observe(&event(Kind::Claim, 5000), &holders).is_none());
-        assert!(watch.observe(&event(Kind::Claim, 100), &holders).is_some());
+        let mut watch = PressureWatch::new(50);
+        let mut ranges = ranges(100..=101);
+        let mut holders = Holders::default();
+        let mut feed = |event: &Event| feed(&mut watch, &mut holders, &mut ranges, event);
+        assert!(feed(&event(Kind::Claim, 5000)).is_none());
+        assert!(feed(&event(Kind::Claim, 100)).is_some());
         let mut time_wait = event(Kind::Free, 100);
         time_wait.time_wait = true;
-        assert!(watch.observe(&time_wait, &holders).is_none());
+        assert!(feed(&time_wait).is_none());
         let mut end = event(Kind::Free, 100);
         end.time_wait_end = true;
-        assert!(watch.observe(&end, &holders).is_some_and(|p| !p.high));
+        assert!(feed(&end).is_some_and(|p| !p.high));
+        // A free never seen taken changes nothing (and does not count below zero).
+        assert!(feed(&event(Kind::Free, 101)).is_none());
     }
 }

@@ -150,6 +150,8 @@ pub struct Event {
     pub hint: Option<String>,
     /// `--audit` only.
     pub audit: Option<Audit>,
+    /// Fail without a port: why the kernel found none (boxed: most events have none).
+    pub exhaustion: Option<Box<crate::live::exhaustion::Exhaustion>>,
 }
 
 impl Event {
@@ -207,6 +209,7 @@ impl Event {
             holder: None,
             hint: None,
             audit: None,
+            exhaustion: None,
         })
     }
 }
@@ -412,6 +415,7 @@ pub mod fixtures {
             holder: None,
             hint: None,
             audit: None,
+            exhaustion: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::vm::apt::Apt;
+use crate::vm::arch::Arch;
 use crate::vm::kernels::remove_if_present;
 
 /// The suite the packages come from: Debian 12's libbpf-tools, which links libbpf statically.
@@ -50,7 +51,7 @@ pub fn resolve(vm_dir: &Path, offline: bool) -> Result<LibbpfTools> {
         );
     }
     println!("downloading {} from {SUITE} ...", PACKAGES.join(", "));
-    let apt = Apt::new(&vm_dir.join("apt"))?;
+    let apt = Apt::new(vm_dir, Arch::Amd64)?;
     apt.update()?;
     let download = dir.join("download");
     // Leftovers of an interrupted run would be mistaken for this download.

@@ -1,5 +1,5 @@
 //! Collecting per-round samples and presenting them: the aligned table on stdout, the markdown
-//! file the README's Performance section is pasted from, the targets, and delivery mismatches.
+//! file portwatch/docs/performance.md is pasted from, the targets, and delivery mismatches.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;

@@ -17,9 +17,10 @@ use super::emulated_table::{Header, Table};
 use super::libbpf_tools;
 use super::machine::Machine;
 use crate::project::target_dir;
+use crate::vm::arch::Arch;
 use crate::vm::initramfs::{self, Executable};
 use crate::vm::kernels::{self, Series};
-use crate::vm::{packages, protocol, qemu};
+use crate::vm::{busybox, packages, protocol, qemu};
 
 /// What `cargo xtask bench --vm` was asked for.
 pub struct Options {
@@ -57,7 +58,7 @@ fn clock(series: Series) -> (&'static [&'static str], String) {
                 ICOUNT.join(" ")
             ),
         ),
-        Series::V5_10 | Series::V6_1 => (
+        Series::V5_10 | Series::V6_1 | Series::V7_2 | Series::V7_3 => (
             &[],
             "the host's (`-icount` is used on 6.12 only: 6.1 hung bringing up its second vCPU \
              with it), so whatever else the host ran during a mode's rounds moved its ratio; \
@@ -71,7 +72,11 @@ pub fn run(options: Options) -> Result<()> {
     let started = Instant::now();
     packages::ensure(packages::KERNEL_MATRIX)?;
     let dir = target_dir()?.join("vm");
-    let kernel = kernels::resolve(&dir, &[options.series], options.offline)?
+    let spec = kernels::Spec {
+        arch: Arch::HOST,
+        series: options.series,
+    };
+    let kernel = kernels::resolve(&dir, &[spec], options.offline)?
         .pop()
         .context("no kernel resolved")?;
     let tools = libbpf_tools::resolve(&dir, options.offline)?;
@@ -104,7 +109,12 @@ pub fn run(options: Options) -> Result<()> {
     }));
     let initrd = dir.join("bench-initramfs.cpio");
     let init = protocol::bench_init_script(options.rounds, options.seconds);
-    initramfs::build_with(&initrd, &executables, &init)?;
+    let busybox = busybox::find(&dir, Arch::HOST, options.offline)?;
+    let guest = initramfs::Guest {
+        arch: Arch::HOST,
+        busybox: &busybox,
+    };
+    initramfs::build_with(&initrd, &guest, &executables, &init)?;
 
     let logs = dir.join("logs");
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
@@ -119,6 +129,7 @@ pub fn run(options: Options) -> Result<()> {
     let watchdog = QUIET_ALLOWANCE + Duration::from_secs_f64(options.seconds);
     let (clock_args, clock) = clock(options.series);
     let console = qemu::boot_with(
+        Arch::HOST,
         &kernel.vmlinuz,
         &initrd,
         &log,

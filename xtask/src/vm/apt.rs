@@ -12,9 +12,12 @@ use std::process::{Command, Output};
 
 use anyhow::{Context, Result, bail};
 
+use super::arch::Arch;
+
 /// Bullseye carries 5.10, bookworm 6.1, trixie and bookworm-backports 6.12 (the newer of the two
-/// wins; so far trixie's); the security suites carry the newest point releases.
-const ARCHIVE_SUITES: &str = "bullseye bookworm bookworm-backports trixie";
+/// wins; so far trixie's), trixie-backports and sid the newest series (7.3 and 7.2 in December
+/// 2026); the security suites carry the newest point releases.
+pub const ARCHIVE_SUITES: &str = "bullseye bookworm bookworm-backports trixie trixie-backports sid";
 const SECURITY_SUITES: &str = "bullseye-security bookworm-security trixie-security";
 pub const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const DEFAULT_ARCHIVE: &str = "http://deb.debian.org/debian";
@@ -25,8 +28,10 @@ pub struct Apt {
 }
 
 impl Apt {
-    /// Lays out the private apt tree in `dir`, with the mirrors the host itself uses.
-    pub fn new(dir: &Path) -> Result<Apt> {
+    /// Lays out the private apt tree for the packages of `arch` under `vm_dir`, with the mirrors
+    /// the host itself uses: it resolves and downloads as apt on an `arch` machine would.
+    pub fn new(vm_dir: &Path, arch: Arch) -> Result<Apt> {
+        let dir = vm_dir.join(format!("apt-{}", arch.name()));
         if !Path::new(KEYRING).is_file() {
             bail!("{KEYRING} is missing; install the debian-archive-keyring package");
         }
@@ -52,7 +57,8 @@ impl Apt {
         let stanza = |uri: &str, suites: &str| {
             format!(
                 "Types: deb\nURIs: {uri}\nSuites: {suites}\nComponents: main\n\
-                 Architectures: amd64\nTargets: Packages\nSigned-By: {KEYRING}\n"
+                 Architectures: {}\nTargets: Packages\nSigned-By: {KEYRING}\n",
+                arch.name()
             )
         };
         let text = format!(
@@ -71,6 +77,9 @@ impl Apt {
              Dir::State \"{}\";\n\
              Dir::State::status \"{}\";\n\
              Dir::Cache \"{}\";\n\
+             APT::Architecture \"{}\";\n\
+             #clear APT::Architectures;\n\
+             APT::Architectures {{ \"{}\"; }};\n\
              APT::Sandbox::User \"root\";\n\
              #clear APT::Update::Pre-Invoke;\n\
              #clear APT::Update::Post-Invoke;\n\
@@ -80,6 +89,8 @@ impl Apt {
             state.display(),
             status.display(),
             cache.display(),
+            arch.name(),
+            arch.name(),
         );
         fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         Ok(Apt { config })

@@ -2,8 +2,8 @@
 //!
 //! The newest is resolved at run time because the archive replaces kernels with every point
 //! release. Each one is cached as `kernels/<release>/` (vmlinuz, its config, the package it came
-//! from), and `kernels/latest-<series>` names the one resolved last, so a run without network
-//! boots exactly what the last online run booted.
+//! from), and `kernels/latest-<series>` (`latest-arm64-<series>` for arm64) names the one
+//! resolved last, so a run without network boots exactly what the last online run booted.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,10 +13,13 @@ use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 
 use super::apt::Apt;
+use super::arch::Arch;
 
-/// Depends on the newest image of its suite; one version of it per suite, so its version list
-/// holds every series' newest kernel.
-const METAPACKAGE: &str = "linux-image-cloud-amd64";
+/// `linux-image-cloud-<arch>` depends on the newest image of its suite; one version of it per
+/// suite, so its version list holds every series' newest kernel.
+fn metapackage(arch: Arch) -> String {
+    format!("linux-image-cloud-{}", arch.name())
+}
 
 /// A kernel series, named as on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -27,6 +30,12 @@ pub enum Series {
     V6_1,
     #[value(name = "6.12")]
     V6_12,
+    /// The newest series of Debian's unstable suite (sid) when this was written.
+    #[value(name = "7.2")]
+    V7_2,
+    /// The newest series of trixie-backports, and of Debian, when this was written.
+    #[value(name = "7.3")]
+    V7_3,
 }
 
 impl Series {
@@ -35,12 +44,45 @@ impl Series {
             Series::V5_10 => "5.10",
             Series::V6_1 => "6.1",
             Series::V6_12 => "6.12",
+            Series::V7_2 => "7.2",
+            Series::V7_3 => "7.3",
         }
+    }
+}
+
+/// One kernel of the matrix: a series built for an architecture. On the command line the
+/// host's architecture goes without saying (`6.1`); another one is named first (`arm64/6.1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Spec {
+    pub arch: Arch,
+    pub series: Series,
+}
+
+impl Spec {
+    pub fn name(self) -> String {
+        if self.arch == Arch::HOST {
+            self.series.name().to_owned()
+        } else {
+            format!("{}/{}", self.arch.name(), self.series.name())
+        }
+    }
+
+    /// `[ARCH/]SERIES`, as clap's value parser.
+    pub fn parse(text: &str) -> Result<Spec, String> {
+        let (arch, series) = match text.split_once('/') {
+            Some((arch, series)) => (Arch::from_str(arch, false)?, series),
+            None => (Arch::HOST, text),
+        };
+        Ok(Spec {
+            arch,
+            series: Series::from_str(series, false)?,
+        })
     }
 }
 
 /// A kernel ready to boot.
 pub struct Kernel {
+    pub arch: Arch,
     pub series: Series,
     /// As `uname -r` prints it, e.g. `6.1.0-56-cloud-amd64`.
     pub release: String,
@@ -51,31 +93,44 @@ pub struct Kernel {
     pub btf: bool,
 }
 
+impl Kernel {
+    pub fn spec(&self) -> Spec {
+        Spec {
+            arch: self.arch,
+            series: self.series,
+        }
+    }
+
+    /// The row's name, as on the command line.
+    pub fn name(&self) -> String {
+        self.spec().name()
+    }
+}
+
 /// The newest kernel of each of `wanted`, downloaded into `vm_dir/kernels` unless cached there.
 /// Offline, or when the archive cannot be used, the kernels resolved last are used.
-pub fn resolve(vm_dir: &Path, wanted: &[Series], offline: bool) -> Result<Vec<Kernel>> {
+pub fn resolve(vm_dir: &Path, wanted: &[Spec], offline: bool) -> Result<Vec<Kernel>> {
     let cache = vm_dir.join("kernels");
-    let from_cache = || -> Result<Vec<Kernel>> {
-        wanted
-            .iter()
-            .map(|series| cached(&cache, *series))
-            .collect()
-    };
+    let from_cache =
+        || -> Result<Vec<Kernel>> { wanted.iter().map(|spec| cached(&cache, *spec)).collect() };
     if offline {
         return from_cache();
     }
     println!("resolving Debian cloud kernels ...");
     let online = || -> Result<Vec<Kernel>> {
-        let apt = Apt::new(&vm_dir.join("apt"))?;
-        apt.update()?;
-        let versions = apt.show(METAPACKAGE)?;
-        wanted
-            .iter()
-            .map(|&series| {
-                let (package, version) = newest(&versions, series)?;
-                fetch(&apt, &cache, series, &package, &version)
-            })
-            .collect()
+        let mut arches: Vec<Arch> = wanted.iter().map(|spec| spec.arch).collect();
+        arches.dedup();
+        let mut kernels = Vec::new();
+        for arch in arches {
+            let apt = Apt::new(vm_dir, arch)?;
+            apt.update()?;
+            let versions = apt.show(&metapackage(arch))?;
+            for spec in wanted.iter().filter(|spec| spec.arch == arch) {
+                let (package, version) = newest(&versions, *spec)?;
+                kernels.push(fetch(&apt, &cache, *spec, &package, &version)?);
+            }
+        }
+        Ok(kernels)
     };
     online().or_else(|err| match from_cache() {
         Ok(kernels) => {
@@ -88,8 +143,9 @@ pub fn resolve(vm_dir: &Path, wanted: &[Series], offline: bool) -> Result<Vec<Ke
 
 /// The image package (and its version) the newest metapackage of `series` depends on.
 /// `apt-cache show` lists versions newest first, so the first stanza of the series is the one.
-fn newest(versions: &str, series: Series) -> Result<(String, String)> {
-    let prefix = format!("{}.", series.name());
+fn newest(versions: &str, spec: Spec) -> Result<(String, String)> {
+    let metapackage = metapackage(spec.arch);
+    let prefix = format!("{}.", spec.series.name());
     for stanza in versions.split("\n\n") {
         let field = |name: &str| {
             stanza
@@ -105,7 +161,7 @@ fn newest(versions: &str, series: Series) -> Result<(String, String)> {
             .split(',')
             .map(str::trim)
             .find(|dependency| dependency.starts_with("linux-image-"))
-            .with_context(|| format!("{METAPACKAGE} depends on no image: {depends}"))?;
+            .with_context(|| format!("{metapackage} depends on no image: {depends}"))?;
         let (package, version) = image
             .split_once(" (= ")
             .and_then(|(package, rest)| Some((package, rest.strip_suffix(')')?)))
@@ -113,12 +169,13 @@ fn newest(versions: &str, series: Series) -> Result<(String, String)> {
         return Ok((package.to_owned(), version.to_owned()));
     }
     bail!(
-        "no {METAPACKAGE} {prefix}* in bullseye, bookworm(-backports) or trixie (or their security suites)"
+        "no {metapackage} {prefix}* in {} (or their security suites)",
+        super::apt::ARCHIVE_SUITES
     )
 }
 
 /// The cached kernel for `package` at `version`, downloading and unpacking it if missing.
-fn fetch(apt: &Apt, cache: &Path, series: Series, package: &str, version: &str) -> Result<Kernel> {
+fn fetch(apt: &Apt, cache: &Path, spec: Spec, package: &str, version: &str) -> Result<Kernel> {
     let release = package
         .strip_prefix("linux-image-")
         .with_context(|| format!("{package} is not a linux-image package"))?;
@@ -129,25 +186,30 @@ fn fetch(apt: &Apt, cache: &Path, series: Series, package: &str, version: &str) 
         let download = cache.join("download");
         // Leftovers of an interrupted run would be mistaken for this download.
         remove_if_present(&download)?;
-        let deb = apt.download(package, version, &download)?;
         let unpacked = download.join("unpacked");
-        let status = Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(&deb)
-            .arg(&unpacked)
-            .status()
-            .context("running dpkg-deb")?;
-        if !status.success() {
-            bail!("dpkg-deb -x {} failed ({status})", deb.display());
+        unpack(&apt.download(package, version, &download)?, &unpacked)?;
+        // Since 7.x the image package is empty and depends on these two, at its own version.
+        if !unpacked.join(format!("boot/vmlinuz-{release}")).exists() {
+            for split in ["linux-binary", "linux-base"] {
+                let split = format!("{split}-{release}");
+                unpack(&apt.download(&split, version, &download)?, &unpacked)?;
+            }
         }
         // Assemble next to the final place and rename, so a cache entry is whole or absent.
         let partial = cache.join(format!("{release}.partial"));
         remove_if_present(&partial)?;
         fs::create_dir_all(&partial)?;
-        for (from, to) in [("vmlinuz", "vmlinuz"), ("config", "config")] {
-            let source = unpacked.join(format!("boot/{from}-{release}"));
-            fs::copy(&source, partial.join(to))
-                .with_context(|| format!("{package} has no {}", source.display()))?;
+        for name in ["vmlinuz", "config"] {
+            let source = [
+                format!("boot/{name}-{release}"),
+                format!("usr/lib/modules/{release}/{name}"),
+            ]
+            .map(|path| unpacked.join(path))
+            .into_iter()
+            .find(|path| path.is_file())
+            .with_context(|| format!("{package} {version} unpacked to no {name}"))?;
+            fs::copy(&source, partial.join(name))
+                .with_context(|| format!("copying {}", source.display()))?;
         }
         fs::write(partial.join("package"), &origin)?;
         remove_if_present(&dir)?;
@@ -155,18 +217,32 @@ fn fetch(apt: &Apt, cache: &Path, series: Series, package: &str, version: &str) 
             .with_context(|| format!("moving {} into place", partial.display()))?;
         remove_if_present(&download)?;
     }
-    fs::write(cache.join(latest(series)), format!("{release}\n"))?;
-    cached(cache, series)
+    fs::write(cache.join(latest(spec)), format!("{release}\n"))?;
+    cached(cache, spec)
 }
 
-/// The kernel of `series` that the last online run resolved.
-fn cached(cache: &Path, series: Series) -> Result<Kernel> {
-    let pointer = cache.join(latest(series));
+/// `dpkg-deb -x deb into`; several packages may go into one directory.
+pub fn unpack(deb: &Path, into: &Path) -> Result<()> {
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(deb)
+        .arg(into)
+        .status()
+        .context("running dpkg-deb")?;
+    if !status.success() {
+        bail!("dpkg-deb -x {} failed ({status})", deb.display());
+    }
+    Ok(())
+}
+
+/// The kernel of `spec` that the last online run resolved.
+fn cached(cache: &Path, spec: Spec) -> Result<Kernel> {
+    let pointer = cache.join(latest(spec));
     let release = fs::read_to_string(&pointer)
         .with_context(|| {
             format!(
                 "no cached {} kernel ({} is missing); run once without --offline",
-                series.name(),
+                spec.name(),
                 pointer.display()
             )
         })?
@@ -186,7 +262,8 @@ fn cached(cache: &Path, series: Series) -> Result<Kernel> {
         bail!("{} is missing", vmlinuz.display());
     }
     Ok(Kernel {
-        series,
+        arch: spec.arch,
+        series: spec.series,
         package: package.to_owned(),
         version: version.to_owned(),
         vmlinuz,
@@ -195,8 +272,8 @@ fn cached(cache: &Path, series: Series) -> Result<Kernel> {
     })
 }
 
-fn latest(series: Series) -> String {
-    format!("latest-{}", series.name())
+fn latest(spec: Spec) -> String {
+    format!("latest-{}", spec.name().replace('/', "-"))
 }
 
 pub fn remove_if_present(dir: &Path) -> Result<()> {

@@ -15,7 +15,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// How to tell that a package is installed.
-enum Probe {
+pub enum Probe {
     /// A program the package puts on PATH.
     Program(&'static str),
     /// A file the package installs.
@@ -23,8 +23,8 @@ enum Probe {
 }
 
 pub struct Needed {
-    package: &'static str,
-    probe: Probe,
+    pub package: &'static str,
+    pub probe: Probe,
 }
 
 /// What `cargo xtask vm-test` needs.
@@ -42,6 +42,13 @@ pub const KERNEL_MATRIX: &[Needed] = &[
         probe: Probe::File(super::apt::KEYRING),
     },
 ];
+
+/// What the arm64 rows of the matrix need beyond `KERNEL_MATRIX` (the guests' busybox comes
+/// from the archive through the private apt: the host's busybox is for the host's architecture).
+pub const ARM64_MATRIX: &[Needed] = &[Needed {
+    package: "qemu-system-arm",
+    probe: Probe::Program("qemu-system-aarch64"),
+}];
 
 /// What the checks on the host itself need beyond the build.
 pub const HOST_CHECKS: &[Needed] = &[

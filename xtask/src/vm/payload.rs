@@ -9,6 +9,8 @@ use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 
+use super::arch::Arch;
+
 pub struct Payload {
     pub portwatch: PathBuf,
     /// The `e2e` test (libtest-mimic, not cargo's harness); it reads `PORTWATCH_BIN` and
@@ -16,22 +18,37 @@ pub struct Payload {
     pub e2e: PathBuf,
 }
 
-/// Builds both, setting up the eBPF toolchain first: the portwatch build compiles and embeds the
-/// kernel programs.
-pub fn build() -> Result<Payload> {
+/// Builds both for `arch`, setting up the eBPF toolchain (the portwatch build compiles and
+/// embeds the kernel programs, for `arch`'s registers and syscalls) and any cross tools first.
+pub fn build(arch: Arch) -> Result<Payload> {
     crate::toolchain::ensure()?;
-    println!("building portwatch and the e2e suite (release) ...");
-    let portwatch = built_executable(&["build", "--release", "-p", "portwatch"], "portwatch")?;
+    arch.ensure_build_tools()?;
+    println!(
+        "building portwatch and the e2e suite (release, {}) ...",
+        arch.name()
+    );
+    let target: &[&str] = match arch.cargo_target() {
+        Some(triple) => &["--target", triple],
+        None => &[],
+    };
+    let portwatch = built_executable(
+        &[&["build", "--release", "-p", "portwatch"], target].concat(),
+        "portwatch",
+    )?;
     let e2e = built_executable(
         &[
-            "test",
-            "--release",
-            "-p",
-            "portwatch",
-            "--test",
-            "e2e",
-            "--no-run",
-        ],
+            &[
+                "test",
+                "--release",
+                "-p",
+                "portwatch",
+                "--test",
+                "e2e",
+                "--no-run",
+            ],
+            target,
+        ]
+        .concat(),
         "e2e",
     )?;
     Ok(Payload { portwatch, e2e })

@@ -57,7 +57,8 @@ poweroff -f
 /// `portwatch --check --backend B` tells whether B attaches; only then is the suite run with it.
 /// The suite and every check run under busybox `timeout`, so one hung backend costs its timeout
 /// and the others still run. A failed suite's result names the failed scenarios and carries the
-/// harness's summary line.
+/// harness's summary line; a passed one names the scenarios that skipped themselves (libtest's
+/// `test <name> ... ignored (<why>)` lines), so a check that never ran is not counted as passed.
 const INIT_SUITE: &str = r#"TAB=$(printf '\t')
 T=@TIMEOUT@
 
@@ -83,12 +84,13 @@ for b in @BACKENDS@; do
 	case "$answer" in
 	"$b${TAB}ok")
 		{
-			PORTWATCH_BIN=/@PAYLOAD_DIR@/portwatch PORTWATCH_BACKEND=$b timeout -s KILL $T e2e @SCENARIOS@
+			PORTWATCH_BIN=/@PAYLOAD_DIR@/portwatch PORTWATCH_BACKEND=$b timeout -s KILL $T e2e --color never @SCENARIOS@
 			echo $? >/tmp/e2e.status
 		} 2>&1 | tee /tmp/e2e.out
 		rc=$(cat /tmp/e2e.status)
 		if [ $rc -eq 0 ]; then
-			printf 'PORTWATCH-VM-RESULT backend=%s status=passed\n' $b
+			skipped=$(grep ' \.\.\. ignored' /tmp/e2e.out | while read -r test name rest; do printf '%s %s; ' "$name" "${rest#*ignored }"; done)
+			printf 'PORTWATCH-VM-RESULT backend=%s status=passed skipped=%s reason=%s\n' $b "$(grep -c ' \.\.\. ignored' /tmp/e2e.out)" "${skipped%; }"
 		elif [ $rc -eq 137 ]; then
 			printf 'PORTWATCH-VM-RESULT backend=%s status=failed reason=suite killed after %s s\n' $b $T
 		else
@@ -156,9 +158,18 @@ pub enum Auto {
 
 /// One backend's outcome, as the guest reported it.
 pub enum Outcome {
-    Passed,
-    Failed { reason: String },
-    Unsupported { reason: String },
+    /// The suite passed; `skipped` scenarios said this machine cannot run them (`which`:
+    /// `<name> (<why>)`, joined by `; `).
+    Passed {
+        skipped: usize,
+        which: String,
+    },
+    Failed {
+        reason: String,
+    },
+    Unsupported {
+        reason: String,
+    },
 }
 
 pub struct BackendResult {
@@ -239,14 +250,22 @@ fn parse_auto(rest: &str) -> Option<Auto> {
     })
 }
 
-/// `backend=<b> status=<passed|failed|unsupported>[ reason=<text to the end of the line>]`.
+/// `backend=<b> status=<passed|failed|unsupported>[ skipped=<n>][ reason=<text to the end of
+/// the line>]`. A pass without `skipped=` (an older guest's) skipped nothing it said.
 fn parse_result(rest: &str) -> Option<(Backend, Outcome)> {
     let (backend, rest) = rest.strip_prefix("backend=")?.split_once(" status=")?;
     let backend = Backend::parse(backend)?;
     let (status, reason) = rest.split_once(" reason=").unwrap_or((rest, ""));
     let reason = reason.to_owned();
+    let (status, skipped) = match status.split_once(" skipped=") {
+        Some((status, count)) => (status, count.parse().ok()?),
+        None => (status, 0),
+    };
     let outcome = match status {
-        "passed" => Outcome::Passed,
+        "passed" => Outcome::Passed {
+            skipped,
+            which: reason,
+        },
         "unsupported" => Outcome::Unsupported { reason },
         "failed" => Outcome::Failed { reason },
         _ => return None,
@@ -330,7 +349,7 @@ mod tests {
             "PORTWATCH-VM-BEGIN auto",
             "PORTWATCH-VM-AUTO picked=fentry",
             "PORTWATCH-VM-BEGIN backend=kprobe",
-            "PORTWATCH-VM-RESULT backend=kprobe status=passed",
+            "PORTWATCH-VM-RESULT backend=kprobe status=passed skipped=0 reason=",
             "PORTWATCH-VM-BEGIN backend=fentry",
             // A kernel message printed on the same line before ours must not hide it.
             "[   12.0] audit: noise PORTWATCH-VM-RESULT backend=fentry status=failed reason=test result: FAILED. 1 passed; 1 failed",
@@ -347,7 +366,7 @@ mod tests {
         assert_eq!(kernel.filter_functions, "51234");
         assert!(matches!(report.auto, Some(Auto::Picked(ref b)) if b == "fentry"));
         let kprobe = &report.results[&Backend::Kprobe];
-        assert!(matches!(kprobe.outcome, Outcome::Passed));
+        assert!(matches!(kprobe.outcome, Outcome::Passed { skipped: 0, .. }));
         assert_eq!(kprobe.took, Duration::from_secs(1));
         assert!(matches!(
             &report.results[&Backend::Fentry].outcome,
@@ -357,6 +376,58 @@ mod tests {
             &report.results[&Backend::Tracepoint].outcome,
             Outcome::Unsupported { reason } if reason == "no kprobes here"
         ));
+    }
+
+    #[test]
+    fn skipped_scenarios_are_read_back() {
+        let report = Report::parse(&console(&[
+            "PORTWATCH-VM-RESULT backend=tracepoint status=passed skipped=2 reason=parity::mptcp_binds_are_claims (this kernel has no MPTCP); fleet::prometheus_scrapes_metrics (prometheus is not installed)",
+        ]));
+        assert!(matches!(
+            &report.results[&Backend::Tracepoint].outcome,
+            Outcome::Passed { skipped: 2, which } if which == "parity::mptcp_binds_are_claims (this kernel has no MPTCP); fleet::prometheus_scrapes_metrics (prometheus is not installed)"
+        ));
+    }
+
+    /// The init script's own shell turns libtest's output into the result line: run it on
+    /// real harness output (names padded, reasons with parentheses) and read the line back.
+    #[test]
+    fn the_guest_shell_reports_what_libtest_skipped() {
+        let script = init_script(&[Backend::Tracepoint], 5, None);
+        let start = script
+            .find("\t\tif [ $rc -eq 0 ]; then\n")
+            .expect("the pass branch");
+        let end = script[start..].find("\t\telif").expect("its end") + start;
+        let dir = std::env::temp_dir().join(format!("portwatch-skips-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("e2e.out");
+        fs::write(
+            &out,
+            "running 3 tests\n\
+             test fleet::promtool_accepts_the_metrics ... ignored (promtool is not installed (Debian: prometheus))\n\
+             test fleet::metrics_count_own_traffic    ... ok\n\
+             test parity::mptcp_binds_are_claims      ... ignored (no MPTCP)\n\
+             \ntest result: ok. 1 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out\n",
+        )
+        .unwrap();
+        let branch = format!(
+            "rc=0; b=tracepoint\n{}fi\n",
+            script[start..end].replace("/tmp/e2e.out", &out.display().to_string())
+        );
+        let output = std::process::Command::new("sh")
+            .args(["-c", &branch])
+            .output()
+            .unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        let line = String::from_utf8(output.stdout).unwrap();
+        let report = Report::parse(&console(&[line.trim_end()]));
+        assert!(
+            matches!(
+                &report.results[&Backend::Tracepoint].outcome,
+                Outcome::Passed { skipped: 2, which } if which == "fleet::promtool_accepts_the_metrics (promtool is not installed (Debian: prometheus)); parity::mptcp_binds_are_claims (no MPTCP)"
+            ),
+            "{line}"
+        );
     }
 
     #[test]
@@ -380,6 +451,7 @@ mod tests {
         for line in [
             "PORTWATCH-VM-RESULT backend=bogus status=passed",
             "PORTWATCH-VM-RESULT backend=kprobe status=maybe",
+            "PORTWATCH-VM-RESULT backend=kprobe status=passed skipped=two reason=a (b)",
             "PORTWATCH-VM-RESULT status=passed",
             "PORTWATCH-VM-RESULT",
         ] {
@@ -416,7 +488,7 @@ mod tests {
         }
         assert!(script.contains("for b in kprobe tracepoint; do"));
         assert!(script.contains("T=240"));
-        assert!(script.contains("timeout -s KILL $T e2e parity::\n"));
+        assert!(script.contains("timeout -s KILL $T e2e --color never parity::\n"));
         assert!(script.starts_with("#!/bin/busybox sh\n"));
     }
 

@@ -11,6 +11,8 @@
 //! kill -9 scenario, in one CI run of 2026-11-26. The likely cause is a vCPU still running its
 //! translation of the old text after the other vCPU rewrote it; taking turns on one thread, each
 //! sees the other's writes before it runs again.
+//!
+//! arm64 kernels boot on qemu's `virt` board, whose serial console is a PL011 (`ttyAMA0`).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, LineWriter, Read, Write};
@@ -22,12 +24,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-const QEMU: &str = "qemu-system-x86_64";
+use super::arch::Arch;
+
+/// The emulator of `arch`, the board options it needs, and the kernel's console device.
+fn machine(arch: Arch) -> (&'static str, &'static [&'static str], &'static str) {
+    match arch {
+        Arch::Amd64 => ("qemu-system-x86_64", &[], "ttyS0"),
+        Arch::Arm64 => ("qemu-system-aarch64", &["-M", "virt"], "ttyAMA0"),
+    }
+}
 
 /// `quiet` keeps the kernel's boot chatter off the console the results are read from;
 /// `panic=-1` turns a panic (or an init that exits) into a reboot, which `-no-reboot` turns into
 /// qemu exiting instead of hanging until the watchdog.
-const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1";
+fn kernel_cmdline(console: &str) -> String {
+    format!("console={console} quiet panic=-1")
+}
 
 /// One console line and when it arrived, counted from qemu's start.
 pub struct Line {
@@ -69,22 +81,25 @@ pub struct Console {
     pub elapsed: Duration,
 }
 
-/// Boots `kernel` with `initrd`, writes the console to `log` as it arrives and returns it.
+/// Boots `kernel` (built for `arch`) with `initrd`, writes the console to `log` as it arrives and
+/// returns it.
 ///
 /// `on_line` sees every line and says whether it shows progress; qemu is killed once `watchdog`
 /// passes without progress, so a hung guest costs a bounded time.
 pub fn boot(
+    arch: Arch,
     kernel: &Path,
     initrd: &Path,
     log: &Path,
     watchdog: Duration,
     on_line: impl FnMut(&str) -> bool,
 ) -> Result<Console> {
-    boot_with(kernel, initrd, log, watchdog, &[], on_line)
+    boot_with(arch, kernel, initrd, log, watchdog, &[], on_line)
 }
 
 /// `boot` with `extra` arguments for qemu.
 pub fn boot_with(
+    arch: Arch,
     kernel: &Path,
     initrd: &Path,
     log: &Path,
@@ -95,7 +110,9 @@ pub fn boot_with(
     // Line by line, so the log can be followed while a slow guest runs.
     let mut log =
         LineWriter::new(File::create(log).with_context(|| format!("creating {}", log.display()))?);
-    let mut child = Command::new(QEMU)
+    let (qemu, board, console) = machine(arch);
+    let mut child = Command::new(qemu)
+        .args(board)
         .args([
             "-accel",
             "tcg,thread=single",
@@ -113,12 +130,13 @@ pub fn boot_with(
         .arg(kernel)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", KERNEL_CMDLINE])
+        .arg("-append")
+        .arg(kernel_cmdline(console))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting {QEMU}"))?;
+        .with_context(|| format!("starting {qemu}"))?;
     let start = Instant::now();
 
     // The serial console comes on stdout, qemu's own complaints on stderr; both go to the log.

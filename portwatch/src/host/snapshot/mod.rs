@@ -232,6 +232,7 @@ impl Iterator for HeldEvents {
             holder: None,
             hint: None,
             audit: None,
+            exhaustion: None,
         })
     }
 }

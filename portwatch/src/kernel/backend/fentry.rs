@@ -5,60 +5,17 @@ use aya::{
     programs::{Program, ProgramError},
 };
 
+use portwatch_ebpf::programs::{self, Kind};
+
 use super::{BackendError, Kernel, concurrent, kernel_function, lacks, parameter_count};
 
-/// Program name in the object, the hook it serves, and for fexit programs the parameter count
-/// of the kernel function they were written for (their return value sits right after the
-/// parameters); 0 for fentry programs, which work whatever the count.
-///
-/// Attached in this order: every release hook before any claim hook. A claim recorded while its
-/// socket's release went unseen would stay in the claim map after the socket is gone, and the
-/// next socket allocated at that address would look as if it had claimed already.
-pub const PROGRAMS: [(&str, &str, u32); 15] = [
-    ("put_port_entry", "put_port", 0),
-    ("udp_unhash_entry", "udp_unhash", 0),
-    ("time_wait_start", "time_wait_start", 0),
-    ("time_wait_end", "time_wait_end", 0),
-    ("listen_stop_entry", "listen_stop", 0),
-    ("listen_stop_exit", "listen_stop", 0),
-    ("inet_bind_exit", "bind", 4),
-    ("inet6_bind_exit", "bind6", 4),
-    ("hash_connect_exit", "hash_connect", 4),
-    ("autobind_exit", "autobind", 1),
-    ("listen_start_entry", "listen_start", 0),
-    ("listen_start_exit_1", "listen_start", 1),
-    ("listen_start_exit_2", "listen_start", 2),
-    ("accept_exit_2", "accept", 2),
-    ("accept_exit_4", "accept", 4),
-];
-
 /// Loads the programs this kernel's signatures call for, all at once (see [`concurrent`]), then
-/// attaches them in [`PROGRAMS`] order.
+/// attaches them in the order of [`programs::PROGRAMS`].
 ///
 /// A hook whose signature no program fits is reported only after the others have loaded: a
 /// kernel that refuses trampolines altogether should say so, which is the more basic reason.
 pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
-    let mut chosen: Vec<(&str, &'static str)> = Vec::new();
-    let mut unfit = None;
-    for (program, hook, written_for) in PROGRAMS {
-        let function = kernel_function(kernel, hook)?;
-        let parameters = parameter_count(kernel, function);
-        if written_for != 0 && written_for != parameters {
-            let variant_fits = PROGRAMS
-                .iter()
-                .any(|&(_, other, count)| other == hook && count == parameters);
-            if !variant_fits {
-                unfit.get_or_insert_with(|| {
-                    BackendError::Unsupported(format!(
-                        "{function} takes {parameters} parameters on this kernel; no fexit \
-                         program for that signature"
-                    ))
-                });
-            }
-            continue;
-        }
-        chosen.push((program, function));
-    }
+    let (chosen, unfit) = choose(kernel)?;
     let function_of = |program: &str| {
         chosen
             .iter()
@@ -97,4 +54,65 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<(), BackendError> {
         attached.map_err(|err| BackendError::hook(format!("{program} on {function}"), err))?;
     }
     Ok(())
+}
+
+/// A fentry backend's programs with the kernel function each goes on, and why a hook has none.
+type Chosen = (Vec<(&'static str, &'static str)>, Option<BackendError>);
+
+/// The programs this kernel's signatures call for, each with the kernel function it goes on,
+/// and the first hook no program fits, if any. Of a hook's fexit variants, the one written for
+/// the function's parameter count on this kernel.
+fn choose(kernel: &Kernel) -> Result<Chosen, BackendError> {
+    let mut chosen = Vec::new();
+    let mut unfit = None;
+    for program in programs::of(programs::Backend::Fentry) {
+        let function = kernel_function(kernel, program.hook)?;
+        let parameters = parameter_count(kernel, function);
+        if let Kind::FExit {
+            parameters: Some(written_for),
+        } = program.kind
+            && written_for != parameters
+        {
+            let variant_fits = programs::of(programs::Backend::Fentry).any(|other| {
+                other.hook == program.hook
+                    && other.kind
+                        == Kind::FExit {
+                            parameters: Some(parameters),
+                        }
+            });
+            if !variant_fits {
+                unfit.get_or_insert_with(|| {
+                    BackendError::Unsupported(format!(
+                        "{function} takes {parameters} parameters on this kernel; no fexit \
+                         program for that signature"
+                    ))
+                });
+            }
+            continue;
+        }
+        chosen.push((program.name, function));
+    }
+    Ok((chosen, unfit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the kernel running the tests every hook finds a program, and `__inet_hash_connect`
+    /// the variant for its parameter count (five since 6.15, as on this project's 6.18 CI host,
+    /// which refuses trampolines: there only the choice can be checked).
+    #[test]
+    fn every_hook_fits_this_kernel() {
+        let kernel = Kernel::read().expect("this kernel's BTF");
+        let (chosen, unfit) = choose(&kernel).expect("every hook has a kernel function");
+        assert!(unfit.is_none(), "{unfit:?}");
+        let connect: Vec<&str> = chosen
+            .iter()
+            .filter(|(_, function)| *function == "__inet_hash_connect")
+            .map(|(program, _)| *program)
+            .collect();
+        let parameters = parameter_count(&kernel, "__inet_hash_connect");
+        assert_eq!(connect, [format!("hash_connect_exit_{parameters}")]);
+    }
 }

@@ -5,6 +5,8 @@
 mod concurrent;
 mod fentry;
 mod kprobe;
+#[cfg(test)]
+mod object_tests;
 mod spec;
 mod tracefs;
 mod tracepoint;
@@ -16,7 +18,10 @@ use aya::{
     maps::Array,
     programs::{Program, ProgramError},
 };
-use portwatch_ebpf::{Offsets, Settings, Syscalls};
+use portwatch_ebpf::{
+    Offsets, Settings, Syscalls,
+    programs::{self, FUNCTIONS},
+};
 
 pub use spec::{Choice, LoadSpec};
 
@@ -43,6 +48,15 @@ impl Backend {
             Backend::Kprobe => "kprobe",
             Backend::Tracepoint => "tracepoint",
         }
+    }
+
+    /// This backend's programs in the object's table.
+    fn programs(self) -> impl Iterator<Item = &'static programs::Program> {
+        programs::of(match self {
+            Backend::Fentry => programs::Backend::Fentry,
+            Backend::Kprobe => programs::Backend::Kprobe,
+            Backend::Tracepoint => programs::Backend::Tracepoint,
+        })
     }
 
     pub fn candidates(choice: Choice) -> Vec<Backend> {
@@ -143,7 +157,7 @@ impl Kernel {
     /// that holds only the attach points (see [`Btf::attach_points_only`]).
     pub fn read() -> Result<Self, BackendError> {
         let kernel_functions = || {
-            KERNEL_FUNCTIONS
+            FUNCTIONS
                 .iter()
                 .flat_map(|(_, candidates)| candidates.iter().copied())
         };
@@ -229,12 +243,7 @@ fn attach_programs(
 }
 
 fn unload(ebpf: &mut Ebpf, backend: Backend) {
-    let programs: Vec<&str> = match backend {
-        Backend::Fentry => fentry::PROGRAMS.iter().map(|(name, _, _)| *name).collect(),
-        Backend::Kprobe => kprobe::PROGRAMS.iter().map(|(name, _)| *name).collect(),
-        Backend::Tracepoint => tracepoint::PROGRAMS.to_vec(),
-    };
-    for name in programs {
+    for name in backend.programs().map(|program| program.name) {
         // Programs that never loaded refuse to unload; nothing to undo for them.
         let _ = match ebpf.program_mut(name) {
             Some(Program::FEntry(program)) => program.unload(),
@@ -374,7 +383,7 @@ fn syscalls() -> Syscalls {
 /// The kernel function behind a hook: the first of its candidates this kernel has, because
 /// names change between versions (`inet_twsk_hashdance` became `inet_twsk_hashdance_schedule`).
 fn kernel_function(kernel: &Kernel, hook: &str) -> Result<&'static str, BackendError> {
-    let candidates = KERNEL_FUNCTIONS
+    let candidates = FUNCTIONS
         .iter()
         .find(|(name, _)| *name == hook)
         .map_or(&[][..], |(_, candidates)| *candidates);
@@ -395,25 +404,3 @@ fn kernel_function(kernel: &Kernel, hook: &str) -> Result<&'static str, BackendE
 fn parameter_count(kernel: &Kernel, function: &str) -> u32 {
     kernel.functions.get(function).copied().unwrap_or(0)
 }
-
-/// The kernel functions the fentry and kprobe backends hook, by program name, with the function
-/// names to try in order.
-const KERNEL_FUNCTIONS: [(&str, &[&str]); 11] = [
-    ("bind", &["__inet_bind"]),
-    ("bind6", &["__inet6_bind"]),
-    ("hash_connect", &["__inet_hash_connect"]),
-    ("autobind", &["inet_autobind"]),
-    ("listen_start", &["inet_csk_listen_start"]),
-    ("accept", &["inet_csk_accept"]),
-    ("listen_stop", &["inet_csk_listen_stop"]),
-    ("put_port", &["inet_put_port"]),
-    ("udp_unhash", &["udp_lib_unhash"]),
-    (
-        "time_wait_start",
-        &["inet_twsk_hashdance_schedule", "inet_twsk_hashdance"],
-    ),
-    (
-        "time_wait_end",
-        &["inet_twsk_bind_unhash", "inet_twsk_kill"],
-    ),
-];

@@ -13,6 +13,8 @@ use aya::{
     programs::{CgroupAttachMode, Program},
 };
 
+use portwatch_ebpf::programs::{self, Kind};
+
 use super::{BackendError, Kernel, concurrent, lacks, tracefs};
 
 /// The tp_btf tracepoints, as aya finds them in BTF (`btf_trace_<name>` typedefs).
@@ -23,45 +25,34 @@ pub const BTF_TRACEPOINT_TYPES: [&str; 4] = [
     "btf_trace_timer_expire_entry",
 ];
 
-/// Every program of this backend, by name in the object.
-pub const PROGRAMS: [&str; 9] = [
-    "sys_enter",
-    "sys_exit",
-    "post_bind4",
-    "post_bind6",
-    "tcp_set_state",
-    "tcp_destroy",
-    "timer_start",
-    "timer_expire",
-    "sock_release",
-];
-
-/// The syscalls whose entry `sys_enter` sees: what it must know before the call runs.
-const SYSCALL_ENTRIES: [&str; 6] = ["bind", "connect", "listen", "sendto", "sendmsg", "sendmmsg"];
-
-/// The syscalls whose return `sys_exit` sees.
-const SYSCALL_EXITS: [&str; 8] = [
-    "bind", "connect", "listen", "accept", "accept4", "sendto", "sendmsg", "sendmmsg",
-];
-
-/// The cgroup socket hooks, release first; each program's section names its attach point.
-const CGROUP_HOOKS: [&str; 3] = ["sock_release", "post_bind4", "post_bind6"];
+/// The tp_btf programs that recognise TIME_WAIT timers, which need two offsets some kernels'
+/// BTF lacks.
+const TIME_WAIT_TIMER_PROGRAMS: [&str; 2] = ["timer_start", "timer_expire"];
 
 /// Loads every program at once (see [`concurrent`]), then attaches them; returns what the
 /// backend cannot see on this kernel beyond its documented limits. Release hooks go first, for
-/// the reason given at [`super::fentry::PROGRAMS`]: the TCP tracepoints, then `sock_release`,
-/// then the claim hooks (`post_bind`, the syscalls).
+/// the reason given at [`programs::PROGRAMS`]: the TCP tracepoints, then `sock_release`, then
+/// the claim hooks (`post_bind`, the syscalls).
 pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<Vec<String>, BackendError> {
     tracefs::ensure_mounted()?;
-    let mut btf_tracepoints = vec![
-        ("tcp_set_state", "inet_sock_set_state"),
-        ("tcp_destroy", "tcp_destroy_sock"),
-    ];
+    let timers_located = kernel.time_wait_timers_located();
+    let table: Vec<&programs::Program> = programs::of(programs::Backend::Tracepoint)
+        .filter(|program| timers_located || !TIME_WAIT_TIMER_PROGRAMS.contains(&program.name))
+        .collect();
+    let btf_tracepoints: Vec<(&str, &str)> = table
+        .iter()
+        .filter_map(|program| match program.kind {
+            Kind::BtfTracepoint(tracepoint) => Some((program.name, tracepoint)),
+            _ => None,
+        })
+        .collect();
+    let cgroup_hooks: Vec<&str> = table
+        .iter()
+        .filter(|program| program.kind == Kind::CgroupSock)
+        .map(|program| program.name)
+        .collect();
     let mut notes = Vec::new();
-    if kernel.time_wait_timers_located() {
-        btf_tracepoints.push(("timer_start", "timer_start"));
-        btf_tracepoints.push(("timer_expire", "timer_expire_entry"));
-    } else {
+    if !timers_located {
         notes.push(
             "the end of TIME_WAIT is not observable and every close from FIN_WAIT2 or CLOSING \
              counts as an immediate free: this kernel's BTF lacks timer_list.function or \
@@ -69,14 +60,18 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<Vec<String>, BackendEr
                 .to_owned(),
         );
     }
-    // Largest first (`sys_exit`, then `tcp_set_state`, the first tp_btf), so the two longest
+    // Largest first (the syscall exit program, then the first tp_btf), so the two longest
     // verifications run side by side.
-    let programs: Vec<&str> = std::iter::once("sys_exit")
-        .chain(btf_tracepoints.iter().map(|(program, _)| *program))
-        .chain(["sys_enter"])
-        .chain(CGROUP_HOOKS)
-        .collect();
-    concurrent::load_all(ebpf, &programs, |name, program| {
+    let load_rank = |program: &&programs::Program| match program.kind {
+        Kind::SyscallExit(_) => 0,
+        Kind::BtfTracepoint(_) => 1,
+        Kind::SyscallEnter(_) => 2,
+        _ => 3,
+    };
+    let mut by_size = table.clone();
+    by_size.sort_by_key(load_rank);
+    let load_order: Vec<&str> = by_size.iter().map(|program| program.name).collect();
+    concurrent::load_all(ebpf, &load_order, |name, program| {
         let loaded = match program {
             Program::BtfTracePoint(btf_tp) => {
                 let tracepoint = btf_tracepoints
@@ -100,19 +95,21 @@ pub fn attach(ebpf: &mut Ebpf, kernel: &Kernel) -> Result<Vec<String>, BackendEr
             .map_err(|err| BackendError::hook(format!("tp_btf {tracepoint}"), err))?;
     }
     let cgroup = cgroup2_root()?;
-    for program in CGROUP_HOOKS {
+    for program in cgroup_hooks {
         let Some(Program::CgroupSock(sock)) = ebpf.program_mut(program) else {
             return Err(lacks(program));
         };
         sock.attach(&cgroup, CgroupAttachMode::Single)
             .map_err(|err| BackendError::hook(format!("cgroup {program}"), err))?;
     }
-    for (program, direction, calls) in [
-        ("sys_enter", "enter", &SYSCALL_ENTRIES[..]),
-        ("sys_exit", "exit", &SYSCALL_EXITS[..]),
-    ] {
-        let Some(Program::TracePoint(tracepoint)) = ebpf.program_mut(program) else {
-            return Err(lacks(program));
+    for program in &table {
+        let (direction, calls) = match program.kind {
+            Kind::SyscallEnter(calls) => ("enter", calls),
+            Kind::SyscallExit(calls) => ("exit", calls),
+            _ => continue,
+        };
+        let Some(Program::TracePoint(tracepoint)) = ebpf.program_mut(program.name) else {
+            return Err(lacks(program.name));
         };
         for call in calls {
             let name = format!("sys_{direction}_{call}");

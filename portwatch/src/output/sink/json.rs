@@ -127,6 +127,10 @@ pub fn event_fields(out: &mut impl Write, event: &Event) -> io::Result<()> {
     if let Some(hint) = &event.hint {
         optional_string(out, "hint", Some(hint))?;
     }
+    if let Some(exhaustion) = &event.exhaustion {
+        out.write_all(b",\"exhaustion\":")?;
+        serde_json::to_writer(&mut *out, &exhaustion.to_json())?;
+    }
     if let Some(held_ns) = event.held_ns {
         out.write_all(b",\"held_ns\":")?;
         number(out, held_ns)?;

@@ -2,24 +2,27 @@
 //! of the ports in use per range. Labels stay low-cardinality (protocol, how, errno, range): a
 //! pid or a port as a label would make one time series per process or port.
 //!
-//! "In use" follows the event model: a port is in use from its claim (or its `held` report at
+//! "In use" is the holder table's: a port is in use from its claim (or its `held` report at
 //! start-up) until its last holder gives it back. A `free` with `time_wait` hands the port to a
-//! TIME_WAIT socket, which still holds it; only the `time_wait_end` free gives it back.
+//! TIME_WAIT socket, which still holds it; only the `time_wait_end` free gives it back. The
+//! gauge follows every event the kernel reported (before `--pid`, `--comm` and `--events`); the
+//! counters count the events printed (after them), and their help text says so.
 
-use std::{collections::HashMap, io, ops::RangeInclusive};
+use std::{io, ops::RangeInclusive};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::Sink;
-use crate::live::pressure::Pressure;
 use crate::{
+    live::holders::PortChange,
+    live::pressure::Pressure,
     model::clock::Timestamp,
     model::event::{Event, Kind, Proto, errno_name, how_name},
     model::ports,
 };
 
-/// Where a socket holds its port: the same number in two network namespaces is two ports.
-type PortKey = (Option<u32>, Proto, u16);
+/// What the counters' help texts add: which events they count.
+const AFTER_FILTERS: &str = " Counts the events shown, after --pid, --comm and --events.";
 
 /// A named port range for the in-use gauge. Ranges overlap (the ephemeral range lies inside the
 /// registered and dynamic ones), so a port counts in every range that contains it.
@@ -36,8 +39,6 @@ pub struct MetricsSink {
     ports_in_use: IntGaugeVec,
     lost: IntCounter,
     ranges: Vec<NamedRange>,
-    /// Sockets holding each port now; a port is in use while its count is above zero.
-    holders: HashMap<PortKey, u32>,
 }
 
 impl MetricsSink {
@@ -49,6 +50,7 @@ impl MetricsSink {
     ) -> prometheus::Result<(Self, Registry)> {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
+            let help = format!("{help}{AFTER_FILTERS}");
             let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
             registry.register(Box::new(counter.clone()))?;
             Ok::<_, prometheus::Error>(counter)
@@ -76,7 +78,9 @@ impl MetricsSink {
         let ports_in_use = IntGaugeVec::new(
             Opts::new(
                 "portwatch_ports_in_use",
-                "Watched ports held by at least one socket now, per range (ranges overlap).",
+                "Watched ports held by at least one socket now, per range (ranges overlap); \
+                 every event the kernel reported counts, whatever --pid, --comm and --events \
+                 show.",
             ),
             &["proto", "range"],
         )?;
@@ -136,48 +140,9 @@ impl MetricsSink {
             ports_in_use,
             lost,
             ranges,
-            holders: HashMap::new(),
         };
         Ok((sink, registry))
     }
-
-    fn taken(&mut self, event: &Event) {
-        let count = self.holders.entry(key(event)).or_default();
-        *count += 1;
-        if *count == 1 {
-            self.adjust_in_use(event, 1);
-        }
-    }
-
-    /// A release of a port whose holder we never saw taking it (it may live in a namespace the
-    /// start-up snapshot cannot read) changes nothing: the gauge never goes below what was seen.
-    fn given_back(&mut self, event: &Event) {
-        let key = key(event);
-        let Some(count) = self.holders.get_mut(&key) else {
-            return;
-        };
-        *count -= 1;
-        if *count == 0 {
-            self.holders.remove(&key);
-            self.adjust_in_use(event, -1);
-        }
-    }
-
-    fn adjust_in_use(&self, event: &Event, delta: i64) {
-        for range in self
-            .ranges
-            .iter()
-            .filter(|range| range.ports.contains(&event.local_port))
-        {
-            self.ports_in_use
-                .with_label_values(&[event.proto.name(), range.name])
-                .add(delta);
-        }
-    }
-}
-
-fn key(event: &Event) -> PortKey {
-    (event.netns, event.proto, event.local_port)
 }
 
 fn how_label(event: &Event) -> &'static str {
@@ -192,9 +157,7 @@ impl Sink for MetricsSink {
                 self.claims
                     .with_label_values(&[proto, how_label(event)])
                     .inc();
-                self.taken(event);
             }
-            Kind::Held => self.taken(event),
             Kind::Free if event.time_wait && !event.time_wait_end => {
                 self.time_waits.with_label_values(&[proto]).inc();
             }
@@ -202,7 +165,6 @@ impl Sink for MetricsSink {
                 self.frees
                     .with_label_values(&[proto, how_label(event)])
                     .inc();
-                self.given_back(event);
             }
             Kind::Fail => {
                 let errno = event.errno.map_or_else(|| "unknown".into(), errno_name);
@@ -210,13 +172,27 @@ impl Sink for MetricsSink {
                     .with_label_values(&[proto, how_label(event), &errno])
                     .inc();
             }
-            Kind::Listen => {}
+            Kind::Listen | Kind::Held => {}
         }
         Ok(())
     }
 
     fn lost(&mut self, _ts: Timestamp, count: u64) -> io::Result<()> {
         self.lost.inc_by(count);
+        Ok(())
+    }
+
+    fn occupancy(&mut self, change: &PortChange) -> io::Result<()> {
+        let delta = if change.taken { 1 } else { -1 };
+        for range in self
+            .ranges
+            .iter()
+            .filter(|range| range.ports.contains(&change.port))
+        {
+            self.ports_in_use
+                .with_label_values(&[change.proto.name(), range.name])
+                .add(delta);
+        }
         Ok(())
     }
 
@@ -235,7 +211,16 @@ mod tests {
     use portwatch_ebpf::How;
 
     use super::*;
-    use crate::model::event::fixtures::sample;
+    use crate::{live::holders::Holders, model::event::fixtures::sample};
+
+    /// An event through the holder table (which tells the sink of ports taken and given
+    /// back), then to the sink, as the tracer does.
+    fn feed(sink: &mut MetricsSink, holders: &mut Holders, event: &Event) {
+        if let Some(change) = holders.observe(event) {
+            sink.occupancy(&change).unwrap();
+        }
+        sink.event(event).unwrap();
+    }
 
     fn event(kind: Kind, port: u16, how: How) -> Event {
         Event {
@@ -283,8 +268,12 @@ mod tests {
     #[test]
     fn a_port_stays_in_use_through_time_wait_until_its_end() {
         let (mut sink, registry) = MetricsSink::new("tracepoint", Some(32768..=60999)).unwrap();
-        sink.event(&event(Kind::Claim, 50000, How::Connect))
-            .unwrap();
+        let mut holders = Holders::default();
+        feed(
+            &mut sink,
+            &mut holders,
+            &event(Kind::Claim, 50000, How::Connect),
+        );
         assert_eq!(in_use(&registry, "tcp", "dynamic"), 1.0);
         assert_eq!(in_use(&registry, "tcp", "ephemeral"), 1.0);
         assert_eq!(in_use(&registry, "tcp", "registered"), 0.0);
@@ -292,13 +281,13 @@ mod tests {
             time_wait: true,
             ..event(Kind::Free, 50000, How::Connect)
         };
-        sink.event(&time_wait).unwrap();
+        feed(&mut sink, &mut holders, &time_wait);
         assert_eq!(in_use(&registry, "tcp", "dynamic"), 1.0);
         let end = Event {
             time_wait_end: true,
             ..event(Kind::Free, 50000, How::Connect)
         };
-        sink.event(&end).unwrap();
+        feed(&mut sink, &mut holders, &end);
         assert_eq!(in_use(&registry, "tcp", "dynamic"), 0.0);
         assert_eq!(in_use(&registry, "tcp", "ephemeral"), 0.0);
         let labels = [("proto", "tcp"), ("how", "connect")];
@@ -323,15 +312,24 @@ mod tests {
     #[test]
     fn a_port_shared_by_a_listener_and_its_connections_counts_once() {
         let (mut sink, registry) = MetricsSink::new("fentry", None).unwrap();
-        sink.event(&event(Kind::Held, 8080, How::Bind)).unwrap();
-        sink.event(&event(Kind::Claim, 8080, How::Accept)).unwrap();
+        let mut holders = Holders::default();
+        feed(&mut sink, &mut holders, &event(Kind::Held, 8080, How::Bind));
+        feed(
+            &mut sink,
+            &mut holders,
+            &event(Kind::Claim, 8080, How::Accept),
+        );
         assert_eq!(in_use(&registry, "tcp", "registered"), 1.0);
-        sink.event(&event(Kind::Free, 8080, How::Bind)).unwrap();
+        feed(&mut sink, &mut holders, &event(Kind::Free, 8080, How::Bind));
         assert_eq!(in_use(&registry, "tcp", "registered"), 1.0);
-        sink.event(&event(Kind::Free, 8080, How::Accept)).unwrap();
+        feed(
+            &mut sink,
+            &mut holders,
+            &event(Kind::Free, 8080, How::Accept),
+        );
         assert_eq!(in_use(&registry, "tcp", "registered"), 0.0);
         // A free of a claim never seen leaves the gauge alone.
-        sink.event(&event(Kind::Free, 8080, How::Bind)).unwrap();
+        feed(&mut sink, &mut holders, &event(Kind::Free, 8080, How::Bind));
         assert_eq!(in_use(&registry, "tcp", "registered"), 0.0);
         assert!(
             value(
@@ -346,7 +344,8 @@ mod tests {
     #[test]
     fn failures_are_counted_by_errno_and_losses_by_count() {
         let (mut sink, registry) = MetricsSink::new("kprobe", None).unwrap();
-        sink.event(&event(Kind::Fail, 80, How::Bind)).unwrap();
+        let mut holders = Holders::default();
+        feed(&mut sink, &mut holders, &event(Kind::Fail, 80, How::Bind));
         sink.lost(Timestamp::from_unix_nanos(0), 7).unwrap();
         assert_eq!(
             value(

@@ -14,7 +14,8 @@ pub use metrics::MetricsSink;
 pub use table::TableSink;
 
 use crate::{
-    live::pressure::Pressure, model::clock::Timestamp, model::event::Event,
+    live::{holders::PortChange, pressure::Pressure},
+    model::{clock::Timestamp, event::Event},
     output::capture::Summary,
 };
 
@@ -24,6 +25,11 @@ pub trait Sink {
     fn lost(&mut self, ts: Timestamp, count: u64) -> io::Result<()>;
     /// The ephemeral range of a namespace filled past the threshold, or fell back.
     fn pressure(&mut self, pressure: &Pressure) -> io::Result<()>;
+    /// A port was taken or given back, as the holder table saw it: every event the kernel
+    /// reported, before the user's filters.
+    fn occupancy(&mut self, _change: &PortChange) -> io::Result<()> {
+        Ok(())
+    }
     fn flush(&mut self) -> io::Result<()>;
     /// SIGHUP: reopen whatever file the sink writes (logrotate moved it away).
     fn reopen(&mut self) -> io::Result<()> {
@@ -62,6 +68,10 @@ impl Sink for Sinks {
 
     fn pressure(&mut self, pressure: &Pressure) -> io::Result<()> {
         self.each(|sink| sink.pressure(pressure))
+    }
+
+    fn occupancy(&mut self, change: &PortChange) -> io::Result<()> {
+        self.each(|sink| sink.occupancy(change))
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -76,7 +76,7 @@ impl<W: Write> TableSink<W> {
     }
 }
 
-fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
+pub(crate) fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
     match addr {
         std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
         std::net::IpAddr::V4(v4) => format!("{v4}:{port}"),
@@ -96,6 +96,9 @@ fn detail(event: &Event) -> String {
         Some(Some(holder)) => parts.push(held_by(holder)),
         Some(None) => parts.push("no holder in view".into()),
         None => {}
+    }
+    if let Some(exhaustion) = &event.exhaustion {
+        parts.push(exhaustion.summary());
     }
     if let Some(held) = event.held_ns {
         parts.push(format!("held {}", human_duration(held)));
