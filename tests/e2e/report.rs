@@ -592,6 +592,9 @@ pub fn thousands_of_connections_stay_short() -> Outcome {
         // The client closes first: its ephemeral port stays in TIME_WAIT, as with a load
         // generator that reconnects for every request.
         drop(client);
+        // The server's close is the passive one once the client's FIN is in: the client
+        // side, not both, goes to TIME_WAIT.
+        accepted.await_peer_close()?;
         drop(accepted);
     }
     let refused = Socket::new(Kind::Tcp, V4)?.bind(port);

@@ -213,15 +213,20 @@ pub fn over_time(report: &Report) -> Result<OverTime, String> {
             let colour = Palette99::pick(index).to_rgba();
             let points = occupancy::filled(&counter.series);
             let at = |i: usize| offset + i as f64 * bucket_s;
+            // After the last change, the ports stay as they were until the window ends.
+            let after = occupancy::settled(&counter.series);
             let step = |value: &dyn Fn(&(u32, u32)) -> u32| -> Vec<(f64, f64)> {
-                points
+                let mut line: Vec<(f64, f64)> = points
                     .iter()
                     .enumerate()
                     .flat_map(|(i, point)| {
                         let y = f64::from(value(point));
                         [(at(i), y), (at(i + 1).min(span), y)]
                     })
-                    .collect()
+                    .collect();
+                let y = f64::from(value(&after));
+                line.extend([(at(points.len()).min(span), y), (span, y)]);
+                line
             };
             chart
                 .draw_series([area(step(&|point| point.0), colour.mix(0.35).filled())])

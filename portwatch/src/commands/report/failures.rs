@@ -41,7 +41,7 @@ impl<K: PartialEq> Tally<K> {
     /// Most frequent first.
     pub fn sorted(&self) -> Vec<&(K, u64)> {
         let mut top: Vec<&(K, u64)> = self.top.iter().collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1));
+        top.sort_by_key(|entry| std::cmp::Reverse(entry.1));
         top
     }
 }

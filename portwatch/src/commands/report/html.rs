@@ -17,7 +17,7 @@ th{background:#f2f2f2}td.n{text-align:right}figure{margin:0}figcaption{font-size
 ul.problems li{color:#a00}";
 
 /// The tables stop here: a page of a busy capture stays small enough to open.
-const MAX_GROUP_ROWS: usize = 200;
+const MAX_GROUP_ROWS: usize = 20;
 const MAX_PORT_ROWS: usize = 200;
 
 /// Text safe inside HTML elements and attribute values.
@@ -117,6 +117,14 @@ pub fn page(report: &Report) -> Result<String, String> {
                 ]
             }),
     );
+    if report.failure_groups.len() > MAX_GROUP_ROWS {
+        let _ = write!(
+            out,
+            "<p id=\"groups-left-out\">The {MAX_GROUP_ROWS} largest of {} groups; \
+             <code>portwatch report --json</code> lists them all.</p>",
+            report.failure_groups.len()
+        );
+    }
     out.push_str("<h2>Ports in use over time</h2><section id=\"ephemeral\">");
     let mut ephemeral_text = Vec::new();
     crate::commands::report::text::write_ephemeral(&mut ephemeral_text, report)

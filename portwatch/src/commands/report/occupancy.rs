@@ -86,6 +86,15 @@ pub fn filled(buckets: &[Bucket]) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// Where the series stands after its last change: `(in use, TIME_WAIT)`.
+pub fn settled(buckets: &[Bucket]) -> (u32, u32) {
+    buckets
+        .iter()
+        .rev()
+        .find(|bucket| bucket.touched)
+        .map_or((0, 0), |bucket| (bucket.last, bucket.last_time_wait))
+}
+
 /// Ports in use in one set of ports, now and over time.
 #[derive(Clone, Debug, Default)]
 pub struct Counter {
@@ -494,7 +503,15 @@ mod tests {
             (at_peak.ports, at_peak.time_wait_ports, at_peak.sockets),
             (3, 1, 4)
         );
-        assert_eq!(at_peak.by_process[0].1, 3);
+        // Ports, not sockets: process 1's listener and accepted socket share 40000.
+        assert_eq!(
+            at_peak
+                .by_process
+                .iter()
+                .map(|(process, ports)| (process.pid, *ports))
+                .collect::<Vec<_>>(),
+            vec![(Some(1), 2), (Some(2), 1)]
+        );
         assert_eq!(at_peak.by_destination, vec![("127.0.0.1:9".to_string(), 1)]);
         // The series' fullest bucket holds the peak, TIME_WAIT apart.
         let fullest = filled(&space.ephemeral.series).into_iter().max().unwrap();
