@@ -6,9 +6,9 @@
 //!
 //! Environment: PORTWATCH_BIN (default: the binary cargo built), PORTWATCH_BACKEND (default auto).
 //!
-//! Scenarios run on two threads unless `--test-threads` says otherwise: the one that waits out
-//! TIME_WAIT comes first and holds one thread for a minute while the rest run one after another
-//! on the other. Every scenario filters by its own ports and pids, so any other number of
+//! Scenarios run on three threads unless `--test-threads` says otherwise: the two that wait out
+//! TIME_WAIT come first and hold one thread each for a minute while the rest run one after
+//! another on the third. Every scenario filters by its own ports and pids, so any other number of
 //! threads works too (and other portwatch instances on the host do not disturb them).
 
 mod attribution;
