@@ -3,10 +3,10 @@
 //! Every row of the build machine's architecture runs the whole suite. The arm64 rows run the
 //! topics that exercise what differs between architectures, the kernel programs' registers and
 //! syscall numbers on each hook (binds, connects, UDP, failed claims and connects), two
-//! scenarios at a time:
-//! under emulation on an x86-64 host one tracer takes 30-40 s to load there (2026-12-03), so the
-//! whole suite would take more than the `--timeout-secs` of one backend, and a third tracer
-//! loading at once pushes the others past the suite's 90 s attach wait. The other topics test
+//! scenarios at a time: under emulation on a busy x86-64 host one tracer took 30-200 s to load
+//! there (2026-12-03), so the whole suite would take more than the `--timeout-secs` of one
+//! backend, and three tracers loading at once pushed each other past the suite's 90 s attach
+//! wait. The other topics test
 //! code that is the same on every architecture, and run on every x86-64 row. `--all` runs
 //! everything everywhere.
 
