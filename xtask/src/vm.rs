@@ -42,12 +42,15 @@ use protocol::Report;
 #[derive(clap::Args)]
 pub struct VmArgs {
     /// Kernels to boot: Debian's newest cloud kernel of each series, `6.1` for this machine's
-    /// architecture, `arm64/6.1` for arm64 (emulated on qemu's `virt` board).
+    /// architecture, `arm64/6.1` for arm64 (emulated on qemu's `virt` board). The arm64 rows
+    /// (`arm64/6.1`, `arm64/6.12`, `arm64/7.3`) are not in the default set: under emulation on
+    /// a two-CPU host their tracers do not attach within the suite's waits (see
+    /// portwatch/docs/platforms.md).
     #[arg(
         long,
         value_delimiter = ',',
         value_parser = Spec::parse,
-        default_values = ["5.10", "6.1", "6.12", "7.2", "7.3", "arm64/6.1", "arm64/6.12", "arm64/7.3"]
+        default_values = ["5.10", "6.1", "6.12", "7.2", "7.3"]
     )]
     pub kernels: Vec<Spec>,
     /// Backends to run the suite with.
@@ -55,13 +58,14 @@ pub struct VmArgs {
     pub backends: Vec<Backend>,
     /// Seconds one backend's suite may run inside the guest before it counts as hung. The suite
     /// took 220-360 s per backend under single-threaded TCG with three guests on two host CPUs
-    /// (2026-11-26).
-    #[arg(long, default_value_t = 600)]
+    /// (2026-11-26); it has grown since, and on 7.3 under heavy host load one backend's suite
+    /// took 613 s (2026-12-03).
+    #[arg(long, default_value_t = 900)]
     pub timeout_secs: u64,
     /// How many kernels boot at once. The suites mostly wait (one scenario waits out the kernel's
-    /// 60 s TIME_WAIT timer), so guests overlap well even on a two-CPU machine; four keep the
-    /// eight rows of the default matrix in about four rows' time (portwatch/docs/platforms.md).
-    #[arg(long, default_value_t = 4)]
+    /// 60 s TIME_WAIT timer), so guests overlap well even on a two-CPU machine; three at once
+    /// on two CPUs is what the suites' waits were measured under.
+    #[arg(long, default_value_t = 3)]
     pub jobs: usize,
     /// Use only kernels cached by an earlier run; touch no network.
     #[arg(long)]
