@@ -154,17 +154,6 @@ pub fn applies(event: &Event) -> bool {
         )
 }
 
-/// Whether the socket's bind bucket was made by a bind(), which `__inet_hash_connect` skips.
-/// A socket seen only in the start-up snapshot counts when it listens or is bound only; an
-/// established one held at start-up is taken for a connect's.
-fn made_by_bind(entry: &Entry) -> bool {
-    matches!(entry.how, Some(How::Bind | How::BindAny))
-        || matches!(
-            entry.state,
-            SocketState::Listen | SocketState::BoundInactive
-        )
-}
-
 /// The explanation for a failed claim `event` (one [`applies`] to).
 pub fn explain(event: &Event, holders: &Holders, facts: &Facts) -> Exhaustion {
     let destination = event.remote;
@@ -209,7 +198,7 @@ pub fn explain(event: &Event, holders: &Holders, facts: &Facts) -> Exhaustion {
                 used.time_wait += usize::from(entry.state == SocketState::TimeWait);
             }
         }
-        if !shares || sockets.iter().any(|entry| made_by_bind(entry)) {
+        if !shares || sockets.iter().any(|entry| entry.made_by_bind()) {
             bound += 1;
             listening += usize::from(
                 sockets

@@ -384,13 +384,23 @@ impl Pipeline {
             Kind::Fail if exhaustion::applies(event) => self.explain(event),
             _ => {}
         }
-        if let Some(change) = self.holders.observe(event) {
-            self.sink.occupancy(&change)?;
-            if let Some(crossing) = self.pressure.as_mut().and_then(|pressure| {
-                pressure.observe(event, &change, &self.holders, &mut self.ranges)
-            }) {
-                self.sink.pressure(&crossing)?;
+        let change = self.holders.observe(event);
+        if let Some(change) = &change {
+            self.sink.occupancy(change)?;
+        }
+        let Some(pressure) = &mut self.pressure else {
+            return Ok(());
+        };
+        let namespace = change
+            .and_then(|change| pressure.observe(event, &change, &self.holders, &mut self.ranges));
+        let destination = match event.kind {
+            Kind::Claim | Kind::Free => {
+                pressure.observe_destination(event, &self.holders, &mut self.ranges)
             }
+            _ => None,
+        };
+        for crossing in namespace.iter().chain(&destination) {
+            self.sink.pressure(crossing)?;
         }
         Ok(())
     }

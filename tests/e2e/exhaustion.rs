@@ -70,6 +70,8 @@ fn start() -> Result<Tracer, String> {
         &std::process::id().to_string(),
         "--port",
         &format!("{}-{}", RANGE.0, RANGE.1),
+        "--pressure",
+        "100",
     ])
 }
 
@@ -191,7 +193,31 @@ fn one_destination_full(family: IpAddr) -> Outcome {
             && exhaustion["toward_destination"]["holders"][0]["pid"] == std::process::id(),
         || format!("holders toward the destination: {exhaustion}"),
     )?;
-    another_destination_connected(exhaustion, family, other.is_ok())
+    another_destination_connected(exhaustion, family, other.is_ok())?;
+    // The namespace's range is all bound, and the destination full; the other one is not.
+    let pressure: Vec<&Value> = trace
+        .events
+        .iter()
+        .filter(|event| event["event"] == "pressure" && event["netns"] == netns.1)
+        .collect();
+    let scoped = |scope: &str| {
+        pressure
+            .iter()
+            .filter(|event| event["scope"] == scope && event["state"] == "high")
+            .collect::<Vec<_>>()
+    };
+    let (namespace, destination) = (scoped("namespace"), scoped("destination"));
+    check(
+        namespace.len() == 1 && namespace[0]["in_use"] == PORTS,
+        || format!("one namespace pressure event, four ports bound: {pressure:?}"),
+    )?;
+    check(
+        destination.len() == 1
+            && destination[0]["remote_port"] == A
+            && destination[0]["in_use"] == PORTS
+            && destination[0]["usable"] == PORTS,
+        || format!("one destination full, toward port {A}: {pressure:?}"),
+    )
 }
 
 /// Four connections to one server use the range up for it; a connect to another server still

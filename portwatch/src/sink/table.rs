@@ -201,17 +201,24 @@ impl<W: Write> Sink for TableSink<W> {
                 None => format!("no process {ports}"),
             })
             .collect();
+        let range = format!("{}-{}", pressure.range.start(), pressure.range.end());
+        let counted = match &pressure.toward {
+            None => format!("ports bound in ephemeral range {range}"),
+            Some(toward) => format!(
+                "ports toward {} from {} (range {range}, usable)",
+                endpoint(&toward.addr, toward.port),
+                toward.source
+            ),
+        };
         writeln!(
             self.out,
-            "{}  {} {:<6} {}: ephemeral ports {}-{}: {} of {} in use ({:.0}%){}{}",
+            "{}  {} {:<6} {}: {counted}: {} of {} ({:.0}%){}{}",
             pressure.ts.time_of_day(),
             kind,
             pressure.proto.name(),
             if pressure.high { "high" } else { "eased" },
-            pressure.range.start(),
-            pressure.range.end(),
             pressure.in_use,
-            pressure.range_size(),
+            pressure.capacity(),
             pressure.share_pct(),
             pressure
                 .netns
