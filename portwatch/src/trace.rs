@@ -26,7 +26,7 @@ use crate::{
     clock::{MonotonicClock, Timestamp},
     enrich::AuditCache,
     event::{Event, Holder, Kind},
-    exhaustion::{self, Facts, TimeWaitReuse},
+    exhaustion::{self, Explainer, Facts, TimeWaitReuse},
     holders::Holders,
     kernel_log::KernelLog,
     loader::Loaded,
@@ -216,6 +216,7 @@ struct Pipeline {
     /// got the port as an ephemeral one.
     ephemeral: Option<EphemeralPolicy>,
     own_netns: Option<u32>,
+    explainer: Explainer,
     /// This namespace's `tcp_tw_reuse`, for the exhaustion explanation.
     time_wait_reuse: Option<TimeWaitReuse>,
     /// The ports the holder table follows.
@@ -250,6 +251,7 @@ impl Pipeline {
             ),
             ephemeral,
             own_netns: snapshot::own_netns(),
+            explainer: Explainer::default(),
             time_wait_reuse: TimeWaitReuse::read(),
             watched: config.ports.clone(),
             kernel_log,
@@ -387,6 +389,9 @@ impl Pipeline {
         let change = self.holders.observe(event);
         if let Some(change) = &change {
             self.sink.occupancy(change)?;
+            if change.taken {
+                self.explainer.port_taken(change);
+            }
         }
         let Some(pressure) = &mut self.pressure else {
             return Ok(());
@@ -422,7 +427,7 @@ impl Pipeline {
             time_wait_reuse: self.time_wait_reuse.filter(|_| here),
             watched: self.watched.as_ref(),
         };
-        event.exhaustion = Some(Box::new(exhaustion::explain(event, &self.holders, &facts)));
+        event.exhaustion = Some(self.explainer.explain(event, &self.holders, &facts));
     }
 
     fn deliver(&mut self, event: &mut Event, config: &Config) -> anyhow::Result<()> {
