@@ -264,6 +264,26 @@ impl Holders {
         }
     }
 
+    /// The destinations with most ports in use toward them, busiest first.
+    pub fn top_destinations(&self, limit: usize) -> Vec<(Toward, u32)> {
+        let mut top: Vec<(Toward, u32)> = self
+            .toward
+            .iter()
+            .map(|(toward, ports)| (*toward, *ports))
+            .collect();
+        top.sort_by_key(|((netns, proto, source, destination), ports)| {
+            (
+                std::cmp::Reverse(*ports),
+                *netns,
+                proto.name(),
+                *source,
+                *destination,
+            )
+        });
+        top.truncate(limit);
+        top
+    }
+
     /// Ports in use toward one destination from one source address.
     pub fn toward_count(&self, toward: &Toward) -> u32 {
         self.toward.get(toward).copied().unwrap_or(0)

@@ -40,6 +40,9 @@ use crate::{
     stream::Stream,
 };
 
+/// How many destinations the metrics' per-destination gauge names: its series stay this few.
+const TOP_DESTINATIONS: usize = 20;
+
 /// How often the lost-event counter is read while events flow.
 const LOST_POLL: Duration = Duration::from_millis(500);
 
@@ -281,6 +284,7 @@ impl Pipeline {
                 }
                 _ = lost_poll.tick() => {
                     self.report_lost(stream)?;
+                    self.sink.destinations(&self.holders.top_destinations(TOP_DESTINATIONS))?;
                     self.flush_kernel_log();
                     // However busy the stream, nothing waits in memory longer than this.
                     self.sink.flush()?;

@@ -14,7 +14,11 @@ pub use metrics::MetricsSink;
 pub use table::TableSink;
 
 use crate::{
-    capture::Summary, clock::Timestamp, event::Event, holders::PortChange, pressure::Pressure,
+    capture::Summary,
+    clock::Timestamp,
+    event::Event,
+    holders::{PortChange, Toward},
+    pressure::Pressure,
 };
 
 pub trait Sink {
@@ -26,6 +30,10 @@ pub trait Sink {
     /// A port was taken or given back, as the holder table saw it: every event the kernel
     /// reported, before the user's filters.
     fn occupancy(&mut self, _change: &PortChange) -> io::Result<()> {
+        Ok(())
+    }
+    /// The destinations with most ports in use toward them now, busiest first (twice a second).
+    fn destinations(&mut self, _top: &[(Toward, u32)]) -> io::Result<()> {
         Ok(())
     }
     fn flush(&mut self) -> io::Result<()>;
@@ -70,6 +78,10 @@ impl Sink for Sinks {
 
     fn occupancy(&mut self, change: &PortChange) -> io::Result<()> {
         self.each(|sink| sink.occupancy(change))
+    }
+
+    fn destinations(&mut self, top: &[(Toward, u32)]) -> io::Result<()> {
+        self.each(|sink| sink.destinations(top))
     }
 
     fn flush(&mut self) -> io::Result<()> {
