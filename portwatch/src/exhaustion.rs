@@ -205,7 +205,7 @@ pub fn applies(event: &Event) -> bool {
 }
 
 /// The explanation for a failed claim `event` (one [`applies`] to).
-fn explain(event: &Event, holders: &Holders, facts: &Facts) -> Exhaustion {
+pub fn explain(event: &Event, holders: &Holders, facts: &Facts) -> Exhaustion {
     let destination = event.remote;
     let now = event.ts;
     // Only a TCP connect shares ports by 4-tuple; a bind(0) or a UDP autobind needs a port no

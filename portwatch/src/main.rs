@@ -7,6 +7,7 @@ mod capture;
 mod cli;
 mod clock;
 mod enrich;
+mod ephemeral_view;
 mod event;
 mod exhaustion;
 #[cfg(test)]
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
         cli::Command::Trace(config) => exit_code(run_trace(*config).map(|()| ExitCode::SUCCESS), 1),
         cli::Command::Verify(files) => exit_code(run_verify(&files), 2),
         cli::Command::Who(config) => exit_code(who::run(&config), who::ERROR),
+        cli::Command::Ephemeral => exit_code(ephemeral_view::run().map(|()| ExitCode::SUCCESS), 1),
         cli::Command::Report(options) => match report::run(&options) {
             Ok(()) => ExitCode::SUCCESS,
             // The error's own sentence names the file and cause; its source would repeat it.

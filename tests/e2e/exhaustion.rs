@@ -352,3 +352,49 @@ pub fn udp_connect_exhaustion() -> Outcome {
     })?;
     explained(&trace, netns, "EAGAIN", (V4, B), PORTS as i64, 0).map(drop)
 }
+
+/// `portwatch ephemeral` (one shot, no eBPF), run inside the namespace: a listener on a port
+/// of the range and three connections to one server; it must say no port is usable toward
+/// that server exactly when the kernel then refuses the connect, and advise reserving the
+/// listener's port.
+pub fn one_shot_view_agrees_with_the_kernel() -> Outcome {
+    let (_, (view, refused, other)) = in_namespace(0, || {
+        let _servers = (tcp_listener(V4, A)?, tcp_listener(V4, B)?);
+        let _inside = tcp_listener(V4, RANGE.1)?;
+        let _clients = connect_all(PORTS - 1, A, || Socket::new(Kind::Tcp, V4))?;
+        let view = std::process::Command::new(crate::tracer::binary())
+            .arg("ephemeral")
+            .output()?;
+        let refused = outcome(Socket::new(Kind::Tcp, V4)?.connect(A));
+        let other = Socket::new(Kind::Tcp, V4)?;
+        Ok((view, refused, outcome(other.connect(B))))
+    })?;
+    let text = String::from_utf8_lossy(&view.stdout);
+    check(view.status.success(), || {
+        format!(
+            "portwatch ephemeral failed: {text}{}",
+            String::from_utf8_lossy(&view.stderr)
+        )
+    })?;
+    let wanted = [
+        format!(
+            "this namespace: ephemeral range {}-{} (4 ports), 4 in use (tcp)",
+            RANGE.0, RANGE.1
+        ),
+        "blocked for every destination: 1 (0 bound, 1 listening, 0 reserved)".into(),
+        format!("toward 127.0.0.1:{A}: 3 ports (0 time_wait)"),
+        format!("a connect to 127.0.0.1:{A} finds 0 usable ports"),
+        format!(
+            "reserve it with `sysctl -w net.ipv4.ip_local_reserved_ports={}`",
+            RANGE.1
+        ),
+    ];
+    for line in &wanted {
+        check(text.contains(line.as_str()), || {
+            format!("expected {line:?} in:\n{text}")
+        })?;
+    }
+    check(refused == Err(libc::EADDRNOTAVAIL) && other.is_ok(), || {
+        format!("the kernel: connect to {A} {refused:?}, to {B} {other:?}")
+    })
+}
