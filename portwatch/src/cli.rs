@@ -68,6 +68,10 @@ enum CommandArgs {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+    /// The ephemeral ports of this network namespace and those under /run/netns now (one
+    /// shot, no eBPF): range, ports in use, the busiest destinations, ports blocked for every
+    /// destination, and advice that what was measured supports.
+    Ephemeral,
     /// What these ports are and who holds them now (one shot, no eBPF). Exit 0: something
     /// holds a port; 1: all are free; 2: error.
     Who(WhoArgs),
@@ -256,6 +260,7 @@ pub enum Command {
     Man(PathBuf),
     Who(WhoConfig),
     Report(report::Options),
+    Ephemeral,
 }
 
 impl Command {
@@ -277,6 +282,7 @@ impl Command {
             Some(CommandArgs::Completions { shell }) => Ok(Command::Completions(shell)),
             Some(CommandArgs::Man { dir }) => Ok(Command::Man(dir)),
             Some(CommandArgs::Who(args)) => Ok(Command::Who(who_config(args))),
+            Some(CommandArgs::Ephemeral) => Ok(Command::Ephemeral),
             Some(CommandArgs::Report(args)) => {
                 let ranges: Vec<RangeInclusive<u16>> = args.ports.into_iter().flatten().collect();
                 Ok(Command::Report(report::Options {

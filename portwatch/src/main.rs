@@ -5,7 +5,7 @@ use std::{io::Write as _, process::ExitCode};
 
 use portwatch::{
     cli,
-    commands::{config::TraceConfig, report, trace, verify, who},
+    commands::{config::TraceConfig, ephemeral, report, trace, verify, who},
     host::netns,
     kernel::{loader, privileges},
     model::ports,
@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         cli::Command::Trace(config) => exit_code(run_trace(*config).map(|()| ExitCode::SUCCESS), 1),
         cli::Command::Verify(files) => exit_code(run_verify(&files), 2),
         cli::Command::Who(config) => exit_code(who::run(&config), who::ERROR),
+        cli::Command::Ephemeral => exit_code(ephemeral::run().map(|()| ExitCode::SUCCESS), 1),
         cli::Command::Report(options) => match report::run(&options) {
             Ok(()) => ExitCode::SUCCESS,
             // The error's own sentence names the file and cause; its source would repeat it.

@@ -70,6 +70,8 @@ fn start() -> Result<Tracer, String> {
         &std::process::id().to_string(),
         "--port",
         &format!("{}-{}", RANGE.0, RANGE.1),
+        "--pressure",
+        "100",
     ])
 }
 
@@ -191,7 +193,31 @@ fn one_destination_full(family: IpAddr) -> Outcome {
             && exhaustion["toward_destination"]["holders"][0]["pid"] == std::process::id(),
         || format!("holders toward the destination: {exhaustion}"),
     )?;
-    another_destination_connected(exhaustion, family, other.is_ok())
+    another_destination_connected(exhaustion, family, other.is_ok())?;
+    // The namespace's range is all bound, and the destination full; the other one is not.
+    let pressure: Vec<&Value> = trace
+        .events
+        .iter()
+        .filter(|event| event["event"] == "pressure" && event["netns"] == netns.1)
+        .collect();
+    let scoped = |scope: &str| {
+        pressure
+            .iter()
+            .filter(|event| event["scope"] == scope && event["state"] == "high")
+            .collect::<Vec<_>>()
+    };
+    let (namespace, destination) = (scoped("namespace"), scoped("destination"));
+    check(
+        namespace.len() == 1 && namespace[0]["in_use"] == PORTS,
+        || format!("one namespace pressure event, four ports bound: {pressure:?}"),
+    )?;
+    check(
+        destination.len() == 1
+            && destination[0]["remote_port"] == A
+            && destination[0]["in_use"] == PORTS
+            && destination[0]["usable"] == PORTS,
+        || format!("one destination full, toward port {A}: {pressure:?}"),
+    )
 }
 
 /// Four connections to one server use the range up for it; a connect to another server still
@@ -325,4 +351,50 @@ pub fn udp_connect_exhaustion() -> Outcome {
         format!("the fifth UDP connect: {refused:?}")
     })?;
     explained(&trace, netns, "EAGAIN", (V4, B), PORTS as i64, 0).map(drop)
+}
+
+/// `portwatch ephemeral` (one shot, no eBPF), run inside the namespace: a listener on a port
+/// of the range and three connections to one server; it must say no port is usable toward
+/// that server exactly when the kernel then refuses the connect, and advise reserving the
+/// listener's port.
+pub fn one_shot_view_agrees_with_the_kernel() -> Outcome {
+    let (_, (view, refused, other)) = in_namespace(0, || {
+        let _servers = (tcp_listener(V4, A)?, tcp_listener(V4, B)?);
+        let _inside = tcp_listener(V4, RANGE.1)?;
+        let _clients = connect_all(PORTS - 1, A, || Socket::new(Kind::Tcp, V4))?;
+        let view = std::process::Command::new(crate::tracer::binary())
+            .arg("ephemeral")
+            .output()?;
+        let refused = outcome(Socket::new(Kind::Tcp, V4)?.connect(A));
+        let other = Socket::new(Kind::Tcp, V4)?;
+        Ok((view, refused, outcome(other.connect(B))))
+    })?;
+    let text = String::from_utf8_lossy(&view.stdout);
+    check(view.status.success(), || {
+        format!(
+            "portwatch ephemeral failed: {text}{}",
+            String::from_utf8_lossy(&view.stderr)
+        )
+    })?;
+    let wanted = [
+        format!(
+            "this namespace: ephemeral range {}-{} (4 ports), 4 in use (tcp)",
+            RANGE.0, RANGE.1
+        ),
+        "blocked for every destination: 1 (0 bound, 1 listening, 0 reserved)".into(),
+        format!("toward 127.0.0.1:{A}: 3 ports (0 time_wait)"),
+        format!("a connect to 127.0.0.1:{A} finds 0 usable ports"),
+        format!(
+            "reserve it with `sysctl -w net.ipv4.ip_local_reserved_ports={}`",
+            RANGE.1
+        ),
+    ];
+    for line in &wanted {
+        check(text.contains(line.as_str()), || {
+            format!("expected {line:?} in:\n{text}")
+        })?;
+    }
+    check(refused == Err(libc::EADDRNOTAVAIL) && other.is_ok(), || {
+        format!("the kernel: connect to {A} {refused:?}, to {B} {other:?}")
+    })
 }

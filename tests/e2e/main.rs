@@ -113,6 +113,7 @@ fn scenarios() -> Vec<Trial> {
         exhaustion::bound_ports_block_every_destination,
         exhaustion::bind_before_connect_with_and_without_no_port,
         exhaustion::udp_connect_exhaustion,
+        exhaustion::one_shot_view_agrees_with_the_kernel,
         udp::udp_bind_ipv6,
         udp::udp_send_autobind_ipv4,
         udp::udp_connect_autobind_ipv6,

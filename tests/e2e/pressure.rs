@@ -68,6 +68,7 @@ pub fn pressure_rises_and_eases() -> Outcome {
         .events
         .iter()
         .filter(|event| event["event"] == "pressure" && event["range"] == range.as_str())
+        .filter(|event| event["scope"] == "namespace")
         .collect();
     check(pressure.len() == 2, || {
         format!("expected a rise and an easing, got {pressure:?}")

@@ -30,7 +30,7 @@ use crate::{
     kernel::kernel_log::KernelLog,
     kernel::loader::Loaded,
     kernel::stream::Stream,
-    live::exhaustion::{self, Facts, TimeWaitReuse},
+    live::exhaustion::{self, Explainer, Facts, TimeWaitReuse},
     live::holders::Holders,
     live::pressure::PressureWatch,
     model::clock::{MonotonicClock, Timestamp},
@@ -41,6 +41,9 @@ use crate::{
     output::metrics_server,
     output::sink::{FileSink, JsonSink, MetricsSink, Sink, Sinks, TableSink},
 };
+
+/// How many destinations the metrics' per-destination gauge names: its series stay this few.
+const TOP_DESTINATIONS: usize = 20;
 
 /// How often the lost-event counter is read while events flow.
 const LOST_POLL: Duration = Duration::from_millis(500);
@@ -230,6 +233,7 @@ struct Pipeline {
     /// got the port as an ephemeral one.
     ephemeral: Option<EphemeralPolicy>,
     own_netns: Option<u32>,
+    explainer: Explainer,
     /// This namespace's `tcp_tw_reuse`, for the exhaustion explanation.
     time_wait_reuse: Option<TimeWaitReuse>,
     /// The ports the holder table follows.
@@ -265,6 +269,7 @@ impl Pipeline {
             ),
             ephemeral,
             own_netns: snapshot::own_netns(),
+            explainer: Explainer::default(),
             time_wait_reuse: TimeWaitReuse::read(),
             watched: config.ports.clone(),
             kernel_log,
@@ -298,6 +303,7 @@ impl Pipeline {
                 }
                 _ = lost_poll.tick() => {
                     self.report_lost(stream)?;
+                    self.sink.destinations(&self.holders.top_destinations(TOP_DESTINATIONS))?;
                     self.flush_kernel_log();
                     // However busy the stream, nothing waits in memory longer than this.
                     self.sink.flush()?;
@@ -406,13 +412,26 @@ impl Pipeline {
             Kind::Fail if exhaustion::applies(event) => self.explain(event),
             _ => {}
         }
-        if let Some(change) = self.holders.observe(event) {
-            self.sink.occupancy(&change)?;
-            if let Some(crossing) = self.pressure.as_mut().and_then(|pressure| {
-                pressure.observe(event, &change, &self.holders, &mut self.ranges)
-            }) {
-                self.sink.pressure(&crossing)?;
+        let change = self.holders.observe(event);
+        if let Some(change) = &change {
+            self.sink.occupancy(change)?;
+            if change.taken {
+                self.explainer.port_taken(change);
             }
+        }
+        let Some(pressure) = &mut self.pressure else {
+            return Ok(());
+        };
+        let namespace = change
+            .and_then(|change| pressure.observe(event, &change, &self.holders, &mut self.ranges));
+        let destination = match event.kind {
+            Kind::Claim | Kind::Free => {
+                pressure.observe_destination(event, &self.holders, &mut self.ranges)
+            }
+            _ => None,
+        };
+        for crossing in namespace.iter().chain(&destination) {
+            self.sink.pressure(crossing)?;
         }
         Ok(())
     }
@@ -434,7 +453,7 @@ impl Pipeline {
             time_wait_reuse: self.time_wait_reuse.filter(|_| here),
             watched: self.watched.as_ref(),
         };
-        event.exhaustion = Some(Box::new(exhaustion::explain(event, &self.holders, &facts)));
+        event.exhaustion = Some(self.explainer.explain(event, &self.holders, &facts));
     }
 
     fn deliver(&mut self, event: &mut Event, config: &TraceConfig) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 //! claimer of a port freed without a seen claim.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::RangeInclusive,
 };
@@ -43,7 +44,26 @@ impl Entry {
     fn rank(&self) -> u8 {
         self.state.blocking_rank()
     }
+
+    /// Whether the socket's bind bucket was made by a bind() (a bind to the port, a bind(0), a
+    /// listener), which a connect's port search skips for every destination. A socket seen
+    /// only in the start-up snapshot counts when it listens or is bound only; an established
+    /// one is taken for a connect's.
+    pub fn made_by_bind(&self) -> bool {
+        matches!(self.how, Some(How::Bind | How::BindAny))
+            || matches!(self.state, SocketState::Listen | SocketState::BoundInactive)
+    }
+
+    /// The destination a connect-made socket (TCP connect, UDP connect) uses its port toward.
+    fn toward(&self) -> Option<(IpAddr, (IpAddr, u16))> {
+        let (addr, port) = self.remote?;
+        matches!(self.how, Some(How::Connect | How::Autobind))
+            .then(|| (canonical(self.local_addr), (canonical(addr), port)))
+    }
 }
+
+/// One destination of one source address, in one namespace and protocol.
+pub type Toward = (Option<u32>, Proto, IpAddr, (IpAddr, u16));
 
 /// A port whose occupancy changed: its first socket took it, or its last one gave it back.
 /// The holder table is the only place that counts sockets per port; pressure and the metrics
@@ -85,6 +105,11 @@ pub struct Holders {
     /// free per event.
     spare_sockets: Vec<Sockets>,
     spare_entries: Vec<Vec<Entry>>,
+    /// Sockets a connect gave a port, per destination: the ports in use toward it (a 4-tuple
+    /// is unique, so sockets and ports are the same count).
+    toward: HashMap<Toward, u32>,
+    /// Sockets whose bind bucket a bind() made, per port: ports blocked for every connect.
+    bound: HashMap<(Option<u32>, Proto), BTreeMap<u16, u32>>,
 }
 
 /// How many emptied tables are kept, and how large (in slots) each may be: a table that once
@@ -161,10 +186,12 @@ impl Holders {
 
     /// Adds a socket; true when it is the port's first.
     fn put(&mut self, event: &Event, entry: Entry) -> bool {
+        self.index(event, &entry, true);
         let Self {
             ports,
             spare_sockets,
             spare_entries,
+            ..
         } = self;
         let mut first = false;
         ports
@@ -205,16 +232,74 @@ impl Holders {
         let (id, at) = found?;
         let entries = port.get_mut(&id)?;
         let entry = entries.swap_remove(at);
-        if entries.is_empty()
-            && let Some(emptied) = port.remove(&id)
-        {
+        let emptied_entries = entries.is_empty();
+        if emptied_entries && let Some(emptied) = port.remove(&id) {
             keep_spare(&mut self.spare_entries, emptied, Vec::capacity);
         }
         let last = port.is_empty();
         if last && let Some(emptied) = self.ports.remove(&key) {
             keep_spare(&mut self.spare_sockets, emptied, HashMap::capacity);
         }
+        self.index(event, &entry, false);
         Some((entry, last))
+    }
+
+    /// Keeps the destination and bound-port counts in step with a socket added or removed.
+    fn index(&mut self, event: &Event, entry: &Entry, added: bool) {
+        if let Some((source, destination)) = entry.toward() {
+            let key = (event.netns, event.proto, source, destination);
+            if added {
+                *self.toward.entry(key).or_default() += 1;
+            } else if decrement(self.toward.get_mut(&key)) {
+                self.toward.remove(&key);
+            }
+        }
+        if entry.made_by_bind() {
+            let ports = self.bound.entry((event.netns, event.proto)).or_default();
+            if added {
+                *ports.entry(event.local_port).or_default() += 1;
+            } else if decrement(ports.get_mut(&event.local_port)) {
+                ports.remove(&event.local_port);
+            }
+        }
+    }
+
+    /// The destinations with most ports in use toward them, busiest first.
+    pub fn top_destinations(&self, limit: usize) -> Vec<(Toward, u32)> {
+        let mut top: Vec<(Toward, u32)> = self
+            .toward
+            .iter()
+            .map(|(toward, ports)| (*toward, *ports))
+            .collect();
+        top.sort_by_key(|((netns, proto, source, destination), ports)| {
+            (
+                std::cmp::Reverse(*ports),
+                *netns,
+                proto.name(),
+                *source,
+                *destination,
+            )
+        });
+        top.truncate(limit);
+        top
+    }
+
+    /// Ports in use toward one destination from one source address.
+    pub fn toward_count(&self, toward: &Toward) -> u32 {
+        self.toward.get(toward).copied().unwrap_or(0)
+    }
+
+    /// The destination a connect-made event's socket uses its port toward.
+    pub fn toward_of(event: &Event) -> Option<Toward> {
+        let (source, destination) = Entry::from_claim(event).toward()?;
+        Some((event.netns, event.proto, source, destination))
+    }
+
+    /// Ports of `range` a bind() made the bucket of: unusable for every connect.
+    pub fn bound_in(&self, netns: Option<u32>, proto: Proto, range: &RangeInclusive<u16>) -> usize {
+        self.bound
+            .get(&(netns, proto))
+            .map_or(0, |ports| ports.range(range.clone()).count())
     }
 
     /// The sockets holding one port of one namespace and protocol.
@@ -272,6 +357,14 @@ impl Holders {
             .map(Vec::len)
             .sum()
     }
+}
+
+/// Counts one down; true when it reached zero (and its key should go).
+fn decrement(count: Option<&mut u32>) -> bool {
+    count.is_some_and(|count| {
+        *count -= 1;
+        *count == 0
+    })
 }
 
 /// Keeps an emptied table for reuse, unless enough are kept or it is large.

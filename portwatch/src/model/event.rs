@@ -152,7 +152,7 @@ pub struct Event {
     /// `--audit` only.
     pub audit: Option<Audit>,
     /// Fail without a port: why the kernel found none (boxed: most events have none).
-    pub exhaustion: Option<Box<crate::live::exhaustion::Exhaustion>>,
+    pub exhaustion: Option<Box<crate::model::exhaustion::Exhaustion>>,
     /// The process's container, when it runs in one (shared: every event of a container
     /// carries the same lookup).
     pub container: Option<std::sync::Arc<crate::model::container::Container>>,

@@ -4,6 +4,8 @@
 pub mod clock;
 pub mod container;
 pub mod event;
+pub mod exhaustion;
 pub mod json;
 pub mod ports;
 pub mod socket_state;
+pub mod text;

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     model::clock::Timestamp,
-    output::sink::table::{human_duration, printable},
+    model::text::{human_duration, printable},
 };
 
 /// `python3[4242]`, or `no process` for a socket no process held.

@@ -203,6 +203,14 @@ pub fn pressure_fields(out: &mut impl Write, pressure: &Pressure) -> io::Result<
     if let Some(netns) = pressure.netns {
         write!(out, ",\"netns\":{netns}")?;
     }
+    match &pressure.toward {
+        None => out.write_all(b",\"scope\":\"namespace\"")?,
+        Some(toward) => write!(
+            out,
+            ",\"scope\":\"destination\",\"source_addr\":\"{}\",\"remote_addr\":\"{}\",\"remote_port\":{},\"usable\":{}",
+            toward.source, toward.addr, toward.port, toward.usable
+        )?,
+    }
     out.write_all(b",\"top\":[")?;
     for (index, (task, ports)) in pressure.top.iter().enumerate() {
         if index > 0 {

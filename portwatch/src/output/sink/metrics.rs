@@ -14,7 +14,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 
 use super::Sink;
 use crate::{
-    live::holders::PortChange,
+    live::holders::{PortChange, Toward},
     live::pressure::Pressure,
     model::clock::Timestamp,
     model::event::{Event, Kind, Proto, errno_name, how_name},
@@ -37,6 +37,9 @@ pub struct MetricsSink {
     time_waits: IntCounterVec,
     fails: IntCounterVec,
     ports_in_use: IntGaugeVec,
+    destination_ports: IntGaugeVec,
+    /// The label values of the destination series set now.
+    destinations: Vec<[String; 4]>,
     lost: IntCounter,
     ranges: Vec<NamedRange>,
 }
@@ -85,6 +88,17 @@ impl MetricsSink {
             &["proto", "range"],
         )?;
         registry.register(Box::new(ports_in_use.clone()))?;
+        let destination_ports = IntGaugeVec::new(
+            Opts::new(
+                "portwatch_destination_ports",
+                "Local ports in use toward a destination from one source address (connections \
+                 portwatch saw made, TIME_WAIT included), for the 20 busiest destinations only, \
+                 so the series stay few; a connect to it fails once this reaches the usable \
+                 ports of the namespace's range.",
+            ),
+            &["netns", "proto", "source", "destination"],
+        )?;
+        registry.register(Box::new(destination_ports.clone()))?;
         let lost = IntCounter::new(
             "portwatch_lost_events_total",
             "Events dropped because the ring buffer was full.",
@@ -138,6 +152,8 @@ impl MetricsSink {
             time_waits,
             fails,
             ports_in_use,
+            destination_ports,
+            destinations: Vec::new(),
             lost,
             ranges,
         };
@@ -193,6 +209,37 @@ impl Sink for MetricsSink {
                 .with_label_values(&[change.proto.name(), range.name])
                 .add(delta);
         }
+        Ok(())
+    }
+
+    /// Sets the busiest destinations' series and removes those that left the top.
+    fn destinations(&mut self, top: &[(Toward, u32)]) -> io::Result<()> {
+        let labelled: Vec<([String; 4], u32)> = top
+            .iter()
+            .map(|((netns, proto, source, (addr, port)), ports)| {
+                let netns = netns.map_or_else(String::new, |netns| netns.to_string());
+                let labels = [
+                    netns,
+                    proto.name().to_string(),
+                    source.to_string(),
+                    crate::model::text::endpoint(addr, *port),
+                ];
+                (labels, *ports)
+            })
+            .collect();
+        for gone in &self.destinations {
+            if !labelled.iter().any(|(labels, _)| labels == gone) {
+                let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+                let _ = self.destination_ports.remove_label_values(&gone);
+            }
+        }
+        for (labels, ports) in &labelled {
+            let values: Vec<&str> = labels.iter().map(String::as_str).collect();
+            self.destination_ports
+                .with_label_values(&values)
+                .set(i64::from(*ports));
+        }
+        self.destinations = labelled.into_iter().map(|(labels, _)| labels).collect();
         Ok(())
     }
 
@@ -368,5 +415,25 @@ mod tests {
             ),
             Some(1.0)
         );
+    }
+
+    #[test]
+    fn the_destination_gauge_keeps_only_the_current_top() {
+        let (mut sink, registry) = MetricsSink::new("tracepoint", None).unwrap();
+        let lo = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        let toward = |port| (Some(7), Proto::Tcp, lo, (lo, port));
+        sink.destinations(&[(toward(5432), 4), (toward(6379), 1)])
+            .unwrap();
+        let series = |destination: &str| {
+            value(
+                &registry,
+                "portwatch_destination_ports",
+                &[("destination", destination)],
+            )
+        };
+        assert_eq!(series("127.0.0.1:5432"), Some(4.0));
+        sink.destinations(&[(toward(6379), 2)]).unwrap();
+        assert_eq!(series("127.0.0.1:5432"), None);
+        assert_eq!(series("127.0.0.1:6379"), Some(2.0));
     }
 }

@@ -14,8 +14,10 @@ pub use metrics::MetricsSink;
 pub use table::TableSink;
 
 use crate::{
-    live::{holders::PortChange, pressure::Pressure},
-    model::{clock::Timestamp, event::Event},
+    live::holders::{PortChange, Toward},
+    live::pressure::Pressure,
+    model::clock::Timestamp,
+    model::event::Event,
     output::capture::Summary,
 };
 
@@ -28,6 +30,10 @@ pub trait Sink {
     /// A port was taken or given back, as the holder table saw it: every event the kernel
     /// reported, before the user's filters.
     fn occupancy(&mut self, _change: &PortChange) -> io::Result<()> {
+        Ok(())
+    }
+    /// The destinations with most ports in use toward them now, busiest first (twice a second).
+    fn destinations(&mut self, _top: &[(Toward, u32)]) -> io::Result<()> {
         Ok(())
     }
     fn flush(&mut self) -> io::Result<()>;
@@ -72,6 +78,10 @@ impl Sink for Sinks {
 
     fn occupancy(&mut self, change: &PortChange) -> io::Result<()> {
         self.each(|sink| sink.occupancy(change))
+    }
+
+    fn destinations(&mut self, top: &[(Toward, u32)]) -> io::Result<()> {
+        self.each(|sink| sink.destinations(top))
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -7,6 +7,7 @@ use crate::{
     live::pressure::Pressure,
     model::clock::Timestamp,
     model::event::{Event, Holder, Kind, errno_name, how_name},
+    model::text::{endpoint, human_duration, printable},
 };
 
 pub struct TableSink<W: Write> {
@@ -76,13 +77,6 @@ impl<W: Write> TableSink<W> {
     }
 }
 
-pub(crate) fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
-    match addr {
-        std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-        std::net::IpAddr::V4(v4) => format!("{v4}:{port}"),
-    }
-}
-
 /// The kind-specific column: how, errno, how long the port was held, TIME_WAIT.
 fn detail(event: &Event) -> String {
     let mut parts = Vec::new();
@@ -130,21 +124,6 @@ fn held_by(holder: &Holder) -> String {
     let time_of_day = holder.since.time_of_day();
     let time = time_of_day.split('.').next().unwrap_or_default();
     format!("held by {who} since {time} ({})", holder.state)
-}
-
-/// Process names can hold control characters; one event must stay one line.
-pub(crate) fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
-pub(crate) fn human_duration(nanos: u64) -> String {
-    match nanos {
-        n if n < 1_000_000 => format!("{:.1}us", n as f64 / 1e3),
-        n if n < 1_000_000_000 => format!("{:.1}ms", n as f64 / 1e6),
-        n => format!("{:.3}s", n as f64 / 1e9),
-    }
 }
 
 impl<W: Write> Sink for TableSink<W> {
@@ -204,17 +183,24 @@ impl<W: Write> Sink for TableSink<W> {
                 None => format!("no process {ports}"),
             })
             .collect();
+        let range = format!("{}-{}", pressure.range.start(), pressure.range.end());
+        let counted = match &pressure.toward {
+            None => format!("ports bound in ephemeral range {range}"),
+            Some(toward) => format!(
+                "ports toward {} from {} (range {range}, usable)",
+                endpoint(&toward.addr, toward.port),
+                toward.source
+            ),
+        };
         writeln!(
             self.out,
-            "{}  {} {:<6} {}: ephemeral ports {}-{}: {} of {} in use ({:.0}%){}{}",
+            "{}  {} {:<6} {}: {counted}: {} of {} ({:.0}%){}{}",
             pressure.ts.time_of_day(),
             kind,
             pressure.proto.name(),
             if pressure.high { "high" } else { "eased" },
-            pressure.range.start(),
-            pressure.range.end(),
             pressure.in_use,
-            pressure.range_size(),
+            pressure.capacity(),
             pressure.share_pct(),
             pressure
                 .netns
