@@ -149,8 +149,14 @@ pub struct Settings {
     pub wakeup_bytes: u32,
 }
 
-/// This architecture's syscall numbers, by which the syscall-tracepoint programs (one for every
-/// enter, one for every exit) tell the calls apart; the object file is architecture-neutral.
+/// The syscall numbers by which the syscall-tracepoint programs (one for every enter, one for
+/// every exit) tell the calls apart. They differ between architectures (arm64 uses the generic
+/// table: bind is 200 there, 49 on x86-64), so userspace fills them from libc for the
+/// architecture it was built for, which is the one the object was built for: aya-build compiles
+/// the kernel programs with `--cfg bpf_target_arch` set to the target of the portwatch build,
+/// and by that cfg aya-ebpf reads kprobe arguments and return values from that architecture's
+/// `pt_regs`. Nothing else in the object depends on the architecture: tracepoint records, fentry
+/// contexts and the kernel structs (through BTF offsets) are read the same way on both.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Syscalls {
