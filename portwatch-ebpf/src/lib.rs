@@ -90,7 +90,13 @@ pub struct RawEvent {
     pub proto: u8,
     pub flags: u8,
     pub _pad: [u8; 6],
+    /// For a failed bind: the address it asked for. For a failed connect: the source address
+    /// the socket still had when the hook saw the failure. A bound one always shows; one the
+    /// route chose shows where the hook runs before the kernel clears it (kprobe and fentry; the
+    /// tracepoint backend sees the syscall return, after recent kernels cleared it).
     pub local_addr: [u8; 16],
+    /// For a failed connect: the destination it asked for (with `remote_port`), IPv4-mapped
+    /// when an IPv6 socket connected to an IPv4 address.
     pub remote_addr: [u8; 16],
     pub comm: [u8; 16],
 }
