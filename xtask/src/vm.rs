@@ -19,6 +19,7 @@ pub mod packages;
 mod payload;
 pub mod protocol;
 pub mod qemu;
+mod subset;
 mod verdict;
 
 use std::collections::BTreeMap;
@@ -58,8 +59,9 @@ pub struct VmArgs {
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
     /// How many kernels boot at once. The suites mostly wait (one scenario waits out the kernel's
-    /// 60 s TIME_WAIT timer), so guests overlap well even on a two-CPU machine.
-    #[arg(long, default_value_t = 3)]
+    /// 60 s TIME_WAIT timer), so guests overlap well even on a two-CPU machine; four keep the
+    /// eight rows of the default matrix in about four rows' time (portwatch/docs/platforms.md).
+    #[arg(long, default_value_t = 4)]
     pub jobs: usize,
     /// Use only kernels cached by an earlier run; touch no network.
     #[arg(long)]
@@ -71,6 +73,10 @@ pub struct VmArgs {
     /// look into one failure without a whole matrix run. Letters, digits, `_` and `:` only.
     #[arg(long, value_name = "FILTER", value_parser = scenario_filter)]
     pub scenarios: Option<String>,
+    /// Run every scenario in every row: by default the arm64 rows leave out the topics that do
+    /// not depend on the architecture (see portwatch/docs/platforms.md).
+    #[arg(long)]
+    pub all: bool,
     /// Use this portwatch binary instead of building it (needs --e2e too; this machine's
     /// architecture only).
     #[arg(long, requires = "e2e", value_name = "PATH")]
@@ -164,8 +170,12 @@ pub fn run(args: VmArgs) -> Result<()> {
         );
     }
 
-    // One payload and image per architecture.
-    let init = protocol::init_script(&backends, args.timeout_secs, args.scenarios.as_deref());
+    // One payload per architecture, and an image per payload and scenario selection.
+    let selection = |kernel: &Kernel| match (&args.scenarios, args.all) {
+        (Some(filter), _) => Some(filter.clone()),
+        (None, true) => None,
+        (None, false) => subset::skips(kernel.spec()),
+    };
     let mut images = BTreeMap::new();
     let mut host_payload = None;
     for &arch in &arches {
@@ -177,13 +187,25 @@ pub fn run(args: VmArgs) -> Result<()> {
             None => payload::build(arch)?,
         };
         let busybox = busybox::find(&dir, arch, args.offline)?;
-        let initrd = dir.join(format!("initramfs-{}.cpio", arch.name()));
         let guest = initramfs::Guest {
             arch,
             busybox: &busybox,
         };
-        initramfs::build(&initrd, &guest, &payload, &init)?;
-        images.insert(arch, initrd);
+        for kernel in kernels.iter().filter(|kernel| kernel.arch == arch) {
+            let scenarios = selection(kernel);
+            let key = (arch, scenarios.clone());
+            if images.contains_key(&key) {
+                continue;
+            }
+            let name = match (&args.scenarios, &scenarios) {
+                (None, Some(_)) => format!("initramfs-{}-subset.cpio", arch.name()),
+                _ => format!("initramfs-{}.cpio", arch.name()),
+            };
+            let initrd = dir.join(name);
+            let init = protocol::init_script(&backends, args.timeout_secs, scenarios.as_deref());
+            initramfs::build(&initrd, &guest, &payload, &init)?;
+            images.insert(key, initrd);
+        }
         if arch == Arch::HOST {
             host_payload = Some(payload);
         }
@@ -193,7 +215,14 @@ pub fn run(args: VmArgs) -> Result<()> {
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let watchdog = Duration::from_secs(args.timeout_secs) + BOOT_ALLOWANCE;
     let mut rows = run_all(&kernels, args.jobs, |kernel| {
-        run_kernel(kernel, &images[&kernel.arch], &logs, &backends, watchdog)
+        let scenarios = selection(kernel);
+        let subset = args.scenarios.is_none() && scenarios.is_some();
+        let initrd = &images[&(kernel.arch, scenarios)];
+        let mut row = run_kernel(kernel, initrd, &logs, &backends, watchdog)?;
+        if subset {
+            row.kernel = format!("{}, {}", row.kernel, subset::label());
+        }
+        Ok(row)
     })?;
     if let (true, Some(payload)) = (args.with_host, &host_payload) {
         rows.push(host::row(&payload.portwatch, &payload.e2e, &backends)?);
@@ -217,19 +246,23 @@ pub fn run(args: VmArgs) -> Result<()> {
 }
 
 /// Runs `boot` on every kernel, `jobs` at a time, and returns the rows in the kernels' order.
+/// Guests of another architecture start first: they take longest (emulating arm64 costs more),
+/// and started last they would leave the other workers idle at the end.
 fn run_all(
     kernels: &[Kernel],
     jobs: usize,
     boot: impl Fn(&Kernel) -> Result<Row> + Sync,
 ) -> Result<Vec<Row>> {
+    let mut order: Vec<usize> = (0..kernels.len()).collect();
+    order.sort_by_key(|&index| kernels[index].arch == Arch::HOST);
     let next = AtomicUsize::new(0);
     let worker = || -> Result<Vec<(usize, Row)>> {
         let mut rows = Vec::new();
         loop {
-            let index = next.fetch_add(1, Ordering::Relaxed);
-            let Some(kernel) = kernels.get(index) else {
+            let Some(&index) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
                 return Ok(rows);
             };
+            let kernel = &kernels[index];
             rows.push((index, boot(kernel)?));
         }
     };

@@ -288,26 +288,43 @@ fn dynamic_section(arch: Arch, file: &Path) -> Result<(Option<String>, Vec<Strin
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    let text = String::from_utf8_lossy(&output.stdout);
-    // `[Requesting program interpreter: /lib/ld-linux-aarch64.so.1]` and
-    // ` 0x0000000000000001 (NEEDED)             Shared library: [libc.so.6]`
-    let bracketed = |line: &str, after: &str| {
-        let (_, rest) = line.split_once(after)?;
-        Some(
-            rest.trim_start()
-                .strip_prefix('[')?
-                .split(']')
-                .next()?
-                .to_owned(),
-        )
+    Ok(parse_dynamic(&String::from_utf8_lossy(&output.stdout)))
+}
+
+/// The interpreter and the `NEEDED` entries in `readelf --program-headers --dynamic` output.
+fn parse_dynamic(text: &str) -> (Option<String>, Vec<String>) {
+    // What follows `marker` on the line, inside its brackets.
+    let value = |line: &str, marker: &str| {
+        let (_, rest) = line.split_once(marker)?;
+        let rest = rest.trim_start().trim_start_matches('[');
+        Some(rest.split(']').next()?.trim().to_owned())
     };
     let interpreter = text
         .lines()
-        .find_map(|line| bracketed(line, "Requesting program interpreter:"));
+        .find_map(|line| value(line, "Requesting program interpreter:"));
     let needed = text
         .lines()
         .filter(|line| line.contains("(NEEDED)"))
-        .filter_map(|line| bracketed(line, "Shared library:"))
+        .filter_map(|line| value(line, "Shared library:"))
         .collect();
-    Ok((interpreter, needed))
+    (interpreter, needed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_dynamic;
+
+    #[test]
+    fn readelf_output_names_the_interpreter_and_the_needed_libraries() {
+        // Lines of `aarch64-linux-gnu-readelf --wide --program-headers --dynamic` on portwatch.
+        let text = "  INTERP         0x000270 0x0000000000000270 0x0000000000000270 0x00001b 0x00001b R   0x1
+      [Requesting program interpreter: /lib/ld-linux-aarch64.so.1]
+ 0x0000000000000001 (NEEDED)             Shared library: [libgcc_s.so.1]
+ 0x0000000000000001 (NEEDED)             Shared library: [libc.so.6]
+ 0x000000000000000c (INIT)               0x5a000
+";
+        let (interpreter, needed) = parse_dynamic(text);
+        assert_eq!(interpreter.as_deref(), Some("/lib/ld-linux-aarch64.so.1"));
+        assert_eq!(needed, ["libgcc_s.so.1", "libc.so.6"]);
+    }
 }

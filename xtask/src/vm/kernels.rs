@@ -94,13 +94,16 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// The row's name, as on the command line.
-    pub fn name(&self) -> String {
+    pub fn spec(&self) -> Spec {
         Spec {
             arch: self.arch,
             series: self.series,
         }
-        .name()
+    }
+
+    /// The row's name, as on the command line.
+    pub fn name(&self) -> String {
+        self.spec().name()
     }
 }
 

@@ -1,13 +1,15 @@
 //! What counts as a failure.
 //!
-//! Debian's stock 5.10, 6.1 and 6.12 cloud kernels have kprobes, BTF and fentry, so every backend
-//! must attach there and `--backend auto` must pick fentry. A backend that says "unsupported" on
-//! them is a failure, not a skip: that is how a broken attach path would look.
+//! Debian's stock cloud kernels have kprobes, BTF and fentry (arm64 6.1 excepted, see
+//! `ACCEPTED_UNSUPPORTED`), so every backend must attach there and `--backend auto` must pick
+//! fentry. A backend that says "unsupported" on them is a failure, not a skip: that is how a
+//! broken attach path would look.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::Backend;
+use super::arch::Arch;
 use super::kernels::{Kernel, Series};
 use super::matrix::{Cell, Row};
 use super::protocol::{AUTO_STEP, Auto, Outcome, Report};
@@ -15,6 +17,7 @@ use super::qemu::{Console, End};
 
 /// An "unsupported" answer accepted as a fact about a kernel rather than a portwatch bug.
 struct Accepted {
+    arch: Arch,
     series: Series,
     backend: Backend,
     /// A piece of portwatch's reason; only that reason is accepted.
@@ -23,12 +26,27 @@ struct Accepted {
     fact: &'static str,
 }
 
-/// Empty on purpose: none of the kernels booted lacks what a backend needs. Add an entry only
-/// for a fact the reader can check in the kernel itself, and say which.
-const ACCEPTED_UNSUPPORTED: &[Accepted] = &[];
+/// Add an entry only for a fact the reader can check in the kernel itself, and say which.
+const ACCEPTED_UNSUPPORTED: &[Accepted] = &[Accepted {
+    arch: Arch::Arm64,
+    series: Series::V6_1,
+    backend: Backend::Fentry,
+    // ENOTSUPP from attaching the trampoline.
+    reason_contains: "os error 524",
+    fact: "its config has no CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS, which arm64 gained in 6.4 \
+           and BPF trampolines on kernel functions need",
+}];
 
-/// What `--backend auto` must pick on every kernel of the matrix.
-const EXPECTED_AUTO: &str = "fentry";
+/// What `--backend auto` must pick on `kernel`: fentry, or kprobe where fentry is accepted
+/// as unsupported.
+fn expected_auto(kernel: &Kernel) -> &'static str {
+    let no_fentry = ACCEPTED_UNSUPPORTED.iter().any(|accepted| {
+        accepted.arch == kernel.arch
+            && accepted.series == kernel.series
+            && accepted.backend == Backend::Fentry
+    });
+    if no_fentry { "kprobe" } else { "fentry" }
+}
 
 /// Judges one boot of `kernel` into a matrix row.
 pub fn kernel_row(
@@ -55,7 +73,7 @@ pub fn kernel_row(
                         false,
                     ),
                     Outcome::Failed { reason } => (format!("FAILED: {reason}"), true),
-                    Outcome::Unsupported { reason } => unsupported(kernel.series, backend, reason),
+                    Outcome::Unsupported { reason } => unsupported(kernel, backend, reason),
                 },
                 None => (
                     format!("FAILED: no result ({})", how_it_ended(report, console)),
@@ -71,9 +89,10 @@ pub fn kernel_row(
         .collect();
 
     let (text, failed) = match &report.auto {
-        Some(Auto::Picked(picked)) if picked == EXPECTED_AUTO => (picked.clone(), false),
+        Some(Auto::Picked(picked)) if picked == expected_auto(kernel) => (picked.clone(), false),
         Some(Auto::Picked(picked)) => {
-            (format!("FAILED: {picked} (expected {EXPECTED_AUTO})"), true)
+            let expected = expected_auto(kernel);
+            (format!("FAILED: {picked} (expected {expected})"), true)
         }
         Some(Auto::Nothing { reason }) => (format!("FAILED: none ({reason})"), true),
         None => (
@@ -116,9 +135,10 @@ pub fn kernel_row(
 }
 
 /// The cell for an "unsupported" answer: a failure unless listed in `ACCEPTED_UNSUPPORTED`.
-fn unsupported(series: Series, backend: Backend, reason: &str) -> (String, bool) {
+fn unsupported(kernel: &Kernel, backend: Backend, reason: &str) -> (String, bool) {
     let accepted = ACCEPTED_UNSUPPORTED.iter().find(|accepted| {
-        accepted.series == series
+        accepted.arch == kernel.arch
+            && accepted.series == kernel.series
             && accepted.backend == backend
             && reason.contains(accepted.reason_contains)
     });
