@@ -90,7 +90,13 @@ pub struct RawEvent {
     pub proto: u8,
     pub flags: u8,
     pub _pad: [u8; 6],
+    /// For a failed bind: the address it asked for. For a failed connect: the source address
+    /// the socket still had when the hook saw the failure. A bound one always shows; one the
+    /// route chose shows where the hook runs before the kernel clears it (kprobe and fentry; the
+    /// tracepoint backend sees the syscall return, after recent kernels cleared it).
     pub local_addr: [u8; 16],
+    /// For a failed connect: the destination it asked for (with `remote_port`), IPv4-mapped
+    /// when an IPv6 socket connected to an IPv4 address.
     pub remote_addr: [u8; 16],
     pub comm: [u8; 16],
 }
@@ -149,8 +155,14 @@ pub struct Settings {
     pub wakeup_bytes: u32,
 }
 
-/// This architecture's syscall numbers, by which the syscall-tracepoint programs (one for every
-/// enter, one for every exit) tell the calls apart; the object file is architecture-neutral.
+/// The syscall numbers by which the syscall-tracepoint programs (one for every enter, one for
+/// every exit) tell the calls apart. They differ between architectures (arm64 uses the generic
+/// table: bind is 200 there, 49 on x86-64), so userspace fills them from libc for the
+/// architecture it was built for, which is the one the object was built for: aya-build compiles
+/// the kernel programs with `--cfg bpf_target_arch` set to the target of the portwatch build,
+/// and by that cfg aya-ebpf reads kprobe arguments and return values from that architecture's
+/// `pt_regs`. Nothing else in the object depends on the architecture: tracepoint records, fentry
+/// contexts and the kernel structs (through BTF offsets) are read the same way on both.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Syscalls {

@@ -82,24 +82,26 @@ fn failures<'a>(events: &'a [Value], proto: &str, family: &str) -> Vec<&'a Value
         .collect()
 }
 
-/// The one failure whose errno and source address are these, naming `remote` as destination.
+/// The one failure with this errno (and source address, if given) that names `remote` as its
+/// destination, on [`SERVER_PORT`].
 fn one_failure(fails: &[&Value], errno: &str, local_addr: Option<&str>, remote: IpAddr) -> Outcome {
-    let matching: Vec<&&Value> = fails
+    let remote = remote.to_string();
+    let matching = fails
         .iter()
         .filter(|event| {
             event["errno"] == errno
                 && event["local_port"] == 0
                 && local_addr.is_none_or(|addr| event["local_addr"] == addr)
+                && event["remote_addr"] == remote.as_str()
+                && event["remote_port"] == SERVER_PORT
         })
-        .collect();
-    check(matching.len() == 1, || {
-        format!("expected one {errno} fail from {local_addr:?}, got {fails:?}")
-    })?;
-    let event = matching[0];
-    check(
-        event["remote_addr"] == remote.to_string().as_str() && event["remote_port"] == SERVER_PORT,
-        || format!("the fail should name {remote} port {SERVER_PORT} as destination: {event}"),
-    )
+        .count();
+    check(matching == 1, || {
+        format!(
+            "expected one {errno} fail from {local_addr:?} to {remote} port {SERVER_PORT}, \
+             got {fails:?}"
+        )
+    })
 }
 
 fn expect_refused(outcome: &(io::Error, usize), errno: i32, what: &str) -> Outcome {
@@ -160,7 +162,8 @@ pub fn tcp_ipv6_names_destination() -> Outcome {
 }
 
 /// UDP over IPv4 and IPv6: with both ports of the range bound, a connect on an unbound socket
-/// cannot autobind and fails with EAGAIN.
+/// cannot autobind and fails with EAGAIN. An IPv6 socket may also connect to an IPv4 address
+/// (`AF_INET`); its failure names the IPv4-mapped address.
 pub fn udp_connect_names_destination() -> Outcome {
     let tracer = Tracer::start(&["--pid", &std::process::id().to_string(), "--events", "fail"])?;
     let refused = in_narrow_namespace(|| {
@@ -174,24 +177,60 @@ pub fn udp_connect_names_destination() -> Outcome {
             let _holders = holders.into_iter().collect::<io::Result<Vec<_>>>()?;
             let client = Socket::new(Kind::Udp, family)?;
             results.push(client.connect(SERVER_PORT));
+            if family == V6 {
+                results.push(ipv6_socket_connects_to_ipv4());
+            }
         }
         Ok(results)
     })?;
     let trace = tracer.stop()?;
-    for (result, family) in refused.iter().zip(["ipv4", "ipv6"]) {
+    for (result, what) in refused.iter().zip(["ipv4", "ipv6", "IPv4 from IPv6"]) {
         check(
             result
                 .as_ref()
                 .is_err_and(|err| err.raw_os_error() == Some(libc::EAGAIN)),
-            || format!("{family} UDP connect should fail with EAGAIN, got {result:?}"),
+            || format!("{what} UDP connect should fail with EAGAIN, got {result:?}"),
         )?;
     }
-    for (family, remote) in [("ipv4", V4), ("ipv6", V6)] {
+    let mapped: IpAddr = "::ffff:127.0.0.1".parse().expect("an IPv6 address");
+    for (family, remotes) in [("ipv4", &[V4][..]), ("ipv6", &[V6, mapped][..])] {
         let fails = failures(&trace.events, "udp", family);
-        one_failure(&fails, "EAGAIN", None, remote)?;
-        check(fails[0]["how"] == "autobind", || {
-            format!("the failure should say how: {}", fails[0])
+        for &remote in remotes {
+            one_failure(&fails, "EAGAIN", None, remote)?;
+        }
+        check(fails.iter().all(|fail| fail["how"] == "autobind"), || {
+            format!("the failures should say how: {fails:?}")
         })?;
     }
     Ok(())
+}
+
+/// connect() of a new IPv6 UDP socket to 127.0.0.1 as an `AF_INET` address, which the kernel
+/// accepts on sockets that are not IPv6-only.
+fn ipv6_socket_connects_to_ipv4() -> io::Result<()> {
+    // SAFETY: socket() takes plain integers.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sockaddr_in is plain data; all-zero is a valid starting value.
+    let mut address: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    address.sin_family = libc::AF_INET as libc::sa_family_t;
+    address.sin_port = SERVER_PORT.to_be();
+    address.sin_addr.s_addr = u32::from_ne_bytes(Ipv4Addr::LOCALHOST.octets());
+    // SAFETY: address is a valid sockaddr_in of the length given; fd is ours and closed once.
+    unsafe {
+        let ret = libc::connect(
+            fd,
+            &address as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let result = if ret == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        };
+        libc::close(fd);
+        result
+    }
 }
