@@ -9,17 +9,18 @@ use std::{
     fs::File,
     io::Write as _,
     net::{IpAddr, Ipv4Addr},
-    os::fd::AsRawFd as _,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::PathBuf,
 };
 
 use anyhow::Context as _;
 
 use crate::{
-    host::snapshot::{self, Family, Query},
-    live::exhaustion::{self, Exhaustion, Facts, TimeWaitReuse},
+    host::snapshot::{self, Family, Query, Scope},
+    live::exhaustion::{self, Facts, TimeWaitReuse},
     live::holders::Holders,
     model::event::{Event, Kind, Proto},
+    model::exhaustion::Exhaustion,
     model::ports::{EphemeralPolicy, PortSet},
 };
 
@@ -77,10 +78,15 @@ fn look(name: String, path: Option<&PathBuf>) -> anyhow::Result<View> {
         }
     }
     let policy = EphemeralPolicy::read().context("reading the ephemeral range")?;
+    // The namespace this thread is in now (entered above, or the process's own).
+    let inode = std::fs::metadata("/proc/thread-self/ns/net")
+        .context("reading this thread's network namespace")?
+        .ino() as u32;
     let held = snapshot::held(&Query {
         ports: Some(PortSet::new(vec![policy.range.clone()])),
         protos: vec![Proto::Tcp],
         families: vec![Family::Ipv4, Family::Ipv6],
+        netns: Scope::Only(inode),
     });
     let mut holders = Holders::default();
     let mut sample: Option<Event> = None;

@@ -31,16 +31,15 @@
 //! unbound address conflicting with all): UDP shares no port by 4-tuple. Out of ports, it fails
 //! with `EAGAIN` (`inet_autobind`).
 
-use std::{fmt::Write as _, net::IpAddr, ops::RangeInclusive, time::Duration};
+use std::{net::IpAddr, ops::RangeInclusive, time::Duration};
 
 use foldhash::HashMap;
 use portwatch_ebpf::How;
-use serde_json::{Value, json};
 
 use crate::{
     live::holders::{Entry, Holders, PortChange},
     model::clock::Timestamp,
-    model::event::{Event, Proto, Task},
+    model::event::{Event, Proto},
     model::exhaustion::{Destination, Exhaustion, Share},
     model::ports::PortSet,
     model::socket_state::SocketState,
@@ -388,31 +387,5 @@ mod tests {
         let explained = explain(&failed_connect((LO, 5432)), &holders, &facts);
         assert_eq!((explained.tried, explained.complete), (4, false));
         assert!(explained.summary().contains("4 tried per connect"));
-    }
-
-    /// A measurement, not a check: what one explanation costs the event loop with the host's
-    /// default range (28232 ports) full of connections. `cargo test --release -p portwatch
-    /// --bins explanation_cost -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn explanation_cost() {
-        let mut holders = Holders::default();
-        for port in 32768..=60999 {
-            holders.observe(&claim(port, How::Connect, Some((LO, 5432)), 10));
-        }
-        let facts = Facts {
-            range: 32768..=60999,
-            ..facts(0)
-        };
-        let failed = failed_connect((LO, 5432));
-        let rounds = 20;
-        let started = std::time::Instant::now();
-        for _ in 0..rounds {
-            std::hint::black_box(explain(&failed, &holders, &facts));
-        }
-        println!(
-            "one explanation over 28232 held ports: {:?}",
-            started.elapsed() / rounds
-        );
     }
 }
