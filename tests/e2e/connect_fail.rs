@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::{
     Outcome,
     expect::check,
-    lifetimes::bring_loopback_up,
+    lifetimes::in_new_namespace,
     tracer::Tracer,
     workload::{Kind, Socket, V4, V6, tcp_listener},
 };
@@ -27,28 +27,6 @@ const RANGE: (u16, u16) = (40000, 40001);
 const SERVER_PORT: u16 = 5000;
 /// A second loopback address of the namespace, for a socket bound to its source address.
 const SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-
-/// Runs `work` on a new thread inside a new network namespace (loopback up, two-port range).
-/// The namespace belongs to that thread alone and goes with its sockets.
-fn in_narrow_namespace<T: Send>(work: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: unshare with a valid flag; a network namespace is per thread.
-                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                bring_loopback_up();
-                std::fs::write(
-                    "/proc/sys/net/ipv4/ip_local_port_range",
-                    format!("{} {}", RANGE.0, RANGE.1),
-                )?;
-                work()
-            })
-            .join()
-            .expect("namespace thread panicked")
-    })
-}
 
 /// Connects new sockets made by `client` until one fails; returns that error and how many
 /// connected (they stay open until then).
@@ -115,7 +93,7 @@ fn expect_refused(outcome: &(io::Error, usize), errno: i32, what: &str) -> Outco
 /// (`IP_BIND_ADDRESS_NO_PORT`), whose failure also names that source.
 pub fn tcp_ipv4_names_destination() -> Outcome {
     let tracer = Tracer::start(&["--pid", &std::process::id().to_string(), "--events", "fail"])?;
-    let (unbound, bound) = in_narrow_namespace(|| {
+    let (unbound, bound) = in_new_namespace(RANGE, || {
         let _listener = tcp_listener(V4, SERVER_PORT)?;
         let unbound = connect_until_refused(|| Socket::new(Kind::Tcp, V4))?;
         let bound = connect_until_refused(|| {
@@ -147,7 +125,7 @@ pub fn tcp_ipv4_names_destination() -> Outcome {
 /// TCP over IPv6, to `::1`.
 pub fn tcp_ipv6_names_destination() -> Outcome {
     let tracer = Tracer::start(&["--pid", &std::process::id().to_string(), "--events", "fail"])?;
-    let refused = in_narrow_namespace(|| {
+    let refused = in_new_namespace(RANGE, || {
         let _listener = tcp_listener(V6, SERVER_PORT)?;
         connect_until_refused(|| Socket::new(Kind::Tcp, V6))
     })?;
@@ -166,7 +144,7 @@ pub fn tcp_ipv6_names_destination() -> Outcome {
 /// (`AF_INET`); its failure names the IPv4-mapped address.
 pub fn udp_connect_names_destination() -> Outcome {
     let tracer = Tracer::start(&["--pid", &std::process::id().to_string(), "--events", "fail"])?;
-    let refused = in_narrow_namespace(|| {
+    let refused = in_new_namespace(RANGE, || {
         let mut results = Vec::new();
         for family in [V4, V6] {
             let holders = [RANGE.0, RANGE.1].map(|port| {

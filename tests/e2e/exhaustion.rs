@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::{
     Outcome,
     expect::check,
-    lifetimes::bring_loopback_up,
+    lifetimes::in_new_namespace,
     tracer::{Trace, Tracer, netns_inode},
     workload::{Kind, Socket, V4, V6, tcp_listener},
 };
@@ -37,30 +37,16 @@ fn in_namespace<T: Send>(
     tw_reuse: u8,
     work: impl FnOnce() -> io::Result<T> + Send,
 ) -> io::Result<(Where, T)> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: unshare with a valid flag; a network namespace is per thread.
-                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                bring_loopback_up();
-                std::fs::write(
-                    "/proc/sys/net/ipv4/ip_local_port_range",
-                    format!("{} {}", RANGE.0, RANGE.1),
-                )?;
-                std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", tw_reuse.to_string())?;
-                // SAFETY: gettid has no arguments and cannot fail.
-                let tid = unsafe { libc::gettid() } as u32;
-                let netns = (tid, netns_inode("/proc/thread-self/ns/net")?);
-                let done = work()?;
-                // The tracer enters the namespace through this thread to read its range; it
-                // reads it at the first claim, which is long before this.
-                std::thread::sleep(std::time::Duration::from_millis(100));
-                Ok((netns, done))
-            })
-            .join()
-            .expect("namespace thread panicked")
+    in_new_namespace(RANGE, || {
+        std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", tw_reuse.to_string())?;
+        // SAFETY: gettid has no arguments and cannot fail.
+        let tid = unsafe { libc::gettid() } as u32;
+        let netns = (tid, netns_inode("/proc/thread-self/ns/net")?);
+        let done = work()?;
+        // The tracer enters the namespace through this thread to read its range; it reads it
+        // at the first claim, which is long before this.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        Ok((netns, done))
     })
 }
 

@@ -157,10 +157,13 @@ pub fn time_wait_and_its_end() -> Outcome {
     listener.reuse_address()?;
     listener.bind(port)?;
     listener.listen()?;
+    // The client's port comes from free_port, outside the ephemeral range: an ephemeral one
+    // could be taken by another scenario's connect between the close and the bind below.
+    let client_port = free_port();
     let client = Socket::new(Kind::Tcp, V4)?;
     client.reuse_address()?;
+    client.bind(client_port)?;
     client.connect(port)?;
-    let client_port = client.local_port()?;
     let accepted = listener.accept()?;
     accepted.close();
     std::thread::sleep(std::time::Duration::from_millis(100));
@@ -290,6 +293,31 @@ pub fn bring_loopback_up() {
         libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut request);
         libc::close(fd);
     }
+}
+
+/// Runs `work` on a new thread inside a new network namespace of its own: loopback up and the
+/// ephemeral range `low..=high`. The namespace belongs to that thread alone and goes with it.
+pub fn in_new_namespace<T: Send>(
+    (low, high): (u16, u16),
+    work: impl FnOnce() -> std::io::Result<T> + Send,
+) -> std::io::Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: unshare with a valid flag; a network namespace is per thread.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                bring_loopback_up();
+                std::fs::write(
+                    "/proc/sys/net/ipv4/ip_local_port_range",
+                    format!("{low} {high}"),
+                )?;
+                work()
+            })
+            .join()
+            .expect("namespace thread panicked")
+    })
 }
 
 /// A close from FIN_WAIT2 whose TIME_WAIT socket the kernel refused to make (table full) frees

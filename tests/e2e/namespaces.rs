@@ -17,7 +17,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    Outcome,
+    Outcome, Skip,
     expect::check,
     lifetimes::bring_loopback_up,
     tracer::{Tracer, binary, netns_inode, own_netns},
@@ -435,8 +435,7 @@ fn names(container: &Value, expected: &Container) -> bool {
 /// only. Skipped, saying why, where podman cannot run.
 pub fn podman_container_is_named() -> Outcome {
     if let Some(reason) = podman_image()? {
-        println!("e2e: skip: no container runtime: {reason}");
-        return Ok(());
+        return Err(Skip::because(format!("no container runtime: {reason}")));
     }
     let port = free_port();
     let web = Container::listen("web", port)?;
@@ -517,8 +516,7 @@ pub fn podman_container_is_named() -> Outcome {
 /// the runtime's answer arrives without the tracer waiting for it.
 pub fn podman_container_started_later_resolves() -> Outcome {
     if let Some(reason) = podman_image()? {
-        println!("e2e: skip: no container runtime: {reason}");
-        return Ok(());
+        return Err(Skip::because(format!("no container runtime: {reason}")));
     }
     let port = free_port();
     let tracer = Tracer::start(&["--port", &port.to_string()])?;
@@ -566,8 +564,9 @@ pub fn podman_container_started_later_resolves() -> Outcome {
 /// (Debian's docker.io needs its daemon running; the test does not start one).
 pub fn docker_container_is_named() -> Outcome {
     if engine(Engine::Docker, &["version"]).is_err() {
-        println!("e2e: skip: no docker daemon answers /usr/bin/docker version (Debian: docker.io)");
-        return Ok(());
+        return Err(Skip::because(
+            "no docker daemon answers /usr/bin/docker version (Debian: docker.io)",
+        ));
     }
     if engine(Engine::Docker, &["image", "inspect", IMAGE]).is_err() {
         let context = std::env::temp_dir().join(format!("pw-e2e-docker-{}", std::process::id()));
