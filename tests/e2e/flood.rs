@@ -84,7 +84,7 @@ pub fn ring_buffer_overflow_is_counted() -> Outcome {
 
 /// A flood as fast as one thread makes it, traced at once by a tracer with the default ring and
 /// one with a 4 KiB ring (`--ring-kib 4`): both account for every event. The numbers go to
-/// stderr for the README's Reliability section.
+/// stderr for portwatch/docs/reliability.md.
 pub fn flood_is_accounted_exactly() -> Outcome {
     const ROUNDS: u64 = 20_000;
     let _alone = flood_alone();

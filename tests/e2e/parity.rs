@@ -1,4 +1,4 @@
-//! Places where the backends used to disagree (issue 9): each scenario asserts the same events
+//! Places where the backends used to disagree: each scenario asserts the same events
 //! on every backend.
 
 use serde_json::Value;
@@ -192,7 +192,8 @@ pub fn fast_open_send_claims() -> Outcome {
 /// write() on an unconnected UDP socket: the kernel autobinds a port, then the call fails with
 /// EDESTADDRREQ, and the port stays held until close. fentry and kprobe see the autobind
 /// itself. The tracepoint backend follows no write() (it is every program's hottest call), so
-/// it sees only the release, as a free whose claim it did not see: the limit the README states.
+/// it sees only the release, as a free whose claim it did not see: the limit
+/// portwatch/docs/backends.md states.
 pub fn udp_write_autobind() -> Outcome {
     let me = std::process::id();
     let tracer = Tracer::start(&["--pid", &me.to_string(), "--proto", "udp", "-4"])?;
@@ -249,7 +250,7 @@ fn claimed_and_freed_once(
 
 /// MPTCP: a listener and a client, each bound to its own port, one connection accepted, then
 /// closed. What every backend reports: both binds as claims by this process, the client's free
-/// and the listener's free by this process. Beyond that they differ (the README's backend table
+/// and the listener's free by this process. Beyond that they differ (portwatch/docs/backends.md's table
 /// says how), because the calls act on the MPTCP socket and the TCP subflows behind it are
 /// sockets the kernel makes.
 pub fn mptcp_binds_are_claims() -> Outcome {

@@ -1,5 +1,5 @@
 //! Least privilege: the tracer holds no capability once it is attached, and loading works for
-//! an unprivileged user given only the capabilities the README names.
+//! an unprivileged user given only the capabilities portwatch/docs/privileges.md names.
 
 use std::{os::unix::process::CommandExt, process::Command};
 
@@ -10,7 +10,7 @@ use crate::{
     workload::{Kind, Socket, V4, free_port},
 };
 
-/// The capabilities loading needs on every backend (see the README).
+/// The capabilities loading needs on every backend (see portwatch/docs/privileges.md).
 const LOAD_CAPABILITIES: [u32; 3] = [CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF];
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
@@ -113,7 +113,8 @@ fn traces_without_capabilities(start: impl FnOnce(&[&str]) -> Result<Tracer, Str
 
 /// Turns the child into `nobody` keeping only `capabilities`, as ambient ones so they
 /// survive the exec. The memlock limit is lifted first, while still root where that is allowed:
-/// kernels before 5.11 charge BPF maps to it, and `nobody` may not raise it (the README says so).
+/// kernels before 5.11 charge BPF maps to it, and `nobody` may not raise it
+/// (portwatch/docs/privileges.md says so).
 fn as_nobody_with(command: &mut Command, capabilities: Vec<u32>) {
     // SAFETY: between fork and exec only async-signal-safe calls are made (setrlimit, prctl,
     // setgroups, setgid, setuid, capset), on memory owned by this closure.
