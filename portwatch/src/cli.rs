@@ -22,8 +22,9 @@ use crate::{
     host::snapshot::{Scope, namespaces},
     kernel::backend::Choice,
     model::container,
-    model::event::{Kind, Proto},
+    model::event::Kind,
     model::ports::{self, PortSet},
+    model::proto::Proto,
     output::{Format, sink::FileOptions},
 };
 

@@ -13,7 +13,7 @@ use portwatch_ebpf::RawEvent;
 use crate::{
     commands::{report, verify},
     kernel::btf,
-    model::{clock::MonotonicClock, event, ports},
+    model::{clock::MonotonicClock, event, ports, task},
 };
 
 /// The BTF reader on bytes standing for `/sys/kernel/btf/vmlinux`: every lookup portwatch
@@ -69,7 +69,7 @@ pub fn raw_event(data: &[u8]) {
         let _ = event.family_name();
     }
     let _ = (
-        event::Comm::from_kernel(&raw.comm),
+        task::Comm::from_kernel(&raw.comm),
         event::errno_name(raw.errno),
     );
 }

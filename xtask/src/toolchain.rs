@@ -44,27 +44,6 @@ pub fn ensure() -> anyhow::Result<()> {
     install_bpf_linker(&llvm)
 }
 
-/// Adds the standard library for the Rust `target` to the toolchain that builds the userspace
-/// (the one rustup picks in the workspace) unless it is there.
-pub fn ensure_rust_target(target: &str) -> anyhow::Result<()> {
-    let root = crate::project::workspace_root();
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .current_dir(&root)
-        .output()
-        .context("running rustup (https://rustup.rs)")?;
-    if String::from_utf8_lossy(&installed.stdout)
-        .lines()
-        .any(|line| line.trim() == target)
-    {
-        return Ok(());
-    }
-    eprintln!("xtask: installing the Rust target {target}");
-    let mut add = Command::new("rustup");
-    add.args(["target", "add", target]).current_dir(root);
-    crate::project::succeed(add)
-}
-
 /// `~/.cargo/bin` (or `$CARGO_HOME/bin`), where `cargo install` puts bpf-linker. Child cargo
 /// processes need it on PATH for aya-build to find the linker.
 pub fn cargo_bin_dir() -> PathBuf {

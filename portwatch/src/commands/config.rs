@@ -6,11 +6,7 @@ use std::{collections::HashSet, net::SocketAddr, ops::RangeInclusive, time::Dura
 use crate::{
     host::snapshot::Scope,
     kernel::backend::{Choice, LoadSpec},
-    model::{
-        container,
-        event::{Kind, Proto},
-        ports::PortSet,
-    },
+    model::{container, event::Kind, ports::PortSet, proto::Proto},
     output::{Format, sink::FileOptions},
 };
 

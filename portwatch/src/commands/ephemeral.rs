@@ -19,9 +19,10 @@ use crate::{
     host::snapshot::{self, Family, Query, Scope},
     live::exhaustion::{self, Facts, TimeWaitReuse},
     live::holders::Holders,
-    model::event::{Event, Kind, Proto},
+    model::event::{Event, Kind},
     model::exhaustion::Exhaustion,
     model::ports::{EphemeralPolicy, PortSet},
+    model::proto::Proto,
 };
 
 /// Named namespaces, as `ip netns add` makes them.

@@ -5,5 +5,6 @@ pub mod containers;
 pub mod enrich;
 pub mod netns;
 pub mod ns_ranges;
+pub mod proc_stat;
 pub mod snapshot;
 pub mod users;

@@ -39,9 +39,10 @@ use portwatch_ebpf::How;
 use crate::{
     live::holders::{Entry, Holders, PortChange},
     model::clock::Timestamp,
-    model::event::{Event, Proto},
+    model::event::Event,
     model::exhaustion::{Destination, Exhaustion, Share},
     model::ports::PortSet,
+    model::proto::Proto,
     model::socket_state::SocketState,
 };
 

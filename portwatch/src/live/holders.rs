@@ -13,8 +13,10 @@ use portwatch_ebpf::How;
 
 use crate::{
     model::clock::Timestamp,
-    model::event::{Comm, Event, Holder, Kind, Proto, Task},
+    model::event::{Event, Holder, Kind},
+    model::proto::Proto,
     model::socket_state::SocketState,
+    model::task::{Comm, Task},
 };
 
 /// One socket holding a port.

@@ -19,7 +19,9 @@ use crate::{
     host::ns_ranges::NamespaceRanges,
     live::holders::{Holders, PortChange, Toward},
     model::clock::Timestamp,
-    model::event::{Event, Proto, Task},
+    model::event::Event,
+    model::proto::Proto,
+    model::task::Task,
 };
 
 /// How many claimers a pressure event names.

@@ -8,8 +8,9 @@ use serde_json::{Value, json};
 
 use crate::model::{
     clock::Timestamp,
-    event::{Proto, Task},
+    proto::Proto,
     socket_state::SocketState,
+    task::Task,
     text::{endpoint, printable},
 };
 

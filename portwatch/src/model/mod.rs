@@ -7,5 +7,7 @@ pub mod event;
 pub mod exhaustion;
 pub mod json;
 pub mod ports;
+pub mod proto;
 pub mod socket_state;
+pub mod task;
 pub mod text;

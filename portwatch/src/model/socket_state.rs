@@ -4,7 +4,7 @@
 //! The start-up snapshot (and `who`) still carry states as words; they become this type where
 //! they enter the holder table ([`SocketState::from_name`]).
 
-use crate::model::event::Proto;
+use crate::model::proto::Proto;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SocketState {

@@ -13,13 +13,13 @@ use std::process::{Command, Output};
 use anyhow::{Context, Result, bail};
 
 use super::arch::Arch;
+use super::packages::KEYRING;
 
 /// Bullseye carries 5.10, bookworm 6.1, trixie and bookworm-backports 6.12 (the newer of the two
 /// wins; so far trixie's), trixie-backports and sid the newest series (7.3 and 7.2 in December
 /// 2026); the security suites carry the newest point releases.
 pub const ARCHIVE_SUITES: &str = "bullseye bookworm bookworm-backports trixie trixie-backports sid";
 const SECURITY_SUITES: &str = "bullseye-security bookworm-security trixie-security";
-pub const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const DEFAULT_ARCHIVE: &str = "http://deb.debian.org/debian";
 const DEFAULT_SECURITY: &str = "http://deb.debian.org/debian-security";
 

@@ -1,7 +1,9 @@
 //! The CPU architectures portwatch is built, tested and packaged for, and what each needs on an
 //! x86-64 build machine: the Rust target, the cross linker and C library, how qemu emulates it.
 
-use anyhow::Result;
+use std::process::Command;
+
+use anyhow::{Context as _, Result};
 use clap::ValueEnum;
 
 use super::packages::{self, Needed, Probe};
@@ -78,6 +80,27 @@ impl Arch {
             Arch::Arm64 => packages::ensure(ARM64_CROSS)?,
             Arch::Amd64 => anyhow::bail!("building for amd64 on an arm64 machine is not set up"),
         }
-        crate::toolchain::ensure_rust_target(self.rust_target())
+        ensure_rust_target(self.rust_target())
     }
+}
+
+/// Adds the standard library for the Rust `target` to the toolchain that builds the userspace
+/// (the one rustup picks in the workspace) unless it is there.
+fn ensure_rust_target(target: &str) -> anyhow::Result<()> {
+    let root = crate::project::workspace_root();
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(&root)
+        .output()
+        .context("running rustup (https://rustup.rs)")?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|line| line.trim() == target)
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the Rust target {target}");
+    let mut add = Command::new("rustup");
+    add.args(["target", "add", target]).current_dir(root);
+    crate::project::succeed(add)
 }

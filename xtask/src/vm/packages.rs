@@ -15,6 +15,9 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// How to tell that a package is installed.
+/// The keys Debian signs its archive with; the private apt checks what it downloads against them.
+pub const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
 pub enum Probe {
     /// A program the package puts on PATH.
     Program(&'static str),
@@ -39,7 +42,7 @@ pub const KERNEL_MATRIX: &[Needed] = &[
     },
     Needed {
         package: "debian-archive-keyring",
-        probe: Probe::File(super::apt::KEYRING),
+        probe: Probe::File(KEYRING),
     },
 ];
 

@@ -12,13 +12,13 @@ use plotters::{
 };
 
 use super::{
-    model::{self, Report},
+    model::{self, BUCKETS, Report},
     occupancy,
     record::Process,
     timeline::{End, Hold},
     words,
 };
-use crate::model::event::Proto;
+use crate::model::proto::Proto;
 
 /// Rows beyond this are left out of the sockets chart (the busiest are kept, and the page
 /// says how many were left out).
@@ -405,22 +405,6 @@ pub fn sockets(report: &Report) -> Result<Sockets, String> {
     })
 }
 
-/// Decades of hold time, the socket's own hold from claim to close (TIME_WAIT not counted).
-pub const BUCKETS: [&str; 10] = [
-    "<1us", "1-10us", "10-100us", "0.1-1ms", "1-10ms", "10-100ms", "0.1-1s", "1-10s", "10-100s",
-    ">=100s",
-];
-
-pub fn bucket(nanos: u128) -> usize {
-    let mut bucket = 0;
-    let mut bound = 1_000u128;
-    while nanos >= bound && bucket < BUCKETS.len() - 1 {
-        bucket += 1;
-        bound *= 10;
-    }
-    bucket
-}
-
 /// Holds whose claim and close the capture saw, per decade, per protocol.
 pub fn hold_times(report: &Report) -> Result<(String, u32), String> {
     let counts = &report.hold_times;
@@ -478,17 +462,4 @@ pub fn hold_times(report: &Report) -> Result<(String, u32), String> {
         root.present().map_err(error)?;
     }
     Ok((svg, total))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hold_times_fall_in_decades() {
-        assert_eq!(BUCKETS[bucket(999)], "<1us");
-        assert_eq!(BUCKETS[bucket(1_000)], "1-10us");
-        assert_eq!(BUCKETS[bucket(150_000_000)], "0.1-1s");
-        assert_eq!(BUCKETS[bucket(u128::MAX)], ">=100s");
-    }
 }

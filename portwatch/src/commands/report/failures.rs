@@ -5,7 +5,7 @@
 use foldhash::HashMap;
 
 use super::{record::Process, timeline::Failure};
-use crate::model::event::Proto;
+use crate::model::proto::Proto;
 
 /// Entries a group keeps of who failed and toward where; the rest are counted together.
 const KEPT: usize = 5;

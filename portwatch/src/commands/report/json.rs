@@ -14,7 +14,7 @@ use super::{
     timeline::{End, Failure, Hold},
     words::rfc3339,
 };
-use crate::model::event::Proto;
+use crate::model::proto::Proto;
 
 fn process(process: &Process) -> Value {
     json!({"pid": process.pid, "comm": process.comm})

@@ -8,7 +8,6 @@
 use std::{collections::BTreeMap, ops::RangeInclusive};
 
 use super::{
-    chart,
     failures::{Group, Groups, Tally},
     load::Loaded,
     occupancy::{Destination, Occupancy, Space},
@@ -18,7 +17,7 @@ use super::{
     timeline::{Failure, Hold, Timeline, Watcher},
     window::{Bound, Window},
 };
-use crate::model::{event::Proto, ports::PortSet};
+use crate::model::{ports::PortSet, proto::Proto};
 
 /// How many processes the busiest list shows.
 const BUSIEST: usize = 10;
@@ -195,7 +194,7 @@ pub struct Report {
     pub pressure_events: Vec<PressureEvent>,
     pub pressure_events_not_kept: u64,
     /// Sockets whose claim and close are both in the window, per hold-time decade (tcp, udp).
-    pub hold_times: [[u32; chart::BUCKETS.len()]; 2],
+    pub hold_times: [[u32; BUCKETS.len()]; 2],
 }
 
 /// What the watcher of the timeline folds into.
@@ -209,7 +208,7 @@ struct State {
     groups: Groups,
     processes: Processes,
     ports: BTreeMap<(&'static str, u16), PortReport>,
-    hold_times: [[u32; chart::BUCKETS.len()]; 2],
+    hold_times: [[u32; BUCKETS.len()]; 2],
 }
 
 impl State {
@@ -250,7 +249,7 @@ impl Watcher for State {
             };
             if let (Some(from), Some(closed)) = (hold.from, closed) {
                 let proto = usize::from(hold.proto == Proto::Udp);
-                self.hold_times[proto][chart::bucket(closed.saturating_sub(from))] += 1;
+                self.hold_times[proto][bucket(closed.saturating_sub(from))] += 1;
             }
         }
         let port = self
@@ -544,9 +543,33 @@ pub fn notable(report: &Report) -> Vec<&PortReport> {
     notable
 }
 
+/// Decades of hold time, the socket's own hold from claim to close (TIME_WAIT not counted).
+pub const BUCKETS: [&str; 10] = [
+    "<1us", "1-10us", "10-100us", "0.1-1ms", "1-10ms", "10-100ms", "0.1-1s", "1-10s", "10-100s",
+    ">=100s",
+];
+
+pub fn bucket(nanos: u128) -> usize {
+    let mut bucket = 0;
+    let mut bound = 1_000u128;
+    while nanos >= bound && bucket < BUCKETS.len() - 1 {
+        bucket += 1;
+        bound *= 10;
+    }
+    bucket
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hold_times_fall_in_decades() {
+        assert_eq!(BUCKETS[bucket(999)], "<1us");
+        assert_eq!(BUCKETS[bucket(1_000)], "1-10us");
+        assert_eq!(BUCKETS[bucket(150_000_000)], "0.1-1s");
+        assert_eq!(BUCKETS[bucket(u128::MAX)], ">=100s");
+    }
     use crate::commands::report::record::Record;
 
     fn report(lines: &[&str], narrowing: Narrowing) -> Report {

@@ -16,7 +16,7 @@ use super::{
     record::Process,
     timeline::{End, Hold},
 };
-use crate::model::event::Proto;
+use crate::model::proto::Proto;
 
 /// Buckets in a series: enough for a chart's width, few enough for `--json`.
 pub const BUCKETS: usize = 400;

@@ -35,8 +35,8 @@ pub struct Processes {
     by_process: HashMap<Process, Tally>,
 }
 
-fn port_key(proto: crate::model::event::Proto, port: u16) -> u32 {
-    (u32::from(proto == crate::model::event::Proto::Udp) << 16) | u32::from(port)
+fn port_key(proto: crate::model::proto::Proto, port: u16) -> u32 {
+    (u32::from(proto == crate::model::proto::Proto::Udp) << 16) | u32::from(port)
 }
 
 impl Processes {

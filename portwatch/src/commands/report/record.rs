@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::time;
-use crate::model::event::{Kind, Proto};
+use crate::{model::event::Kind, model::proto::Proto};
 
 /// Who a record names: `pid` and `comm` are null when no process held the socket.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -10,7 +10,7 @@ use super::{
     timeline::{End, Hold},
     words,
 };
-use crate::model::event::Proto;
+use crate::model::proto::Proto;
 
 /// Runs of at least this many brief holds by one process (claim, close, no peer) print as one
 /// line: churn would otherwise bury the holders that matter.

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use foldhash::HashMap;
 
 use super::record::{Blocker, PortEvent, Process};
-use crate::model::event::{Kind, Proto};
+use crate::{model::event::Kind, model::proto::Proto};
 
 /// Linux keeps a TIME_WAIT socket this long (TCP_TIMEWAIT_LEN, fixed at build time).
 pub const TIME_WAIT_NS: u128 = 60_000_000_000;

@@ -17,8 +17,8 @@ use crate::{
     host::containers::Lookups,
     host::snapshot::{self, Family, Query, Scope},
     model::container::Container,
-    model::event::Proto,
     model::ports::{EphemeralPolicy, IanaClass, PortSet},
+    model::proto::Proto,
     output::Format,
 };
 

@@ -258,8 +258,8 @@ mod tests {
     use crate::{
         commands::who::{Missing, Process, services::Service},
         host::snapshot::Socket,
-        model::event::Proto,
         model::ports::IanaClass,
+        model::proto::Proto,
     };
 
     fn report() -> Report {

@@ -2,17 +2,17 @@
 
 use std::{fs, time::Duration};
 
-use crate::host::enrich;
+use crate::host::proc_stat;
 
 /// How long process `pid` has existed, from its start time in /proc/<pid>/stat and the uptime.
 pub fn age(pid: u32) -> Option<Duration> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let uptime = fs::read_to_string("/proc/uptime").ok()?;
-    age_from(&stat, &uptime, enrich::ticks_per_second())
+    age_from(&stat, &uptime, proc_stat::ticks_per_second())
 }
 
 fn age_from(stat: &str, uptime: &str, ticks_per_second: u64) -> Option<Duration> {
-    let (_, start_ticks) = enrich::parse_stat(stat)?;
+    let (_, start_ticks) = proc_stat::parse_stat(stat)?;
     let uptime: f64 = uptime.split_whitespace().next()?.parse().ok()?;
     let started = start_ticks as f64 / ticks_per_second.max(1) as f64;
     Some(Duration::from_secs_f64((uptime - started).max(0.0)))

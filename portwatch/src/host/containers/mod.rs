@@ -17,7 +17,7 @@ use runtimes::Details;
 
 use crate::model::{
     container::{Container, Pod},
-    event::Task,
+    task::Task,
 };
 
 /// The container as far as the cgroup path and the runtime's answer (if any yet) tell.
@@ -195,8 +195,8 @@ impl Resolver {
 
 /// Whether `task.pid` is still the process the kernel saw (same start time, to the tick).
 fn same_process(task: &Task) -> bool {
-    let tick_ns = 1_000_000_000 / crate::host::enrich::ticks_per_second();
-    crate::host::enrich::parent_and_start(task.pid).is_some_and(|(_, start_ns)| {
+    let tick_ns = 1_000_000_000 / crate::host::proc_stat::ticks_per_second();
+    crate::host::proc_stat::parent_and_start(task.pid).is_some_and(|(_, start_ns)| {
         task.start_ns == 0 || task.start_ns / tick_ns == start_ns / tick_ns
     })
 }

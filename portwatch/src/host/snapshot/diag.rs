@@ -14,7 +14,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
 
-use crate::model::event::Proto;
+use crate::model::proto::Proto;
 
 /// `INET_DIAG_REQ_BYTECODE`, the request attribute carrying a filter program.
 const INET_DIAG_REQ_BYTECODE: u16 = 1;

@@ -16,10 +16,12 @@ pub use namespaces::{Namespace, Scope};
 pub use owners::Owner;
 
 use crate::{
-    host::enrich,
+    host::proc_stat,
     model::clock::Timestamp,
-    model::event::{Comm, Event, Kind, Proto, Task},
+    model::event::{Event, Kind},
     model::ports::PortSet,
+    model::proto::Proto,
+    model::task::{Comm, Task},
 };
 
 /// `TCP_NEW_SYN_RECV`: a connection request still being handshaken, on its listener's port.
@@ -393,7 +395,7 @@ impl Iterator for HeldEvents {
             local_port: socket.local.port(),
             remote: socket.remote.map(|remote| (remote.ip(), remote.port())),
             task: owner.map(|owner| {
-                let (ppid, start_ns) = enrich::parent_and_start(owner.pid).unwrap_or((0, 0));
+                let (ppid, start_ns) = proc_stat::parent_and_start(owner.pid).unwrap_or((0, 0));
                 Task {
                     pid: owner.pid,
                     tid: owner.pid,

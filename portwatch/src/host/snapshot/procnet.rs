@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{Family, diag::Diagnosed};
-use crate::model::event::Proto;
+use crate::model::proto::Proto;
 
 /// The sockets of one table whose local port `wanted` accepts.
 pub fn dump(

@@ -6,8 +6,9 @@ use super::Sink;
 use crate::{
     live::pressure::Pressure,
     model::clock::Timestamp,
-    model::event::{Audit, Event, Holder, Kind, Task, errno_name, how_name},
+    model::event::{Audit, Event, Holder, Kind, errno_name, how_name},
     model::json::{address, number, quote},
+    model::task::Task,
 };
 
 pub struct JsonSink<W: Write> {

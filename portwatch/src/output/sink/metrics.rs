@@ -17,8 +17,9 @@ use crate::{
     live::holders::{PortChange, Toward},
     live::pressure::Pressure,
     model::clock::Timestamp,
-    model::event::{Event, Kind, Proto, errno_name, how_name},
+    model::event::{Event, Kind, errno_name, how_name},
     model::ports,
+    model::proto::Proto,
 };
 
 /// What the counters' help texts add: which events they count.
