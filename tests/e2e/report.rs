@@ -15,7 +15,7 @@ use crate::{
     Outcome, Skip,
     capture::{churn, files_in, scratch},
     expect::check,
-    tracer::{self, Tracer, flood_alone},
+    tracer::{self, Trace, Tracer, flood_alone},
     workload::{Kind, Socket, V4, V6, free_port, tcp_connection, tcp_listener},
 };
 
@@ -445,12 +445,7 @@ pub fn report_html_is_self_contained() -> Outcome {
     let port = free_port();
     let (tracer, file) = capture_in(&dir, &port.to_string(), &["--quiet"])?;
     let listener = tcp_listener(V4, port);
-    let refused = Socket::new(Kind::Tcp, V4)?.bind(port);
-    drop(listener);
-    let trace = tracer.stop()?;
-    check(refused.is_err() && trace.exit_code == Some(0), || {
-        "the scenario did not run".into()
-    })?;
+    refuse_a_second_bind(port, listener, tracer)?;
     let page = dir.join("report.html");
     let (code, _, stderr) = report(&["--html", page.to_str().ok_or("path")?], &[file])?;
     check(code == Some(0), || {
@@ -597,12 +592,7 @@ pub fn thousands_of_connections_stay_short() -> Outcome {
         accepted.await_peer_close()?;
         drop(accepted);
     }
-    let refused = Socket::new(Kind::Tcp, V4)?.bind(port);
-    drop(listener);
-    let trace = tracer.stop()?;
-    check(refused.is_err() && trace.exit_code == Some(0), || {
-        "the scenario did not run".into()
-    })?;
+    let trace = refuse_a_second_bind(port, listener, tracer)?;
     let (code, text, stderr) = report(&[], &[file])?;
     check(code == Some(0), || {
         format!("report exited {code:?}: {stderr}")
@@ -757,4 +747,20 @@ pub fn report_losses_match_what_the_load_caused() -> Outcome {
     )?;
     fs::remove_dir_all(&dir)?;
     Ok(())
+}
+
+/// A second bind of `port`, refused while `listener` holds it; then the listener closes and the
+/// tracer stops cleanly, or the scenario did not run as meant.
+fn refuse_a_second_bind<L>(
+    port: u16,
+    listener: L,
+    tracer: Tracer,
+) -> Result<Trace, Box<dyn std::error::Error + Send + Sync>> {
+    let refused = Socket::new(Kind::Tcp, V4)?.bind(port);
+    drop(listener);
+    let trace = tracer.stop()?;
+    check(refused.is_err() && trace.exit_code == Some(0), || {
+        "the scenario did not run".into()
+    })?;
+    Ok(trace)
 }
