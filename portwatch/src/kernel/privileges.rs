@@ -57,10 +57,38 @@ pub fn drop_all(audit: bool) -> anyhow::Result<()> {
     )
     .context("dropping capabilities after attaching")?;
     rustix::thread::set_no_new_privs(true).context("setting no_new_privs")?;
+    // Threads that loaded programs or read namespaces have been joined, but a joined thread
+    // stays listed, with its capabilities, until the kernel has finished its exit; give such
+    // threads a moment to go. One that stays has kept what it should not.
+    let mut waits = 0;
+    loop {
+        let holding = threads_beyond(keep)?;
+        if holding.is_empty() {
+            return Ok(());
+        }
+        if waits == EXIT_WAITS {
+            bail!(
+                "a thread of portwatch (task {}) kept its capabilities after they were dropped",
+                holding.join(", ")
+            );
+        }
+        waits += 1;
+        std::thread::sleep(EXIT_WAIT);
+    }
+}
+
+/// How long [`drop_all`] waits, in steps, for joined threads to finish exiting: 2 s in all.
+const EXIT_WAITS: u32 = 200;
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The ids of this process's threads that hold (effective or permitted) a capability beyond
+/// `keep`.
+fn threads_beyond(keep: CapabilitySet) -> anyhow::Result<Vec<String>> {
+    let mut holding = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").context("listing this process's threads")? {
-        // The probe thread of `bpf_needs_capability` may still be listed while it goes away;
-        // one that is gone has nothing left to hold.
-        let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else {
+        let task = task?;
+        // A thread that is gone by now has nothing left to hold.
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
             continue;
         };
         let beyond_kept = ["CapEff:", "CapPrm:"].iter().any(|key| {
@@ -71,10 +99,10 @@ pub fn drop_all(audit: bool) -> anyhow::Result<()> {
                 .is_none_or(|held| held & !keep.bits() != 0)
         });
         if beyond_kept {
-            bail!("a thread of portwatch kept its capabilities after they were dropped");
+            holding.push(task.file_name().to_string_lossy().into_owned());
         }
     }
-    Ok(())
+    Ok(holding)
 }
 
 /// Whether this kernel refuses every bpf() call, even one on a descriptor already held, to a
