@@ -10,6 +10,7 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -33,7 +34,12 @@ const B: u16 = 6379;
 /// range, `tcp_tw_reuse` as given (0: TIME_WAIT sockets are never taken over). Returns the
 /// thread's id and namespace inode with what `work` returned: scenarios run side by side in
 /// one process, and a namespace's inode is reused as soon as it is gone.
+///
+/// The tracer enters the namespace through this thread to read its range, when it handles the
+/// thread's first event; so the thread stays (and the namespace with it) until `tracer` has
+/// printed an event of the thread's, however far behind a loaded machine leaves the tracer.
 fn in_namespace<T: Send>(
+    tracer: Option<&Tracer>,
     tw_reuse: u8,
     work: impl FnOnce() -> io::Result<T> + Send,
 ) -> io::Result<(Where, T)> {
@@ -43,9 +49,10 @@ fn in_namespace<T: Send>(
         let tid = unsafe { libc::gettid() } as u32;
         let netns = (tid, netns_inode("/proc/thread-self/ns/net")?);
         let done = work()?;
-        // The tracer enters the namespace through this thread to read its range; it reads it
-        // at the first claim, which is long before this.
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        if let Some(tracer) = tracer {
+            // Not seeing one fails the scenario's own checks, which say what is missing.
+            tracer.wait_for(|event| event["tid"] == tid, Duration::from_secs(30));
+        }
         Ok((netns, done))
     })
 }
@@ -161,7 +168,7 @@ fn another_destination_connected(exhaustion: &Value, addr: IpAddr, connected: bo
 
 fn one_destination_full(family: IpAddr) -> Outcome {
     let tracer = start()?;
-    let (netns, (fifth, other)) = in_namespace(0, || {
+    let (netns, (fifth, other)) = in_namespace(Some(&tracer), 0, || {
         let _servers = (tcp_listener(family, A)?, tcp_listener(family, B)?);
         let _clients = connect_all(PORTS, A, || Socket::new(Kind::Tcp, family))?;
         let fifth = outcome(Socket::new(Kind::Tcp, family)?.connect(A));
@@ -221,7 +228,7 @@ pub fn one_destination_exhausted_ipv6() -> Outcome {
 /// `tcp_tw_reuse` off the next connect to it fails, and the explanation says TIME_WAIT.
 pub fn time_wait_exhaustion() -> Outcome {
     let tracer = start()?;
-    let (netns, (fifth, other)) = in_namespace(0, || {
+    let (netns, (fifth, other)) = in_namespace(Some(&tracer), 0, || {
         let servers = (tcp_listener(V4, A)?, tcp_listener(V4, B)?);
         let clients = connect_all(PORTS, A, || Socket::new(Kind::Tcp, V4))?;
         let accepted = (0..PORTS)
@@ -229,9 +236,9 @@ pub fn time_wait_exhaustion() -> Outcome {
             .collect::<io::Result<Vec<_>>>()?;
         // The clients close first (TIME_WAIT is theirs), then the server's ends.
         drop(clients);
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
         drop(accepted);
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
         let fifth = outcome(Socket::new(Kind::Tcp, V4)?.connect(A));
         let other = Socket::new(Kind::Tcp, V4)?;
         Ok((fifth, outcome(other.connect(B))))
@@ -254,7 +261,7 @@ pub fn time_wait_exhaustion() -> Outcome {
 /// one bound port, one listening.
 pub fn bound_ports_block_every_destination() -> Outcome {
     let tracer = start()?;
-    let (netns, (third, other)) = in_namespace(0, || {
+    let (netns, (third, other)) = in_namespace(Some(&tracer), 0, || {
         let _servers = (tcp_listener(V4, A)?, tcp_listener(V4, B)?);
         let bound = Socket::new(Kind::Tcp, V4)?;
         bound.bind(RANGE.0)?;
@@ -284,7 +291,7 @@ pub fn bound_ports_block_every_destination() -> Outcome {
 /// another.
 pub fn bind_before_connect_with_and_without_no_port() -> Outcome {
     let tracer = start()?;
-    let (netns, plain) = in_namespace(0, || {
+    let (netns, plain) = in_namespace(Some(&tracer), 0, || {
         let _servers = (tcp_listener(V4, A)?, tcp_listener(V4, B)?);
         let bound = connect_all(PORTS, A, || {
             let socket = Socket::new(Kind::Tcp, V4)?;
@@ -295,7 +302,7 @@ pub fn bind_before_connect_with_and_without_no_port() -> Outcome {
         drop(bound);
         Ok(plain)
     })?;
-    let (no_port_netns, no_port) = in_namespace(0, || {
+    let (no_port_netns, no_port) = in_namespace(Some(&tracer), 0, || {
         let _servers = (tcp_listener(V4, A)?, tcp_listener(V4, B)?);
         let client = || {
             let socket = Socket::new(Kind::Tcp, V4)?;
@@ -328,7 +335,7 @@ pub fn bind_before_connect_with_and_without_no_port() -> Outcome {
 /// another destination cannot autobind (EAGAIN), and the explanation counts every port blocked.
 pub fn udp_connect_exhaustion() -> Outcome {
     let tracer = start()?;
-    let (netns, refused) = in_namespace(0, || {
+    let (netns, refused) = in_namespace(Some(&tracer), 0, || {
         let _clients = connect_all(PORTS, A, || Socket::new(Kind::Udp, V4))?;
         Ok(outcome(Socket::new(Kind::Udp, V4)?.connect(B)))
     })?;
@@ -344,7 +351,7 @@ pub fn udp_connect_exhaustion() -> Outcome {
 /// that server exactly when the kernel then refuses the connect, and advise reserving the
 /// listener's port.
 pub fn one_shot_view_agrees_with_the_kernel() -> Outcome {
-    let (_, (view, refused, other)) = in_namespace(0, || {
+    let (_, (view, refused, other)) = in_namespace(None, 0, || {
         let _servers = (tcp_listener(V4, A)?, tcp_listener(V4, B)?);
         let _inside = tcp_listener(V4, RANGE.1)?;
         let _clients = connect_all(PORTS - 1, A, || Socket::new(Kind::Tcp, V4))?;

@@ -1,7 +1,10 @@
 //! Ephemeral-port pressure: a network namespace whose ephemeral range fills up says so before
 //! connects start failing with EADDRNOTAVAIL, and says so again when it eases.
 
-use std::process::{Command, Stdio};
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use serde_json::Value;
 
@@ -42,20 +45,26 @@ pub fn fill_the_range() -> ! {
     }
     let (clients, accepted): (Vec<_>, Vec<_>) = connections.into_iter().unzip();
     drop(accepted);
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(100));
     drop(clients);
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // The tracer enters the namespace through this process to read its range: stay until the
+    // parent has seen the tracer print an event of ours, which closes stdin.
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
     std::process::exit(0);
 }
 
 pub fn pressure_rises_and_eases() -> Outcome {
     let range = format!("{}-{}", RANGE.0, RANGE.1);
     let tracer = Tracer::start(&["--port", &range, "--pressure", "80"])?;
-    let child = Command::new(std::env::current_exe()?)
+    let mut child = Command::new(std::env::current_exe()?)
         .env(FILL_ENV, "1")
+        .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
     let pid = child.id();
+    // Not seeing one fails the checks below, which say what is missing.
+    tracer.wait_for(|event| event["pid"] == pid, Duration::from_secs(30));
+    drop(child.stdin.take());
     let output = child.wait_with_output()?;
     let trace = tracer.stop()?;
     check(output.status.success(), || {

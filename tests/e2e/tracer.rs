@@ -8,7 +8,7 @@ use std::{
     ops::{Deref, DerefMut},
     os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
-    sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, mpsc},
+    sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -156,8 +156,13 @@ pub struct Tracer {
     child: Guarded,
     /// Held by a tracer without `--port` (see [`EVERY_PORT`]).
     _every_port: Option<RwLockReadGuard<'static, ()>>,
-    stdout: mpsc::Receiver<String>,
-    stderr: mpsc::Receiver<String>,
+    /// Behind a lock so that a scenario's other threads can wait for events
+    /// ([`Tracer::wait_for`]).
+    stdout: Mutex<mpsc::Receiver<String>>,
+    /// The lines [`Tracer::wait_for`] read, still part of the trace.
+    read_early: Mutex<Vec<String>>,
+    /// Locked for the same reason as `stdout`: only so that `Tracer` can be shared.
+    stderr: Mutex<mpsc::Receiver<String>>,
     /// What portwatch said before its status line (notes about this kernel).
     before_attach: Vec<String>,
     /// The backend named on the status line.
@@ -227,8 +232,9 @@ impl Tracer {
                         return Ok(Self {
                             child,
                             _every_port: every_port,
-                            stdout,
-                            stderr,
+                            stdout: Mutex::new(stdout),
+                            read_early: Mutex::default(),
+                            stderr: Mutex::new(stderr),
                             before_attach: seen,
                             backend,
                         });
@@ -239,6 +245,25 @@ impl Tracer {
                 Err(_) => return Err(format!("portwatch did not attach: {}", seen.join(" | "))),
             }
         }
+    }
+
+    /// Waits, at most `timeout`, until the tracer prints an event `wanted` accepts; whether it
+    /// did. Everything read on the way stays part of the trace.
+    pub fn wait_for(&self, wanted: impl Fn(&Value) -> bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let stdout = self.stdout.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Ok(line) = stdout.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            let found = serde_json::from_str(&line).is_ok_and(|event: Value| wanted(&event));
+            self.read_early
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(line);
+            if found {
+                return true;
+            }
+        }
+        false
     }
 
     /// Stops the tracer process (SIGSTOP) so the ring buffer fills.
@@ -301,8 +326,18 @@ impl Tracer {
                 }
             }
         };
-        let events = collect(&self.stdout)
+        let early = std::mem::take(
+            self.read_early
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let stdout = self
+            .stdout
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let events = early
             .into_iter()
+            .chain(collect(stdout))
             .map(|line| {
                 serde_json::from_str(&line).map_err(|err| {
                     format!("portwatch printed a line that is not JSON ({err}): {line}")
@@ -315,7 +350,11 @@ impl Tracer {
             stderr: self
                 .before_attach
                 .into_iter()
-                .chain(collect(&self.stderr))
+                .chain(collect(
+                    self.stderr
+                        .get_mut()
+                        .unwrap_or_else(PoisonError::into_inner),
+                ))
                 .collect(),
             exit_code: status.and_then(|s| s.code()),
         };

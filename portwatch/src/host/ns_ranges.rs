@@ -45,8 +45,9 @@ impl NamespaceRanges {
             if range.is_none() {
                 eprintln!(
                     "portwatch: note: the ephemeral range of network namespace {netns} is \
-                     unknown (entering it needs CAP_SYS_ADMIN); no pressure events or \
-                     exhaustion explanations for it"
+                     unknown (its thread {pid} had left it before portwatch could enter it, \
+                     or entering needs CAP_SYS_ADMIN); no pressure events or exhaustion \
+                     explanations for it"
                 );
             }
             range
