@@ -3,8 +3,8 @@
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
-    bpf_probe_read_user_buf,
+    bpf_get_current_task, bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+    bpf_probe_read_kernel_buf, bpf_probe_read_user_buf,
 };
 use portwatch_ebpf::{EventKind, FAMILY_INET, FAMILY_INET6, PROTO_TCP, PROTO_UDP, RawEvent};
 
@@ -199,8 +199,12 @@ const RECORD_BYTES: u64 = 8 + (core::mem::size_of::<RawEvent>() as u64).div_ceil
 #[inline(always)]
 pub fn submit(outcome: &Outcome, who: &Claim) {
     let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
-        if let Some(lost) = LOST.get_ptr_mut(0) {
-            // SAFETY: the pointer comes from a per-CPU array slot of this CPU, valid and aligned.
+        // SAFETY: the helper has no preconditions.
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        // Userspace gives the array a slot per possible CPU; slot 0 takes any count beyond.
+        if let Some(lost) = LOST.get_ptr_mut(cpu).or_else(|| LOST.get_ptr_mut(0)) {
+            // SAFETY: the pointer is a slot of the array, valid and aligned; each CPU counts
+            // into its own, so no two programs write it at once.
             unsafe { *lost += 1 };
         }
         return;

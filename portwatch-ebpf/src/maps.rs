@@ -1,8 +1,9 @@
 //! The maps shared by every backend.
 
+use aya_ebpf::bindings::BPF_F_MMAPABLE;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, RingBuf},
 };
 use portwatch_ebpf::{DEFAULT_RING_BYTES, PORT_BITMAP_WORDS};
 
@@ -10,9 +11,14 @@ use portwatch_ebpf::{DEFAULT_RING_BYTES, PORT_BITMAP_WORDS};
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
-/// Events that found the ring buffer full. Per CPU so counting never contends.
+/// Events that found the ring buffer full, one slot per CPU (userspace sizes it at load time)
+/// so counting never contends. A plain array, not a per-CPU one, because only arrays can be
+/// mapped: the tracer reads it from memory and never through bpf(). A map lookup from
+/// userspace holds the CPU's `bpf_prog_active` while it runs, and a lookup preempted there
+/// (migrate_disable leaves it preemptible since Linux 5.11) makes the kernel skip every kprobe
+/// and syscall-tracepoint program run on that CPU, uncounted, until it resumes.
 #[map]
-pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static LOST: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// One bit per port: set when the port is watched. Consulted unless every port is watched.
 #[map]

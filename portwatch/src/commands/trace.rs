@@ -490,7 +490,7 @@ impl Pipeline {
     }
 
     fn report_lost(&mut self, stream: &mut Stream) -> anyhow::Result<()> {
-        let lost = stream.newly_lost()?;
+        let lost = stream.newly_lost();
         if lost > 0 {
             self.summary.lost += lost;
             self.sink.lost(Timestamp::now(), lost)?;

@@ -18,12 +18,13 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Map, MapData, RingBuf};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use crate::{
     kernel::backend::{self, Kernel, LoadSpec},
     kernel::kernel_log::{self, KernelLog},
+    kernel::lost::LostCounter,
     kernel::mounts,
 };
 
@@ -37,7 +38,7 @@ pub struct Loaded {
     /// What the chosen backend cannot see on this kernel beyond its documented limits.
     pub notes: Vec<String>,
     pub events: RingBuf<MapData>,
-    pub lost: PerCpuArray<MapData, u64>,
+    pub lost: LostCounter,
     /// With `--debug-kernel`: the kernel programs' log records.
     pub kernel_log: Option<KernelLog>,
     /// Every other descriptor of the attachment (programs, links, perf events, maps): closing
@@ -175,7 +176,7 @@ fn show_aya_the_skeleton(skeleton: &[u8]) -> io::Result<()> {
 
 fn map_fd(ebpf: &mut aya::Ebpf, name: &str) -> Option<RawFd> {
     match ebpf.map(name)? {
-        Map::RingBuf(data) | Map::PerCpuArray(data) => Some(data.fd().as_fd().as_raw_fd()),
+        Map::RingBuf(data) | Map::Array(data) => Some(data.fd().as_fd().as_raw_fd()),
         _ => None,
     }
 }
@@ -226,13 +227,13 @@ fn parent((text, mut fds): (String, Vec<OwnedFd>)) -> anyhow::Result<Loaded> {
     let rest = fds.split_off(2);
     let mut maps = fds.into_iter();
     let events = map_from(maps.next().expect("two fds"))?;
-    let lost = map_from(maps.next().expect("two fds"))?;
+    let lost = maps.next().expect("two fds");
     Ok(Loaded {
         backend,
         notes,
         passed_over,
         events: RingBuf::try_from(events).context("EVENTS is not a ring buffer")?,
-        lost: PerCpuArray::try_from(lost).context("LOST is not a per-CPU array")?,
+        lost: LostCounter::map(&lost).context("mapping the lost-event counter")?,
         kernel_log,
         attachment: rest,
     })

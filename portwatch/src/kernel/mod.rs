@@ -5,6 +5,7 @@ pub mod backend;
 pub mod btf;
 pub mod kernel_log;
 pub mod loader;
+pub mod lost;
 pub mod mounts;
 pub mod privileges;
 pub mod stream;

@@ -8,9 +8,11 @@
 use std::{mem::size_of, time::Duration};
 
 use anyhow::Context as _;
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, RingBuf};
 use portwatch_ebpf::RawEvent;
 use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::kernel::lost::LostCounter;
 
 /// The longest a single event waits in the ring before the reader looks: well under the 50 ms
 /// at which a person notices, and only 40 wakeups a second when idle.
@@ -19,12 +21,12 @@ const BATCH_INTERVAL: Duration = Duration::from_millis(25);
 /// The kernel's event stream and its drop counter.
 pub struct Stream {
     ring: AsyncFd<RingBuf<MapData>>,
-    lost: PerCpuArray<MapData, u64>,
+    lost: LostCounter,
     lost_reported: u64,
 }
 
 impl Stream {
-    pub fn new(ring: RingBuf<MapData>, lost: PerCpuArray<MapData, u64>) -> anyhow::Result<Self> {
+    pub fn new(ring: RingBuf<MapData>, lost: LostCounter) -> anyhow::Result<Self> {
         Ok(Self {
             // SAFETY: the RingBuf owns its map fd; it stays open and unchanged until the
             // AsyncFd, which owns the RingBuf, is dropped.
@@ -65,14 +67,10 @@ impl Stream {
     }
 
     /// Events dropped since the last call because the ring buffer was full.
-    pub fn newly_lost(&mut self) -> anyhow::Result<u64> {
-        let per_cpu = self
-            .lost
-            .get(&0, 0)
-            .context("reading the lost-event counter")?;
-        let total: u64 = per_cpu.iter().sum();
+    pub fn newly_lost(&mut self) -> u64 {
+        let total = self.lost.total();
         let new = total.saturating_sub(self.lost_reported);
         self.lost_reported = total;
-        Ok(new)
+        new
     }
 }

@@ -204,6 +204,7 @@ fn load_object(kernel: &Kernel, spec: &LoadSpec) -> Result<Ebpf, BackendError> {
         // aya-log's level, frozen: 0 (off) turns every kernel log call into dead code.
         .override_global("AYA_LOG_LEVEL", &kernel_log_level(spec), true)
         .map_max_entries("EVENTS", spec.ring_bytes)
+        .map_max_entries("LOST", crate::kernel::lost::slots())
         .load(OBJECT)?;
     if let Some(ports) = &spec.ports {
         let map = ebpf
