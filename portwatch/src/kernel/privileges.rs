@@ -3,13 +3,14 @@
 //!
 //! Loading needs CAP_BPF (programs and maps), CAP_PERFMON (tracing programs, kprobes) and
 //! CAP_NET_ADMIN (the tracepoint backend's cgroup hook), or CAP_SYS_ADMIN, which covers all three.
-//! Tracing afterwards needs none on current kernels: the ring buffer is already mapped and the
-//! lost counter is read through a map descriptor the tracer holds, and the kernel checks
-//! capabilities when such objects are created, not when they are used. Older kernels (Debian's
-//! 5.10, with `kernel.unprivileged_bpf_disabled` set, as Debian sets it) refuse every bpf() call
-//! of a task without CAP_BPF, reading a map included; there the tracer keeps CAP_BPF alone. So
-//! the tracer gives up every other capability as soon as it has attached and read the current
-//! holders, before it prints its status line.
+//! Tracing afterwards needs none: the tracer makes no bpf() call once attached. Events come
+//! through the ring buffer and the lost counter through a mapped array, both mapped into memory
+//! before the drop, and the kernel checks capabilities when such objects are created or mapped,
+//! not when they are read. (Debian's 5.10, with `kernel.unprivileged_bpf_disabled` set, refuses
+//! every bpf() call of a task without CAP_BPF, a map lookup included; reading the counter from
+//! memory is also why the tracer needs no exception there.) So the tracer gives up every
+//! capability as soon as it has attached and read the current holders, before it prints its
+//! status line.
 
 use anyhow::{Context as _, bail};
 use rustix::thread::{CapabilitySet, CapabilitySets};
@@ -37,11 +38,7 @@ pub fn check() -> anyhow::Result<()> {
 /// bring any back. Capabilities belong to threads, so this must run while the tracer has one
 /// thread; it checks that every thread of the process ended up with no more than it kept.
 pub fn drop_all(audit: bool) -> anyhow::Result<()> {
-    let mut keep = if bpf_needs_capability() {
-        CapabilitySet::BPF
-    } else {
-        CapabilitySet::empty()
-    };
+    let mut keep = CapabilitySet::empty();
     // `--audit` reads /proc/<pid>/exe, which the kernel shows only to a reader with at least the
     // target's capabilities, or CAP_SYS_PTRACE.
     if audit {
@@ -103,43 +100,6 @@ fn threads_beyond(keep: CapabilitySet) -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(holding)
-}
-
-/// Whether this kernel refuses every bpf() call, even one on a descriptor already held, to a
-/// task without CAP_BPF. Asked of the kernel, not guessed from its version: a thread of our own
-/// drops its capabilities (they are per thread) and looks up an element of a map that does not
-/// exist. A kernel that gates every call says EPERM before it looks at the descriptor; one that
-/// checks only object creation says EBADF.
-fn bpf_needs_capability() -> bool {
-    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let none = CapabilitySet::empty();
-                let dropped = rustix::thread::set_capabilities(
-                    None,
-                    CapabilitySets {
-                        effective: none,
-                        permitted: none,
-                        inheritable: none,
-                    },
-                );
-                if dropped.is_err() {
-                    return true;
-                }
-                // bpf_attr for BPF_MAP_LOOKUP_ELEM: map_fd, padding, key, value, flags.
-                let mut attr = [0u64; 4];
-                attr[0] = u64::from(u32::MAX);
-                // SAFETY: attr is a live, writable 32-byte bpf_attr prefix; with no valid map
-                // descriptor the kernel reads nothing through its null key and value pointers.
-                let ret = unsafe {
-                    libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_ELEM, attr.as_mut_ptr(), 32)
-                };
-                ret < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-            })
-            .join()
-            .unwrap_or(true)
-    })
 }
 
 /// Kernels before 5.11 charge BPF maps against RLIMIT_MEMLOCK; lift it so the maps fit.
