@@ -29,6 +29,7 @@ use crate::{
     kernel::backend::{self, Choice, Kernel},
     kernel::kernel_log::KernelLog,
     kernel::loader::Loaded,
+    kernel::skipped::SkippedRuns,
     kernel::stream::Stream,
     live::exhaustion::{self, Explainer, Facts, TimeWaitReuse},
     live::holders::Holders,
@@ -74,7 +75,7 @@ pub async fn run(
         attachment,
         ..
     } = loaded;
-    let mut stream = Stream::new(events, lost)?;
+    let mut stream = Stream::new(events, lost, SkippedRuns::of(&attachment))?;
     let clock = MonotonicClock::measure();
     // Read once: the header, the metrics' ranges, pressure and the reservation hint all use it.
     let ephemeral = EphemeralPolicy::read().ok();
@@ -490,6 +491,16 @@ impl Pipeline {
     }
 
     fn report_lost(&mut self, stream: &mut Stream) -> anyhow::Result<()> {
+        if let Some((skipped, total)) = stream.newly_skipped()
+            && skipped > 0
+        {
+            eprintln!(
+                "portwatch: warning: the kernel skipped {skipped} more runs of portwatch's \
+                 programs ({total} in all), because another BPF program or a bpf() map call \
+                 held the CPU; whatever events those runs would have made are missing, and \
+                 not counted as lost"
+            );
+        }
         let lost = stream.newly_lost();
         if lost > 0 {
             self.summary.lost += lost;

@@ -8,4 +8,5 @@ pub mod loader;
 pub mod lost;
 pub mod mounts;
 pub mod privileges;
+pub mod skipped;
 pub mod stream;

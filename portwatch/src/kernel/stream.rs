@@ -12,7 +12,7 @@ use aya::maps::{MapData, RingBuf};
 use portwatch_ebpf::RawEvent;
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::kernel::lost::LostCounter;
+use crate::kernel::{lost::LostCounter, skipped::SkippedRuns};
 
 /// The longest a single event waits in the ring before the reader looks: well under the 50 ms
 /// at which a person notices, and only 40 wakeups a second when idle.
@@ -23,10 +23,15 @@ pub struct Stream {
     ring: AsyncFd<RingBuf<MapData>>,
     lost: LostCounter,
     lost_reported: u64,
+    skipped: SkippedRuns,
 }
 
 impl Stream {
-    pub fn new(ring: RingBuf<MapData>, lost: LostCounter) -> anyhow::Result<Self> {
+    pub fn new(
+        ring: RingBuf<MapData>,
+        lost: LostCounter,
+        skipped: SkippedRuns,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             // SAFETY: the RingBuf owns its map fd; it stays open and unchanged until the
             // AsyncFd, which owns the RingBuf, is dropped.
@@ -35,6 +40,7 @@ impl Stream {
                 .context("registering the ring buffer with epoll")?,
             lost,
             lost_reported: 0,
+            skipped,
         })
     }
 
@@ -72,5 +78,12 @@ impl Stream {
         let new = total.saturating_sub(self.lost_reported);
         self.lost_reported = total;
         new
+    }
+
+    /// Program runs the kernel skipped since the last call, and in all; None where it does
+    /// not say.
+    pub fn newly_skipped(&mut self) -> Option<(u64, u64)> {
+        let new = self.skipped.newly_skipped()?;
+        Some((new, self.skipped.total()))
     }
 }
