@@ -2,7 +2,7 @@
 //! the scenario did, losses must be stated, and bad input must name its file and line.
 
 use std::{
-    fs,
+    fs, io,
     path::PathBuf,
     process::Command,
     thread,
@@ -592,7 +592,7 @@ pub fn thousands_of_connections_stay_short() -> Outcome {
         accepted.await_peer_close()?;
         drop(accepted);
     }
-    let trace = refuse_a_second_bind(port, listener, tracer)?;
+    refuse_a_second_bind(port, listener, tracer)?;
     let (code, text, stderr) = report(&[], &[file])?;
     check(code == Some(0), || {
         format!("report exited {code:?}: {stderr}")
@@ -619,25 +619,38 @@ pub fn thousands_of_connections_stay_short() -> Outcome {
     line_of(&text, &format!("by destination: 127.0.0.1:{port} "))?;
     line_of(&text, &format!("tcp {port}  listening: "))?;
     fs::remove_dir_all(&dir)?;
-    // Every port given is still in TIME_WAIT at the end (60 s outlast the scenario). Backends
-    // that report a TIME_WAIT socket's end also report the ends of those a reconnect takes
-    // over, and there the report's peak has come out one port short (5.10 fentry, 6.1 kprobe
-    // and fentry, 2026-12-03): a known defect of the report, so the peak is checked only
-    // where those ends are not reported, and said to be skipped elsewhere.
-    if trace.backend != "tracepoint" && peak_ports < given.len() {
+    // The ports the kernel still holds in TIME_WAIT toward the server were all in use at the
+    // end, so the peak is at least that many. Not every port given: the kernel keeps at most
+    // `tcp_max_tw_buckets` TIME_WAIT sockets (4,096 in the small guests, shared with the other
+    // scenarios) and closes the rest at once, which the trace shows as frees without TIME_WAIT.
+    let waiting = in_time_wait_toward(port)?;
+    if waiting <= CONNECTIONS / 10 {
         return Err(Skip::because(format!(
-            "the peak is not checked on {}: {peak_ports} ports against {} given (the report \
-             loses count across TIME_WAIT takeovers on backends that report their end)",
-            trace.backend,
-            given.len()
+            "the peak is not checked: the kernel holds only {waiting} of {CONNECTIONS} \
+             connections in TIME_WAIT (its TIME_WAIT table is full)"
         )));
     }
-    check(peak_ports >= given.len(), || {
+    check(peak_ports >= waiting, || {
         format!(
-            "a peak of {peak_ports} ephemeral ports after {} ports were given and left in TIME_WAIT:\n{text}",
+            "a peak of {peak_ports} ephemeral ports while the kernel holds {waiting} in TIME_WAIT \
+             ({} ports given):\n{text}",
             given.len()
         )
     })
+}
+
+/// How many IPv4 sockets in TIME_WAIT toward 127.0.0.1:`port` the kernel lists in
+/// /proc/net/tcp (state 06; addresses and ports in hex).
+fn in_time_wait_toward(port: u16) -> io::Result<usize> {
+    let remote = format!("0100007F:{port:04X}");
+    Ok(fs::read_to_string("/proc/net/tcp")?
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"06")
+        })
+        .count())
 }
 
 /// The stdout of `portwatch --json` (no capture header, no seq, no summary) is read: the report
