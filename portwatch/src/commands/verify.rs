@@ -4,11 +4,12 @@
 
 use std::{fmt, path::PathBuf};
 
-use serde_json::Value;
-
-use crate::output::capture::{
-    reader::{self, Line},
-    seal::{self, Chain},
+use crate::{
+    model::record,
+    output::capture::{
+        reader::{self, Line},
+        seal::{self, Chain},
+    },
 };
 
 /// What `verify` found.
@@ -97,17 +98,15 @@ fn check_line(
     position: &mut Option<Position>,
     report: &mut Report,
 ) -> Result<(), String> {
-    let value = line
-        .value
-        .as_ref()
-        .ok_or("not a JSON record (a torn or edited line)")?;
-    if value["event"] == "capture" {
-        begin_part(value, position, report)?;
+    let record =
+        record::Line::parse(&line.text).map_err(|_| "not a JSON record (a torn or edited line)")?;
+    if record.event == "capture" {
+        begin_part(&record, position, report)?;
     }
     let position = position
         .as_mut()
         .ok_or("a record before any capture header")?;
-    let seq = value["seq"].as_u64().ok_or("the record has no seq")?;
+    let seq = record.seq.ok_or("the record has no seq")?;
     if seq != position.next_seq {
         return Err(format!(
             "seq {seq} where {} was due: {}",
@@ -129,23 +128,24 @@ fn check_line(
         }
     }
     report.records += 1;
-    report.summary_seen = value["event"] == "summary";
+    report.summary_seen = record.event == "summary";
     Ok(())
 }
 
 /// A header: the start of a capture, or the next part of the one being read.
 fn begin_part(
-    header: &Value,
+    header: &record::Line<'_>,
     position: &mut Option<Position>,
     report: &mut Report,
 ) -> Result<(), String> {
-    let capture_id = header["capture_id"]
-        .as_str()
+    let capture_id = header
+        .capture_id
+        .as_deref()
         .ok_or("a header without capture_id")?;
-    let part = header["part"].as_u64().ok_or("a header without part")?;
-    let seq = header["seq"].as_u64().ok_or("the record has no seq")?;
-    let sealed = header["sealing"].as_str() == Some(seal::ALGORITHM);
-    let chain_prev = match header["chain_prev"].as_str() {
+    let part = header.part.ok_or("a header without part")?;
+    let seq = header.seq.ok_or("the record has no seq")?;
+    let sealed = header.sealing.as_ref().and_then(Option::as_deref) == Some(seal::ALGORITHM);
+    let chain_prev = match header.chain_prev.as_deref() {
         Some(hex) => Some(seal::from_hex(hex).ok_or("a header with a malformed chain_prev")?),
         None => None,
     };

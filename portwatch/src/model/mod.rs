@@ -8,6 +8,7 @@ pub mod exhaustion;
 pub mod json;
 pub mod ports;
 pub mod proto;
+pub mod record;
 pub mod socket_state;
 pub mod task;
 pub mod text;

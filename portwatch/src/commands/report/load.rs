@@ -6,7 +6,10 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use super::record::Record;
-use crate::output::capture::reader::{self, ReadError};
+use crate::{
+    model::record::Line,
+    output::capture::reader::{self, ReadError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -101,10 +104,10 @@ pub fn load(
     if parts.is_empty() {
         return Err(LoadError::Empty);
     }
-    let plain: Vec<&reader::Part> = parts.iter().filter(|part| part.header.is_null()).collect();
+    let plain: Vec<&reader::Part> = parts.iter().filter(|part| part.order.is_none()).collect();
     if let (Some(stream), Some(capture)) = (
         plain.first(),
-        parts.iter().find(|part| !part.header.is_null()),
+        parts.iter().find(|part| part.order.is_some()),
     ) {
         return Err(LoadError::NotPortwatch(format!(
             "{} is a plain --json stream and {} a capture: report them separately",
@@ -114,7 +117,7 @@ pub fn load(
     loaded.plain_streams = plain.iter().map(|part| part.path.clone()).collect();
     let mut numbering = Numbering::default();
     for part in &mut parts {
-        let headed = !part.header.is_null();
+        let headed = part.order.is_some();
         let mut last_line = 0;
         while let Some(line) = part.next_line() {
             let line = match line {
@@ -138,11 +141,10 @@ pub fn load(
             last_line = line.number;
             // Named only when something is wrong: most lines never need it.
             let where_ = || format!("{}:{}", part.path, line.number);
-            let record = line
-                .value
-                .as_ref()
-                .ok_or_else(|| "not a JSON record (a torn or truncated line)".to_string())
-                .and_then(Record::from_value);
+            let parsed = Line::parse(&line.text)
+                .map_err(|_| "not a JSON record (a torn or truncated line)".to_string());
+            let seq = parsed.as_ref().ok().and_then(|parsed| parsed.seq);
+            let record = parsed.and_then(|parsed| Record::from_line(&parsed));
             let record = match record {
                 Ok(record) => record,
                 // A file that does not open with a portwatch record is not portwatch output.
@@ -168,7 +170,6 @@ pub fn load(
                 each(record);
                 continue;
             }
-            let seq = line.value.as_ref().and_then(|value| value["seq"].as_u64());
             match numbering.check(&record, seq, &where_, &mut loaded.missing_records) {
                 Sequence::InOrder => {}
                 Sequence::Note(note) => loaded.notes.push(note),

@@ -575,7 +575,7 @@ mod tests {
     fn report(lines: &[&str], narrowing: Narrowing) -> Report {
         let mut digest = Digest::new(narrowing, false, Ok(1..=2));
         for line in lines {
-            digest.add(Record::from_value(&serde_json::from_str(line).unwrap()).unwrap());
+            digest.add(Record::parse(line).unwrap());
         }
         digest.finish(Loaded::default())
     }

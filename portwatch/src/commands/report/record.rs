@@ -1,11 +1,13 @@
-//! A capture line, typed: the keys `sink/json.rs` and `capture/mod.rs` write, read back for the
-//! report. A record missing a key the report needs is refused with the key's name, so a torn or
-//! edited line is one sentence, not a wrong timeline.
-
-use serde_json::Value;
+//! A capture line as the report uses it, read from the record schema ([`Line`]). A record
+//! missing a key the report needs is refused with the key's name, so a torn or edited line is
+//! one sentence, not a wrong timeline.
 
 use super::time;
-use crate::{model::event::Kind, model::proto::Proto};
+use crate::{
+    model::event::Kind,
+    model::proto::Proto,
+    model::record::{self, Line, Text},
+};
 
 /// Who a record names: `pid` and `comm` are null when no process held the socket.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -107,40 +109,34 @@ pub enum Record {
     },
 }
 
-fn text(value: &Value, key: &str) -> Result<String, String> {
-    value[key]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("the record has no {key}"))
+/// A key the report needs, or the sentence naming it.
+fn needed<T>(value: Option<T>, key: &str) -> Result<T, String> {
+    value.ok_or_else(|| format!("the record has no {key}"))
 }
 
-fn optional_text(value: &Value, key: &str) -> Option<String> {
-    value[key].as_str().map(str::to_string)
+fn text(value: &Option<Text<'_>>, key: &str) -> Result<String, String> {
+    needed(value.as_deref(), key).map(str::to_string)
 }
 
-fn number(value: &Value, key: &str) -> Result<u64, String> {
-    value[key]
-        .as_u64()
-        .ok_or_else(|| format!("the record has no {key}"))
+fn optional_text(value: &Option<Text<'_>>) -> Option<String> {
+    value.as_deref().map(str::to_string)
 }
 
-fn timestamp(value: &Value, key: &str) -> Result<u128, String> {
-    let text = text(value, key)?;
-    time::parse_rfc3339(&text).ok_or_else(|| format!("{key} {text:?} is not an RFC 3339 time"))
+fn timestamp(value: &Option<Text<'_>>, key: &str) -> Result<u128, String> {
+    let text = needed(value.as_deref(), key)?;
+    time::parse_rfc3339(text).ok_or_else(|| format!("{key} {text:?} is not an RFC 3339 time"))
 }
 
-fn process(value: &Value) -> Process {
+/// `pid` and `comm` of a record or a nested object; null or absent alike mean no process.
+fn process(pid: Option<Option<u32>>, comm: &Option<Option<Text<'_>>>) -> Process {
     Process {
-        pid: value["pid"]
-            .as_u64()
-            .and_then(|pid| u32::try_from(pid).ok()),
-        comm: optional_text(value, "comm"),
+        pid: pid.flatten(),
+        comm: comm.as_ref().and_then(Option::as_deref).map(str::to_string),
     }
 }
 
-fn remote(value: &Value) -> Option<String> {
-    let addr = value["remote_addr"].as_str()?;
-    let port = value["remote_port"].as_u64()?;
+fn endpoint(addr: &Option<Text<'_>>, port: Option<u64>) -> Option<String> {
+    let (addr, port) = (addr.as_deref()?, port?);
     Some(if addr.contains(':') {
         format!("[{addr}]:{port}")
     } else {
@@ -148,125 +144,129 @@ fn remote(value: &Value) -> Option<String> {
     })
 }
 
-fn blocker(value: &Value) -> Result<Option<Option<Blocker>>, String> {
-    let holder = match value.get("holder") {
+fn blocker(holder: &Option<Option<record::Holder<'_>>>) -> Result<Option<Option<Blocker>>, String> {
+    let holder = match holder {
         None => return Ok(None),
-        Some(Value::Null) => return Ok(Some(None)),
-        Some(holder) => holder,
+        Some(None) => return Ok(Some(None)),
+        Some(Some(holder)) => holder,
     };
     Ok(Some(Some(Blocker {
-        process: process(holder),
-        state: text(holder, "state").map_err(|reason| format!("holder: {reason}"))?,
-        since: optional_text(holder, "since").and_then(|since| time::parse_rfc3339(&since)),
-        how: optional_text(holder, "how"),
-        local_addr: optional_text(holder, "local_addr").unwrap_or_default(),
+        process: process(holder.task.pid, &holder.task.comm),
+        state: text(&holder.state, "state").map_err(|reason| format!("holder: {reason}"))?,
+        since: holder.since.as_deref().and_then(time::parse_rfc3339),
+        how: optional_text(&holder.how),
+        local_addr: optional_text(&holder.local_addr).unwrap_or_default(),
     })))
 }
 
-fn proto(value: &Value) -> Result<Proto, String> {
-    match text(value, "proto")?.as_str() {
+fn proto(line: &Line<'_>) -> Result<Proto, String> {
+    match needed(line.proto.as_deref(), "proto")? {
         "tcp" => Ok(Proto::Tcp),
         "udp" => Ok(Proto::Udp),
         other => Err(format!("unknown proto {other:?}")),
     }
 }
 
-fn pressure(value: &Value) -> Result<PressureEvent, String> {
-    let top = value["top"]
-        .as_array()
-        .map(|top| {
-            top.iter()
-                .map(|entry| (process(entry), entry["ports"].as_u64().unwrap_or(0)))
-                .collect()
-        })
-        .unwrap_or_default();
+fn pressure(line: &Line<'_>) -> Result<PressureEvent, String> {
+    let top = line
+        .top
+        .iter()
+        .flatten()
+        .map(|entry| (process(entry.task.pid, &entry.task.comm), entry.ports))
+        .collect();
     Ok(PressureEvent {
-        ts: timestamp(value, "ts")?,
-        proto: proto(value)?,
-        high: text(value, "state")? == "high",
-        in_use: number(value, "in_use")?,
-        range: text(value, "range")?,
-        range_size: number(value, "range_size")?,
-        share_pct: value["share_pct"].as_f64().unwrap_or(0.0),
-        netns: value["netns"].as_u64(),
+        ts: timestamp(&line.ts, "ts")?,
+        proto: proto(line)?,
+        high: needed(line.state.as_deref(), "state")? == "high",
+        in_use: needed(line.in_use, "in_use")?,
+        range: text(&line.range, "range")?,
+        range_size: needed(line.range_size, "range_size")?,
+        share_pct: line.share_pct.unwrap_or(0.0),
+        netns: line.netns,
         top,
     })
 }
 
-fn port_event(value: &Value, kind: Kind) -> Result<PortEvent, String> {
-    let proto = proto(value)?;
-    let port = number(value, "local_port")?;
+fn port_event(line: &Line<'_>, kind: Kind) -> Result<PortEvent, String> {
+    let proto = proto(line)?;
+    let port = needed(line.local_port, "local_port")?;
     Ok(PortEvent {
-        ts: timestamp(value, "ts")?,
+        ts: timestamp(&line.ts, "ts")?,
         kind,
         proto,
-        family: text(value, "family")?,
-        local_addr: text(value, "local_addr")?,
+        family: text(&line.family, "family")?,
+        local_addr: text(&line.local_addr, "local_addr")?,
         port: u16::try_from(port).map_err(|_| format!("local_port {port} is not a port"))?,
-        process: process(value),
-        how: optional_text(value, "how"),
-        errno: optional_text(value, "errno"),
-        blocker: blocker(value)?,
-        held_ns: value["held_ns"].as_u64(),
-        time_wait: value["time_wait"] == true,
-        time_wait_end: value["time_wait_end"] == true,
-        claimer_seen: value["claimer_seen"] != false,
-        state: optional_text(value, "state"),
-        remote: remote(value),
-        netns: value["netns"].as_u64(),
-        exhaustion: value
-            .get("exhaustion")
+        process: process(line.pid, &line.comm),
+        how: optional_text(&line.how),
+        errno: optional_text(&line.errno),
+        blocker: blocker(&line.holder)?,
+        held_ns: line.held_ns,
+        time_wait: line.time_wait == Some(true),
+        time_wait_end: line.time_wait_end == Some(true),
+        claimer_seen: line.claimer_seen != Some(false),
+        state: optional_text(&line.state),
+        remote: endpoint(&line.remote_addr, line.remote_port),
+        netns: line.netns,
+        exhaustion: line
+            .exhaustion
+            .as_ref()
             .filter(|explained| !explained.is_null())
-            .map(Value::to_string),
+            .map(serde_json::Value::to_string),
     })
 }
 
-fn header(value: &Value) -> Result<Header, String> {
+fn header(line: &Line<'_>) -> Result<Header, String> {
     Ok(Header {
-        capture_id: text(value, "capture_id")?,
-        part: number(value, "part")?,
-        seq: number(value, "seq")?,
-        started: timestamp(value, "started")?,
-        hostname: optional_text(value, "hostname").unwrap_or_default(),
-        backend: optional_text(value, "backend").unwrap_or_default(),
-        kernel: optional_text(value, "kernel").unwrap_or_default(),
-        watching: optional_text(value, "watching").unwrap_or_default(),
-        filters: value["filters"]
-            .as_array()
-            .map(|filters| {
-                filters
-                    .iter()
-                    .filter_map(|filter| filter.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        ephemeral_range: optional_text(value, "ephemeral_range"),
+        capture_id: text(&line.capture_id, "capture_id")?,
+        part: needed(line.part, "part")?,
+        seq: needed(line.seq, "seq")?,
+        started: timestamp(&line.started, "started")?,
+        hostname: optional_text(&line.hostname).unwrap_or_default(),
+        backend: optional_text(&line.backend).unwrap_or_default(),
+        kernel: optional_text(&line.kernel).unwrap_or_default(),
+        watching: optional_text(&line.watching).unwrap_or_default(),
+        filters: line
+            .filters
+            .iter()
+            .flatten()
+            .map(|filter| filter.to_string())
+            .collect(),
+        ephemeral_range: optional_text(&line.ephemeral_range),
     })
 }
 
 impl Record {
-    /// The record a parsed line holds, or why it cannot be read.
-    pub fn from_value(value: &Value) -> Result<Self, String> {
-        let event = text(value, "event")?;
-        match event.as_str() {
-            "capture" => header(value).map(Record::Header),
+    /// The record a line holds, or why it cannot be read.
+    pub fn from_line(line: &Line<'_>) -> Result<Self, String> {
+        match line.event.as_ref() {
+            "" => Err("the record has no event".into()),
+            "capture" => header(line).map(Record::Header),
             "lost" => Ok(Record::Lost {
-                ts: timestamp(value, "ts")?,
-                count: number(value, "count")?,
+                ts: timestamp(&line.ts, "ts")?,
+                count: needed(line.count, "count")?,
             }),
             "summary" => Ok(Record::Summary {
-                ts: timestamp(value, "ts")?,
-                end: optional_text(value, "end").unwrap_or_default(),
-                lost: number(value, "lost")?,
+                ts: timestamp(&line.ts, "ts")?,
+                end: optional_text(&line.end).unwrap_or_default(),
+                lost: needed(line.lost, "lost")?,
             }),
-            "pressure" => pressure(value).map(Record::Pressure),
+            "pressure" => pressure(line).map(Record::Pressure),
             name => match Kind::ALL.into_iter().find(|kind| kind.name() == name) {
-                Some(kind) => port_event(value, kind).map(|event| Record::Event(Box::new(event))),
+                Some(kind) => port_event(line, kind).map(|event| Record::Event(Box::new(event))),
                 None => Ok(Record::Other {
                     event: name.to_string(),
                 }),
             },
         }
+    }
+
+    /// Reads one line of text: a JSON object of a known or unknown kind.
+    #[cfg(test)]
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let line = Line::parse(text)
+            .map_err(|_| "not a JSON record (a torn or truncated line)".to_string())?;
+        Self::from_line(&line)
     }
 }
 
@@ -275,7 +275,45 @@ mod tests {
     use super::*;
 
     fn record(line: &str) -> Result<Record, String> {
-        Record::from_value(&serde_json::from_str(line).unwrap())
+        Record::parse(line)
+    }
+
+    /// What the live writer writes, the report reads back as the same event.
+    #[test]
+    fn an_event_written_reads_back_equal() {
+        use crate::output::sink::{Sink, json::JsonSink};
+        let event = crate::model::event::fixtures::sample();
+        let mut sink = JsonSink::new(Vec::new());
+        sink.event(&event).unwrap();
+        let text = String::from_utf8(sink.into_inner()).unwrap();
+        let Record::Event(read) = Record::parse(text.trim_end()).unwrap() else {
+            panic!("not an event: {text}")
+        };
+        let task = event.task.as_ref().unwrap();
+        let expected = PortEvent {
+            ts: event.ts.nanos(),
+            kind: event.kind,
+            proto: event.proto,
+            family: event.family_name().into(),
+            local_addr: event.local_addr.to_string(),
+            port: event.local_port,
+            process: Process {
+                pid: Some(task.pid),
+                comm: Some(task.comm.as_str().to_string()),
+            },
+            how: Some("connect".into()),
+            errno: None,
+            blocker: None,
+            held_ns: event.held_ns,
+            time_wait: event.time_wait,
+            time_wait_end: event.time_wait_end,
+            claimer_seen: event.claimer_seen,
+            state: None,
+            remote: Some("127.0.0.1:8080".into()),
+            netns: event.netns.map(u64::from),
+            exhaustion: None,
+        };
+        assert_eq!(*read, expected);
     }
 
     #[test]
@@ -299,6 +337,10 @@ mod tests {
         assert_eq!(
             record(r#"{"seq":1,"ts":"2026-11-26T05:01:17Z","event":"claim"}"#),
             Err("the record has no proto".into())
+        );
+        assert_eq!(
+            record(r#"{"seq":1,"ts":"2026-11-26T05:01:17Z"}"#),
+            Err("the record has no event".into())
         );
         assert_eq!(
             record(r#"{"seq":1,"event":"warp"}"#),

@@ -386,7 +386,7 @@ mod tests {
     fn text(lines: &[String], detail: bool) -> String {
         let mut digest = Digest::new(Narrowing::default(), detail, Ok(40000..=49999));
         for line in lines {
-            digest.add(Record::from_value(&serde_json::from_str(line).unwrap()).unwrap());
+            digest.add(Record::parse(line).unwrap());
         }
         let mut out = Vec::new();
         write(&mut out, &digest.finish(Loaded::default())).unwrap();

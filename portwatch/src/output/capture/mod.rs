@@ -11,7 +11,11 @@ use std::{io, io::Write};
 
 use foldhash::HashMap;
 
-use crate::{model::clock::Timestamp, model::event::Kind, model::json::quote};
+use crate::{
+    model::clock::Timestamp,
+    model::event::Kind,
+    model::record::{Clock, Counts, Line},
+};
 
 /// What a capture says about itself, the same in every part.
 #[derive(Clone, Debug)]
@@ -37,52 +41,54 @@ pub struct Header {
 }
 
 impl Header {
-    /// The header's keys, without braces. `part` counts files of this capture from 1.
+    /// The header's keys, without braces. `part` counts files of this capture from 1;
+    /// `chain_prev` links a sealed capture's later part to the last seal of the part before.
     pub fn write_fields(
         &self,
         out: &mut impl Write,
         part: u32,
         reason: &str,
         sealed: bool,
+        chain_prev: Option<&str>,
     ) -> io::Result<()> {
-        write!(
-            out,
-            "\"ts\":\"{}\",\"event\":\"capture\",\"capture_id\":\"{}\",\"part\":{part},\"reason\":\"{reason}\",\"version\":\"{}\",\"backend\":\"{}\",\"kernel\":",
-            Timestamp::now().rfc3339(),
-            self.capture_id,
-            self.version,
-            self.backend,
-        )?;
-        quote(out, &self.kernel)?;
-        out.write_all(b",\"hostname\":")?;
-        quote(out, &self.hostname)?;
-        write!(out, ",\"boot_id\":\"{}\",", self.boot_id)?;
-        if let Some(range) = &self.ephemeral_range {
-            write!(out, "\"ephemeral_range\":\"{range}\",")?;
-        }
-        out.write_all(b"\"watching\":")?;
-        quote(out, &self.watching)?;
-        out.write_all(b",\"filters\":[")?;
-        for (index, filter) in self.filters.iter().enumerate() {
-            if index > 0 {
-                out.write_all(b",")?;
-            }
-            quote(out, filter)?;
-        }
-        write!(
-            out,
-            "],\"started\":\"{}\",\"clock\":{{\"monotonic_ns\":{},\"wall\":\"{}\"}},\"audit\":{},\"sealing\":{}",
-            self.started.rfc3339(),
-            self.monotonic_ns,
-            self.started.rfc3339(),
-            self.audit,
-            if sealed {
-                format!("\"{}\"", seal::ALGORITHM)
-            } else {
-                "null".into()
-            }
-        )
+        let (now, started) = (Timestamp::now().rfc3339(), self.started.rfc3339());
+        let line = Line {
+            ts: Some(now.into()),
+            event: "capture".into(),
+            capture_id: Some(self.capture_id.as_str().into()),
+            part: Some(part.into()),
+            reason: Some(reason.into()),
+            version: Some(self.version.into()),
+            backend: Some(self.backend.as_str().into()),
+            kernel: Some(self.kernel.as_str().into()),
+            hostname: Some(self.hostname.as_str().into()),
+            boot_id: Some(self.boot_id.as_str().into()),
+            ephemeral_range: self.ephemeral_range.as_deref().map(Into::into),
+            watching: Some(self.watching.as_str().into()),
+            filters: Some(
+                self.filters
+                    .iter()
+                    .map(|filter| filter.as_str().into())
+                    .collect(),
+            ),
+            started: Some(started.as_str().into()),
+            clock: Some(Clock {
+                monotonic_ns: self.monotonic_ns,
+                wall: started.as_str().into(),
+            }),
+            audit: Some(self.audit),
+            sealing: Some(sealed.then_some(seal::ALGORITHM.into())),
+            chain_prev: chain_prev.map(Into::into),
+            ..Line::default()
+        };
+        write_without_braces(out, &line)
     }
+}
+
+/// `line` as JSON keys and values, for a writer that adds keys of its own around them.
+fn write_without_braces(out: &mut impl Write, line: &Line<'_>) -> io::Result<()> {
+    let object = serde_json::to_vec(line)?;
+    out.write_all(&object[1..object.len() - 1])
 }
 
 /// How a capture ended, for its last record.
@@ -113,23 +119,24 @@ impl Summary {
     /// The summary record's keys, without braces.
     pub fn write_fields(&self, out: &mut impl Write) -> io::Result<()> {
         let now = Timestamp::now();
-        write!(
-            out,
-            "\"ts\":\"{}\",\"event\":\"summary\",\"end\":\"{}\",\"counts\":{{",
-            now.rfc3339(),
-            self.end
-        )?;
-        for (index, kind) in Kind::ALL.iter().enumerate() {
-            if index > 0 {
-                out.write_all(b",")?;
-            }
-            write!(out, "\"{}\":{}", kind.name(), self.count(*kind))?;
-        }
-        write!(out, "}},\"lost\":{}", self.lost)?;
-        if let Some(started) = self.started {
-            write!(out, ",\"duration_ns\":{}", now.nanos_since(started))?;
-        }
-        Ok(())
+        let line = Line {
+            ts: Some(now.rfc3339().into()),
+            event: "summary".into(),
+            end: Some(self.end.into()),
+            counts: Some(Counts {
+                claim: self.count(Kind::Claim),
+                listen: self.count(Kind::Listen),
+                free: self.count(Kind::Free),
+                fail: self.count(Kind::Fail),
+                held: self.count(Kind::Held),
+            }),
+            lost: Some(self.lost),
+            duration_ns: self
+                .started
+                .map(|started| u64::try_from(now.nanos_since(started)).unwrap_or(u64::MAX)),
+            ..Line::default()
+        };
+        write_without_braces(out, &line)
     }
 }
 
@@ -152,4 +159,58 @@ pub fn new_capture_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .map(|uuid| uuid.trim().to_string())
         .unwrap_or_else(|_| format!("{:032x}", Timestamp::now().nanos()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            capture_id: "c0ffee".into(),
+            version: "0.1.0",
+            backend: "tracepoint".into(),
+            kernel: "6.18.0".into(),
+            hostname: "host \"one\"".into(),
+            boot_id: "b007".into(),
+            watching: "ports 60312 (tcp+udp, ipv4+ipv6)".into(),
+            filters: vec!["pid=12".into()],
+            started: Timestamp::from_unix_nanos(1_795_669_141_123_456_789),
+            monotonic_ns: 42,
+            audit: false,
+            ephemeral_range: Some("32768-60999".into()),
+        }
+    }
+
+    fn object(fields: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> String {
+        let mut out = b"{".to_vec();
+        fields(&mut out).unwrap();
+        out.push(b'}');
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The header and summary are written from the record schema and read back the same.
+    #[test]
+    fn header_and_summary_read_back_as_written() {
+        let text = object(|out| header().write_fields(out, 2, "size", true, Some("ab")));
+        let line = Line::parse(&text).unwrap();
+        assert_eq!(line.event, "capture");
+        assert_eq!(line.hostname.as_deref(), Some("host \"one\""));
+        assert_eq!(line.sealing, Some(Some(seal::ALGORITHM.into())));
+        assert_eq!(line.chain_prev.as_deref(), Some("ab"));
+        assert_eq!(line.clock.map(|clock| clock.monotonic_ns), Some(42));
+        let unsealed = object(|out| header().write_fields(out, 1, "started", false, None));
+        assert!(unsealed.contains(",\"sealing\":null"), "{unsealed}");
+        let summary = Summary {
+            counts: [(Kind::Claim, 3), (Kind::Held, 1)].into_iter().collect(),
+            lost: 2,
+            started: Some(Timestamp::from_unix_nanos(0)),
+            end: "interrupt",
+        };
+        let line = Line::parse(&object(|out| summary.write_fields(out)))
+            .unwrap()
+            .counts
+            .unwrap();
+        assert_eq!((line.claim, line.held, line.free), (3, 1, 0));
+    }
 }

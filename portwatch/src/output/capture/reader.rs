@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde_json::Value;
+use crate::model::record;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -20,18 +20,18 @@ pub enum ReadError {
 /// A capture file's lines, numbered from 1.
 pub struct Part {
     pub path: String,
-    /// The first line, parsed: every part opens with a `capture` header.
-    pub header: Value,
+    /// Where the part's header puts it among the others: its capture's start, the capture's
+    /// id and the part's number. None for a plain `--json` stream, which has no header.
+    pub order: Option<(String, String, u64)>,
     lines: io::Lines<Box<dyn BufRead>>,
     first: Option<String>,
     number: usize,
 }
 
-/// One line of a part; `value` is None when it is not a JSON object.
+/// One line of a part, as text: readers parse it with the record schema.
 pub struct Line {
     pub number: usize,
     pub text: String,
-    pub value: Option<Value>,
 }
 
 impl Part {
@@ -72,18 +72,23 @@ impl Part {
         };
         let mut lines = reader.lines();
         let first = lines.next().transpose().map_err(io_error)?;
-        let header = first
+        let order = first
             .as_deref()
-            .and_then(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|value| value["event"] == "capture");
-        let header = match header {
-            Some(header) => header,
-            None if header_required => return Err(ReadError::NoHeader { path: name.clone() }),
-            None => Value::Null,
-        };
+            .and_then(|line| record::Line::parse(line).ok())
+            .filter(|line| line.event == "capture")
+            .map(|header| {
+                (
+                    header.started.unwrap_or_default().into_owned(),
+                    header.capture_id.unwrap_or_default().into_owned(),
+                    header.part.unwrap_or(0),
+                )
+            });
+        if order.is_none() && header_required {
+            return Err(ReadError::NoHeader { path: name.clone() });
+        }
         Ok(Self {
             path: name,
-            header,
+            order,
             lines,
             first,
             number: 0,
@@ -106,13 +111,9 @@ impl Part {
             },
         };
         self.number += 1;
-        let value = serde_json::from_str::<Value>(&text)
-            .ok()
-            .filter(Value::is_object);
         Some(Ok(Line {
             number: self.number,
             text,
-            value,
         }))
     }
 }
@@ -150,22 +151,7 @@ fn open_each_with(
             Err(error) => errors.push(error),
         }
     }
-    // A stable sort: headerless files (all keys empty) stay in the order given.
-    parts.sort_by(|a, b| {
-        let key = |part: &Part| {
-            (
-                part.header["started"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                part.header["capture_id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                part.header["part"].as_u64().unwrap_or(0),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
+    // A stable sort: headerless files (None) come first, in the order given.
+    parts.sort_by(|a, b| a.order.cmp(&b.order));
     (parts, errors)
 }

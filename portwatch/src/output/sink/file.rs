@@ -150,13 +150,7 @@ impl FileSink {
             Some(chain) if part > 1 => Some(seal::to_hex(&chain.last())),
             _ => None,
         };
-        self.append(|out| {
-            header.write_fields(out, part, reason, sealed)?;
-            match chain_prev {
-                Some(prev) => write!(out, ",\"chain_prev\":\"{prev}\""),
-                None => Ok(()),
-            }
-        })
+        self.append(|out| header.write_fields(out, part, reason, sealed, chain_prev.as_deref()))
     }
 
     /// Adds one record: `{"seq":N,<fields>[,"seal":"..."]}`.

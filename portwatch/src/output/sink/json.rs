@@ -252,8 +252,132 @@ impl<W: Write> Sink for JsonSink<W> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use portwatch_ebpf::How;
+
     use super::*;
-    use crate::model::event::fixtures::sample;
+    use crate::{
+        live::pressure::Destination,
+        model::event::{ProcessInfo, fixtures::sample},
+        model::proto::Proto,
+        model::record::Line,
+    };
+
+    /// Every key of `text` is in the record schema with the type it gives: the line read into
+    /// a [`Line`] and written back is the same JSON.
+    fn holds_to_the_schema(text: &str) {
+        let written: serde_json::Value = serde_json::from_str(text).unwrap();
+        let line = Line::parse(text).unwrap();
+        assert_eq!(serde_json::to_value(&line).unwrap(), written, "{text}");
+    }
+
+    fn line_of(event: &Event) -> String {
+        let mut sink = JsonSink::new(Vec::new());
+        sink.event(event).unwrap();
+        String::from_utf8(sink.into_inner()).unwrap()
+    }
+
+    /// Events of every kind and shape: with and without a process, a holder, an audit.
+    fn events() -> Vec<Event> {
+        let since = Timestamp::from_unix_nanos(1_795_669_140_000_000_001);
+        let holder = Holder {
+            task: sample().task,
+            local_addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            remote: Some((IpAddr::V6(Ipv6Addr::LOCALHOST), 443)),
+            how: Some(How::Bind),
+            since,
+            state: "listen",
+        };
+        let fail = Event {
+            kind: Kind::Fail,
+            how: Some(How::Bind),
+            errno: Some(libc::EADDRINUSE),
+            held_ns: None,
+            time_wait: false,
+            holder: Some(Some(holder)),
+            hint: Some("reserve it".into()),
+            ..sample()
+        };
+        let unheld_fail = Event {
+            holder: Some(None),
+            audit: Some(Audit::Exited),
+            ..fail.clone()
+        };
+        let held = Event {
+            kind: Kind::Held,
+            task: None,
+            how: None,
+            held_ns: None,
+            time_wait: false,
+            claimer_seen: false,
+            state: Some("time_wait"),
+            local_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            audit: Some(Audit::Found(Box::new(ProcessInfo {
+                exe: Some("/usr/bin/nc".into()),
+                cmdline: None,
+                user: Some("root".into()),
+                ..ProcessInfo::default()
+            }))),
+            ..sample()
+        };
+        let time_wait_end = Event {
+            time_wait: false,
+            time_wait_end: true,
+            remote: None,
+            cgroup_id: None,
+            netns: None,
+            ..sample()
+        };
+        vec![sample(), fail, unheld_fail, held, time_wait_end]
+    }
+
+    #[test]
+    fn a_key_outside_the_schema_or_of_another_type_is_caught() {
+        let extra = r#"{"ts":"1970-01-01T00:00:00.000000007Z","event":"lost","count":3,"bogus":1}"#;
+        let line = Line::parse(extra).unwrap();
+        let written: serde_json::Value = serde_json::from_str(extra).unwrap();
+        assert_ne!(serde_json::to_value(&line).unwrap(), written);
+        assert!(Line::parse(r#"{"event":"lost","count":"3"}"#).is_err());
+    }
+
+    #[test]
+    fn every_event_line_holds_to_the_schema() {
+        for event in events() {
+            holds_to_the_schema(line_of(&event).trim_end());
+        }
+    }
+
+    #[test]
+    fn lost_and_pressure_lines_hold_to_the_schema() {
+        let mut sink = JsonSink::new(Vec::new());
+        sink.lost(Timestamp::from_unix_nanos(7), 3).unwrap();
+        let pressure = Pressure {
+            ts: Timestamp::from_unix_nanos(8),
+            proto: Proto::Tcp,
+            netns: Some(4026531840),
+            high: true,
+            in_use: 90,
+            range: 40000..=40099,
+            threshold_pct: 80,
+            top: vec![(sample().task, 88), (None, 2)],
+            toward: None,
+        };
+        sink.pressure(&pressure).unwrap();
+        sink.pressure(&Pressure {
+            toward: Some(Destination {
+                source: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port: 5432,
+                usable: 100,
+            }),
+            ..pressure
+        })
+        .unwrap();
+        let text = String::from_utf8(sink.into_inner()).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        text.lines().for_each(holds_to_the_schema);
+    }
 
     #[test]
     fn writes_one_object_per_line_with_kind_specific_keys() {
