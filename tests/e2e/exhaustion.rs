@@ -16,7 +16,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    Outcome,
+    Outcome, Skip,
     expect::check,
     lifetimes::in_new_namespace,
     tracer::{Trace, Tracer, netns_inode},
@@ -344,6 +344,47 @@ pub fn udp_connect_exhaustion() -> Outcome {
         format!("the fifth UDP connect: {refused:?}")
     })?;
     explained(&trace, netns, "EAGAIN", (V4, B), PORTS as i64, 0).map(drop)
+}
+
+/// A namespace gone before the tracer could read its range leaves nothing behind: the kernel
+/// gives its inode to the next namespace, whose range must still be read and whose failure
+/// explained. The tracer is stopped (SIGSTOP) while the first namespace claims a port and
+/// goes, so it reaches that claim only once the thread is gone.
+pub fn a_namespace_gone_unread_does_not_hide_the_next() -> Outcome {
+    let tracer = start()?;
+    tracer.pause();
+    let (gone, ()) = in_namespace(None, 0, || {
+        Socket::new(Kind::Udp, V4)?.bind(0)?;
+        Ok(())
+    })?;
+    // The kernel frees a namespace's inode in a work queue, after the namespace is gone.
+    std::thread::sleep(Duration::from_secs(1));
+    let resume = {
+        let pid = tracer.pid();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            // SAFETY: kill with a valid signal to the tracer this scenario started.
+            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        })
+    };
+    let (netns, refused) = in_namespace(Some(&tracer), 0, || {
+        let _clients = connect_all(PORTS, A, || Socket::new(Kind::Udp, V4))?;
+        Ok(outcome(Socket::new(Kind::Udp, V4)?.connect(B)))
+    })?;
+    resume.join().map_err(|_| "the resuming thread panicked")?;
+    let trace = tracer.stop()?;
+    check(refused == Err(libc::EAGAIN), || {
+        format!("the fifth UDP connect: {refused:?}")
+    })?;
+    explained(&trace, netns, "EAGAIN", (V4, B), PORTS as i64, 0)?;
+    // Only a reused inode makes this the case it names.
+    if gone.1 != netns.1 {
+        return Err(Skip::because(format!(
+            "the kernel gave the second namespace another inode ({} after {}): nothing reused",
+            netns.1, gone.1
+        )));
+    }
+    Ok(())
 }
 
 /// `portwatch ephemeral` (one shot, no eBPF), run inside the namespace: a listener on a port

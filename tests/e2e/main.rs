@@ -113,6 +113,7 @@ fn scenarios() -> Vec<Trial> {
         exhaustion::bound_ports_block_every_destination,
         exhaustion::bind_before_connect_with_and_without_no_port,
         exhaustion::udp_connect_exhaustion,
+        exhaustion::a_namespace_gone_unread_does_not_hide_the_next,
         exhaustion::one_shot_view_agrees_with_the_kernel,
         udp::udp_bind_ipv6,
         udp::udp_send_autobind_ipv4,

@@ -19,6 +19,22 @@ use rustix::thread::{CapabilitySet, CapabilitySets};
 
 use crate::model::ports;
 
+/// What the reader found for one namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reading {
+    Found(RangeInclusive<u16>),
+    /// The process is gone, or in another namespace now: another of the namespace's
+    /// processes may still show the way in.
+    Gone,
+    /// The reader may not enter it (it lacks CAP_SYS_ADMIN, or the namespace file is denied).
+    Refused,
+}
+
+/// The answer's first byte for each [`Reading`].
+const FOUND: u8 = 1;
+const GONE: u8 = 0;
+const REFUSED: u8 = 2;
+
 pub struct RangeReader {
     socket: UnixStream,
     child: libc::pid_t,
@@ -46,18 +62,24 @@ impl RangeReader {
         }
     }
 
-    /// The range network namespace `netns` uses, entered through process `pid`; None when the
-    /// process is gone, is in another namespace now, or the reader may not enter it.
-    pub fn range_of(&mut self, pid: u32, netns: u32) -> Option<RangeInclusive<u16>> {
+    /// The range network namespace `netns` uses, entered through process `pid`. A reader that
+    /// no longer answers refuses.
+    pub fn range_of(&mut self, pid: u32, netns: u32) -> Reading {
         let mut request = [0u8; 8];
         request[..4].copy_from_slice(&pid.to_ne_bytes());
         request[4..].copy_from_slice(&netns.to_ne_bytes());
-        self.socket.write_all(&request).ok()?;
         let mut answer = [0u8; 5];
-        self.socket.read_exact(&mut answer).ok()?;
+        if self.socket.write_all(&request).is_err() || self.socket.read_exact(&mut answer).is_err()
+        {
+            return Reading::Refused;
+        }
         let low = u16::from_ne_bytes([answer[1], answer[2]]);
         let high = u16::from_ne_bytes([answer[3], answer[4]]);
-        (answer[0] == 1).then_some(low..=high)
+        match answer[0] {
+            FOUND => Reading::Found(low..=high),
+            GONE => Reading::Gone,
+            _ => Reading::Refused,
+        }
     }
 }
 
@@ -90,10 +112,14 @@ fn serve(mut socket: UnixStream) {
         let pid = u32::from_ne_bytes([request[0], request[1], request[2], request[3]]);
         let netns = u32::from_ne_bytes([request[4], request[5], request[6], request[7]]);
         let mut answer = [0u8; 5];
-        if let Some(range) = enter_and_read(pid, netns) {
-            answer[0] = 1;
-            answer[1..3].copy_from_slice(&range.start().to_ne_bytes());
-            answer[3..].copy_from_slice(&range.end().to_ne_bytes());
+        match enter_and_read(pid, netns) {
+            Reading::Found(range) => {
+                answer[0] = FOUND;
+                answer[1..3].copy_from_slice(&range.start().to_ne_bytes());
+                answer[3..].copy_from_slice(&range.end().to_ne_bytes());
+            }
+            Reading::Gone => answer[0] = GONE,
+            Reading::Refused => answer[0] = REFUSED,
         }
         if socket.write_all(&answer).is_err() {
             break;
@@ -118,21 +144,29 @@ fn close_all_but(keep: i32) {
     }
 }
 
-fn enter_and_read(pid: u32, netns: u32) -> Option<RangeInclusive<u16>> {
-    let namespace = File::open(format!("/proc/{pid}/ns/net")).ok()?;
+fn enter_and_read(pid: u32, netns: u32) -> Reading {
+    let refused_or_gone = |err: std::io::Error| match err.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => Reading::Refused,
+        _ => Reading::Gone,
+    };
+    let namespace = match File::open(format!("/proc/{pid}/ns/net")) {
+        Ok(namespace) => namespace,
+        Err(err) => return refused_or_gone(err),
+    };
     // The pid may have been reused by a process in another namespace.
-    if namespace.metadata().ok()?.ino() as u32 != netns {
-        return None;
+    if namespace.metadata().map(|meta| meta.ino() as u32).ok() != Some(netns) {
+        return Reading::Gone;
     }
     // SAFETY: the descriptor is an open network namespace file; this single-threaded process
     // exists only to enter namespaces.
     if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return None;
+        return refused_or_gone(std::io::Error::last_os_error());
     }
     let mut text = String::new();
-    File::open("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()?
-        .read_to_string(&mut text)
-        .ok()?;
-    ports::parse_ephemeral(&text)
+    let read = File::open("/proc/sys/net/ipv4/ip_local_port_range")
+        .and_then(|mut file| file.read_to_string(&mut text));
+    match read.ok().and_then(|_| ports::parse_ephemeral(&text)) {
+        Some(range) => Reading::Found(range),
+        None => Reading::Refused,
+    }
 }
