@@ -1,11 +1,10 @@
 //! The kernel's count of events that found the ring buffer full, read from memory.
 //!
 //! The LOST map is an array with a slot per possible CPU, created mappable, and the tracer maps
-//! it read-only. Reading
-//! it through bpf() instead would hold the CPU's `bpf_prog_active` for the lookup, during which
-//! the kernel skips, and counts nowhere, every kprobe and syscall-tracepoint program run on
-//! that CPU; the lookup can be preempted there, so one read every half second made kprobe
-//! floods lose events no counter showed.
+//! it read-only. Reading it through bpf() instead would hold the CPU's `bpf_prog_active` for
+//! the lookup, during which the kernel skips, and before Linux 6.7 counts nowhere, every kprobe
+//! and syscall-tracepoint program run on that CPU; the lookup can be preempted there, so a read
+//! every half second could cost events no counter shows.
 
 use std::{
     io,
