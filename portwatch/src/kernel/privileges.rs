@@ -7,8 +7,9 @@
 //! through a mapped array, both mapped into memory before the drop, and the kernel checks
 //! capabilities when such objects are created or mapped, not when they are read. The one bpf()
 //! call the tracer still makes, asking its own programs how many runs the kernel skipped
-//! (`kernel::skipped`), needs no capability on current kernels (seen on 6.18, with
-//! `kernel.unprivileged_bpf_disabled` at 2, and on Debian's 6.1 and 6.12). Debian's 5.10, with
+//! (`kernel::skipped`), needs no capability on kernels that check capabilities only when
+//! objects are created (seen on 6.18 with `kernel.unprivileged_bpf_disabled` at 2; Debian's 6.1
+//! and 6.12 check that way too). Debian's 5.10, with
 //! that setting, refuses every bpf() call of a task without CAP_BPF; there the question goes
 //! unanswered (and before 6.7 the kernel keeps no such count for kprobes and tracepoints
 //! anyway), and nothing else needs a bpf() call. So the tracer gives up every capability as soon
