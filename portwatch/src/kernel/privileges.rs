@@ -3,17 +3,16 @@
 //!
 //! Loading needs CAP_BPF (programs and maps), CAP_PERFMON (tracing programs, kprobes) and
 //! CAP_NET_ADMIN (the tracepoint backend's cgroup hook), or CAP_SYS_ADMIN, which covers all three.
-//! Tracing afterwards needs none. Events come through the ring buffer and the lost counter
-//! through a mapped array, both mapped into memory before the drop, and the kernel checks
-//! capabilities when such objects are created or mapped, not when they are read. The one bpf()
-//! call the tracer still makes, asking its own programs how many runs the kernel skipped
-//! (`kernel::skipped`), needs no capability on kernels that check capabilities only when
-//! objects are created (seen on 6.18 with `kernel.unprivileged_bpf_disabled` at 2; Debian's 6.1
-//! and 6.12 check that way too). Debian's 5.10, with
-//! that setting, refuses every bpf() call of a task without CAP_BPF; there the question goes
-//! unanswered (and before 6.7 the kernel keeps no such count for kprobes and tracepoints
-//! anyway), and nothing else needs a bpf() call. So the tracer gives up every capability as soon
-//! as it has attached and read the current holders, before it prints its status line.
+//! Tracing afterwards needs none. Events come through the ring buffer and the lost counter through
+//! a mapped array, both mapped into memory before the drop, and the kernel checks capabilities when
+//! such objects are created or mapped, not when they are read. The one bpf() call the tracer still
+//! makes, asking its own programs how many runs the kernel skipped (`kernel::skipped`), needs no
+//! capability on kernels that check capabilities only when objects are created (seen on 6.18 with
+//! `kernel.unprivileged_bpf_disabled` at 2; Debian's 6.1 and 6.12 check that way too). Debian's
+//! 5.10, with that setting, refuses every bpf() call of a task without CAP_BPF; there the question
+//! goes unanswered (and before 6.7 the kernel keeps no such count for kprobes and tracepoints
+//! anyway), and nothing else needs a bpf() call. So the tracer gives up every capability as soon as
+//! it has attached and read the current holders, before it prints its status line.
 
 use anyhow::{Context as _, bail};
 use rustix::thread::{CapabilitySet, CapabilitySets};
