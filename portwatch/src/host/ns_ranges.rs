@@ -57,7 +57,8 @@ impl NamespaceRanges {
             Reading::Gone => {
                 self.note(
                     netns,
-                    "its thread had left it before portwatch could enter it",
+                    "its thread had left it before portwatch could enter it; the namespace's \
+                     next event tries again",
                 );
                 return None;
             }
