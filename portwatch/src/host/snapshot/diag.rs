@@ -1,16 +1,17 @@
-//! One sock_diag dump (NETLINK_SOCK_DIAG, `inet_diag_req_v2`): the sockets of one protocol and
-//! address family in this network namespace, as `ss` asks for them, with an optional bytecode
-//! filter the kernel runs on each socket before replying.
+//! One sock_diag dump (NETLINK_SOCK_DIAG): the sockets of one protocol in this network
+//! namespace, as `ss` asks for them, with an optional bytecode filter the kernel runs on each
+//! socket before replying. A dump asks for one address family (`inet_diag_req_v2`), or, for
+//! TCP, for both at once through the older `TCPDIAG_GETSOCK` request.
 
 use std::{io, net::SocketAddr};
 
 use netlink_packet_core::{
-    DefaultNla, Emitable, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    DefaultNla, Emitable, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer,
+    NetlinkHeader, Parseable,
 };
 use netlink_packet_sock_diag::{
-    SockDiagMessage,
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SOCK_DIAG_BY_FAMILY},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    constants::{AF_INET, AF_INET6, AF_UNSPEC, IPPROTO_TCP, IPPROTO_UDP, SOCK_DIAG_BY_FAMILY},
+    inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
 };
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
 
@@ -19,8 +20,22 @@ use crate::model::proto::Proto;
 /// `INET_DIAG_REQ_BYTECODE`, the request attribute carrying a filter program.
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
 
+/// `TCPDIAG_GETSOCK`: the request sock_diag kept from before `SOCK_DIAG_BY_FAMILY`. The kernel
+/// answers it with `sdiag_family = AF_UNSPEC` (`inet_diag_dump_compat` in
+/// net/ipv4/inet_diag.c), so one walk of the TCP hash tables returns IPv4 and IPv6 sockets
+/// alike. A walk costs about the same however few sockets a namespace has: the established
+/// table is shared by every namespace unless `tcp_child_ehash_entries` gives it one of its own.
+const TCPDIAG_GETSOCK: u16 = 18;
+
+/// `struct inet_diag_req`, the body of a `TCPDIAG_GETSOCK` request: family, two address
+/// lengths and the extensions (4 bytes), `struct inet_diag_sockid` (48), states and tables (8).
+const INET_DIAG_REQ_LEN: usize = 60;
+
 /// The kernel sends dump replies in messages of at most 32 KiB; twice that never truncates.
 const RECEIVE_BUFFER: usize = 64 * 1024;
+
+/// `NLMSG_MIN_TYPE`: message types below it are netlink's own.
+const NLMSG_MIN_TYPE: u16 = 0x10;
 
 /// A socket as sock_diag reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,44 +74,68 @@ pub fn dump(
     states: u32,
     bytecode: Option<&[u8]>,
 ) -> io::Result<Vec<Diagnosed>> {
+    exchange(proto, &request(proto, family, states, bytecode))
+}
+
+/// Dumps the TCP sockets of both families in one walk (see [`TCPDIAG_GETSOCK`]). An error
+/// means the caller should ask per family, whose errors say what is missing: kernels without
+/// the inet_diag module answer this request `EOPNOTSUPP`.
+pub fn dump_tcp_every_family(states: u32, bytecode: Option<&[u8]>) -> io::Result<Vec<Diagnosed>> {
+    exchange(Proto::Tcp, &tcp_every_family_request(states, bytecode))
+}
+
+/// Sends one dump request and reads its replies to the end.
+fn exchange(proto: Proto, request: &[u8]) -> io::Result<Vec<Diagnosed>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&NetlinkAddr::new(0, 0))?;
-    socket.send(&request(proto, family, states, bytecode), 0)?;
+    socket.send(request, 0)?;
     let mut sockets = Vec::new();
     let mut buffer = Vec::with_capacity(RECEIVE_BUFFER);
     loop {
         buffer.clear();
         let received = socket.recv(&mut buffer, 0)?;
-        let mut offset = 0;
-        while offset < received {
-            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buffer[offset..])
-                .map_err(|err| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("sock_diag reply: {err}"),
-                    )
-                })?;
-            let length = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    sockets.extend(diagnosed(proto, &response.header));
+        let mut rest = &buffer[..received];
+        while !rest.is_empty() {
+            let message = NetlinkBuffer::new_checked(rest).map_err(invalid)?;
+            let length = (message.length() as usize).min(rest.len());
+            let payload = message.payload();
+            let code = || {
+                payload
+                    .get(..4)
+                    .and_then(|code| code.try_into().ok())
+                    .map_or(0, i32::from_ne_bytes)
+            };
+            match message.message_type() {
+                // A dump's last message carries its result.
+                NLMSG_DONE if code() < 0 => {
+                    return Err(io::Error::from_raw_os_error(-code()));
                 }
-                NetlinkPayload::Done(done) if done.code < 0 => {
-                    return Err(io::Error::from_raw_os_error(-done.code));
+                NLMSG_DONE => return Ok(sockets),
+                NLMSG_ERROR if code() != 0 => {
+                    return Err(io::Error::from_raw_os_error(-code()));
                 }
-                NetlinkPayload::Done(_) => return Ok(sockets),
-                NetlinkPayload::Error(error) => {
-                    return Err(io::Error::from_raw_os_error(-error.raw_code()));
-                }
+                // The reply's own messages; below that, netlink's (no-op, acknowledgement).
+                kind if kind >= NLMSG_MIN_TYPE => sockets.extend(diagnosed(
+                    proto,
+                    &InetResponseHeader::parse(payload).map_err(invalid)?,
+                )),
                 _ => {}
             }
             if length == 0 {
                 break;
             }
-            offset += length;
+            // Messages are 4-byte aligned.
+            rest = &rest[length.next_multiple_of(4).min(rest.len())..];
         }
     }
+}
+
+fn invalid(err: netlink_packet_core::DecodeError) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("sock_diag reply: {err}"),
+    )
 }
 
 fn request(proto: Proto, family: Family, states: u32, bytecode: Option<&[u8]>) -> Vec<u8> {
@@ -118,21 +157,36 @@ fn request(proto: Proto, family: Family, states: u32, bytecode: Option<&[u8]>) -
             Family::Ipv6 => SocketId::new_v6(),
         },
     };
+    let mut body = vec![0; request.buffer_len()];
+    request.emit(&mut body);
     // The crate's request type carries no attributes, so the filter is emitted after it.
+    message(SOCK_DIAG_BY_FAMILY, &body, bytecode)
+}
+
+fn tcp_every_family_request(states: u32, bytecode: Option<&[u8]>) -> Vec<u8> {
+    let mut body = [0; INET_DIAG_REQ_LEN];
+    // The family is ignored (the kernel asks for AF_UNSPEC); the socket id stays zero, which
+    // matches every socket in a dump.
+    body[0] = AF_UNSPEC;
+    body[52..56].copy_from_slice(&states.to_ne_bytes());
+    message(TCPDIAG_GETSOCK, &body, bytecode)
+}
+
+/// A dump request: the netlink header, the fixed request, then the filter as an attribute.
+fn message(kind: u16, body: &[u8], bytecode: Option<&[u8]>) -> Vec<u8> {
     let filter = bytecode.map(|program| DefaultNla::new(INET_DIAG_REQ_BYTECODE, program.to_vec()));
-    let body_len = request.buffer_len() + filter.as_ref().map_or(0, Emitable::buffer_len);
     let mut header = NetlinkHeader::default();
-    header.message_type = SOCK_DIAG_BY_FAMILY;
+    header.message_type = kind;
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = 1;
-    header.length = (header.buffer_len() + body_len) as u32;
+    header.length =
+        (header.buffer_len() + body.len() + filter.as_ref().map_or(0, Emitable::buffer_len)) as u32;
     let mut message = vec![0; header.length as usize];
     header.emit(&mut message);
-    let mut at = header.buffer_len();
-    request.emit(&mut message[at..at + request.buffer_len()]);
-    at += request.buffer_len();
+    let at = header.buffer_len();
+    message[at..at + body.len()].copy_from_slice(body);
     if let Some(filter) = filter {
-        filter.emit(&mut message[at..]);
+        filter.emit(&mut message[at + body.len()..]);
     }
     message
 }
@@ -174,5 +228,20 @@ mod tests {
         assert_eq!(u16::from_ne_bytes(message[72..74].try_into().unwrap()), 8);
         assert_eq!(u16::from_ne_bytes(message[74..76].try_into().unwrap()), 1);
         assert_eq!(&message[76..], &[1, 4, 8, 0]);
+    }
+
+    #[test]
+    fn the_request_for_every_family_is_the_older_fixed_part() {
+        let message = tcp_every_family_request(1 << 10, Some(&[1, 4, 8, 0]));
+        // nlmsghdr (16) + inet_diag_req (60) + attribute header (4) + program (4).
+        assert_eq!(message.len(), 84);
+        assert_eq!(u16::from_ne_bytes(message[4..6].try_into().unwrap()), 18);
+        assert_eq!(message[16], AF_UNSPEC);
+        assert_eq!(
+            u32::from_ne_bytes(message[68..72].try_into().unwrap()),
+            1 << 10
+        );
+        assert_eq!(u16::from_ne_bytes(message[78..80].try_into().unwrap()), 1);
+        assert_eq!(&message[80..], &[1, 4, 8, 0]);
     }
 }

@@ -255,33 +255,47 @@ fn dump_here(query: &Query) -> Result<Dumped, SnapshotError> {
     let mut found = Vec::new();
     let mut without_sock_diag = Vec::new();
     for &proto in &query.protos {
-        for &family in &query.families {
-            let states = match proto {
-                Proto::Tcp => tcp_states(),
-                Proto::Udp => u32::MAX,
-            };
-            let dumped = match diag::dump(proto, family, states, program.as_deref()) {
-                // No sock_diag handler for this protocol on this kernel.
-                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
-                    if !without_sock_diag.contains(&proto) {
-                        without_sock_diag.push(proto);
+        let states = match proto {
+            Proto::Tcp => tcp_states(),
+            Proto::Udp => u32::MAX,
+        };
+        // TCP's hash tables are walked once for both families where the kernel allows it.
+        let every_family = proto == Proto::Tcp
+            && query.families.contains(&Family::Ipv4)
+            && query.families.contains(&Family::Ipv6);
+        let dumped =
+            match every_family.then(|| diag::dump_tcp_every_family(states, program.as_deref())) {
+                Some(Ok(dumped)) => dumped,
+                _ => {
+                    let mut dumped = Vec::new();
+                    for &family in &query.families {
+                        dumped.extend(
+                            match diag::dump(proto, family, states, program.as_deref()) {
+                                // No sock_diag handler for this protocol on this kernel.
+                                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
+                                    if !without_sock_diag.contains(&proto) {
+                                        without_sock_diag.push(proto);
+                                    }
+                                    procnet::dump(proto, family, wanted)
+                                }
+                                other => other,
+                            }
+                            .map_err(|cause| SnapshotError::Dump {
+                                proto,
+                                family,
+                                cause,
+                            })?,
+                        );
                     }
-                    procnet::dump(proto, family, wanted)
+                    dumped
                 }
-                other => other,
-            }
-            .map_err(|cause| SnapshotError::Dump {
-                proto,
-                family,
-                cause,
-            })?;
-            // A covering program may pass a few ports around the wanted ones.
-            found.extend(
-                dumped
-                    .into_iter()
-                    .filter(|socket| wanted(socket.local.port())),
-            );
-        }
+            };
+        // A covering program may pass a few ports around the wanted ones.
+        found.extend(
+            dumped
+                .into_iter()
+                .filter(|socket| wanted(socket.local.port())),
+        );
     }
     Ok(Dumped {
         sockets: found,
@@ -541,6 +555,33 @@ mod tests {
         let mut wanted = vec![ports[0], ports[2]];
         wanted.sort_unstable();
         assert_eq!(seen, wanted);
+    }
+
+    #[test]
+    fn one_tcp_dump_returns_both_families_as_the_per_family_dumps_do() {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = v4.local_addr().unwrap().port();
+        // A specific IPv6 address shares the port with an IPv4 one.
+        let v6 = std::net::TcpListener::bind(("::1", port)).unwrap();
+        let _client = std::net::TcpStream::connect(v6.local_addr().unwrap()).unwrap();
+        let program = bytecode::local_port_in(&[port..=port]);
+        let mut every: Vec<Diagnosed> =
+            diag::dump_tcp_every_family(tcp_states(), Some(&program)).unwrap();
+        let mut per_family: Vec<Diagnosed> = [Family::Ipv4, Family::Ipv6]
+            .into_iter()
+            .flat_map(|family| {
+                diag::dump(Proto::Tcp, family, tcp_states(), Some(&program)).unwrap()
+            })
+            .collect();
+        for sockets in [&mut every, &mut per_family] {
+            sockets.retain(|socket| socket.local.port() == port);
+            sockets.sort_by_key(|socket| (socket.local, socket.remote, socket.state));
+        }
+        // The IPv4 and IPv6 listeners and the accepted IPv6 connection.
+        assert_eq!(every.len(), 3, "{every:?}");
+        assert!(every.iter().any(|socket| socket.local.is_ipv4()));
+        assert!(every.iter().any(|socket| socket.local.is_ipv6()));
+        assert_eq!(every, per_family);
     }
 
     #[test]
