@@ -62,29 +62,29 @@ fn build(arches: &[Arch]) -> anyhow::Result<Vec<(Arch, PathBuf)>> {
     let mut build = project::cargo(None);
     build.args(["build", "--release", "-p", "portwatch"]);
     project::succeed(build)?;
-    let root = project::workspace_root();
-    let out = root.join("target/dist");
+    let target = project::target_dir()?;
+    let out = target.join("dist");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     ensure_cargo_deb()?;
     // Old packages would make "the package" ambiguous for whoever installs from here.
     for old in debs(&out)? {
         std::fs::remove_file(&old).with_context(|| format!("removing {}", old.display()))?;
     }
-    let host_binary = root.join("target/release/portwatch");
+    let host_binary = target.join("release/portwatch");
     let mut packages = Vec::new();
     for &arch in arches {
         let release = match arch.cargo_target() {
-            None => root.join("target/release"),
+            None => target.join("release"),
             Some(triple) => {
                 arch.ensure_build_tools()?;
                 let mut build = project::cargo(None);
                 build.args(["build", "--release", "-p", "portwatch", "--target", triple]);
                 project::succeed(build)?;
-                root.join("target").join(triple).join("release")
+                target.join(triple).join("release")
             }
         };
-        // cargo-deb reads the manifest's `target/release/...` assets from the target's own
-        // directory when given --target.
+        // cargo-deb reads the manifest's `target/release/...` assets from cargo's real target
+        // directory, and from the target's own directory when given --target.
         generate_docs(&host_binary, &release.join("generated"))?;
         let mut deb = project::cargo(None);
         deb.args(["deb", "-p", "portwatch", "--no-build", "--output"])
