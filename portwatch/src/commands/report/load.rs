@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, path::PathBuf};
 
-use super::record::Record;
+use super::record::{self, Record};
 use crate::{
     model::record::Line,
     output::capture::reader::{self, ReadError},
@@ -141,8 +141,7 @@ pub fn load(
             last_line = line.number;
             // Named only when something is wrong: most lines never need it.
             let where_ = || format!("{}:{}", part.path, line.number);
-            let parsed = Line::parse(&line.text)
-                .map_err(|_| "not a JSON record (a torn or truncated line)".to_string());
+            let parsed = Line::parse(&line.text).map_err(|err| record::unreadable(&err));
             let seq = parsed.as_ref().ok().and_then(|parsed| parsed.seq);
             let record = parsed.and_then(|parsed| Record::from_line(&parsed));
             let record = match record {

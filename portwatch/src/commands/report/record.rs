@@ -264,9 +264,18 @@ impl Record {
     /// Reads one line of text: a JSON object of a known or unknown kind.
     #[cfg(test)]
     pub fn parse(text: &str) -> Result<Self, String> {
-        let line = Line::parse(text)
-            .map_err(|_| "not a JSON record (a torn or truncated line)".to_string())?;
+        let line = Line::parse(text).map_err(|err| unreadable(&err))?;
         Self::from_line(&line)
+    }
+}
+
+/// Why a line could not be read, in the reader's words: a line cut short, text that is not
+/// JSON, or JSON that is not a portwatch record (serde names the key and its column).
+pub fn unreadable(err: &serde_json::Error) -> String {
+    match err.classify() {
+        serde_json::error::Category::Eof => "not a JSON record (a torn or truncated line)".into(),
+        serde_json::error::Category::Data => format!("not a portwatch record: {err}"),
+        _ => format!("not a JSON record: {err}"),
     }
 }
 
@@ -365,5 +374,24 @@ mod tests {
         );
         assert_eq!(pressure.top[0].0.pid, Some(7));
         assert_eq!(pressure.top[0].1, 88);
+    }
+
+    #[test]
+    fn an_unreadable_line_says_what_is_wrong_with_it() {
+        let torn = Record::parse(r#"{"seq":1,"ts":"2026-12-03T10:00:00Z","event":"cla"#);
+        assert_eq!(
+            torn.unwrap_err(),
+            "not a JSON record (a torn or truncated line)"
+        );
+        let not_json = Record::parse("hello").unwrap_err();
+        assert!(
+            not_json.starts_with("not a JSON record: expected value"),
+            "{not_json}"
+        );
+        let partial = Record::parse(r#"{"seq":2,"event":"summary","counts":{}}"#).unwrap_err();
+        assert!(
+            partial.starts_with("not a portwatch record: missing field `claim`"),
+            "{partial}"
+        );
     }
 }
