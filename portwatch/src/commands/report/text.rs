@@ -21,6 +21,9 @@ const GROUPS: usize = 10;
 const PORTS: usize = 15;
 
 /// Whether `hold` can join a run that `first` began.
+/// Pressure records shown without `--detail`.
+const PRESSURE_SHOWN: usize = 5;
+
 fn same_churn(first: &Hold, hold: &Hold) -> bool {
     let brief = |hold: &Hold| {
         matches!(hold.end, End::Closed(_))
@@ -193,6 +196,37 @@ pub fn write_ephemeral(out: &mut impl Write, report: &Report) -> io::Result<()> 
     Ok(())
 }
 
+/// The tracer's `--pressure` crossings: the first few, then how many more and over what time,
+/// since a long capture of a busy host crosses its threshold again and again.
+fn write_pressure(out: &mut impl Write, report: &Report) -> io::Result<()> {
+    let events = &report.pressure_events;
+    let shown = if report.detail {
+        events.len()
+    } else {
+        events.len().min(PRESSURE_SHOWN)
+    };
+    for pressure in &events[..shown] {
+        writeln!(out, "pressure: {}", words::pressure_event(pressure))?;
+    }
+    if let (Some(first), Some(last)) = (events.get(shown), events.last()) {
+        writeln!(
+            out,
+            "pressure: {} more record(s) from {} to {}: --detail lists them",
+            events.len() - shown,
+            words::clock(first.ts),
+            words::clock(last.ts)
+        )?;
+    }
+    if report.pressure_events_not_kept > 0 {
+        writeln!(
+            out,
+            "pressure: {} more record(s) after those, counted but not kept",
+            report.pressure_events_not_kept
+        )?;
+    }
+    Ok(())
+}
+
 fn write_busiest(out: &mut impl Write, report: &Report) -> io::Result<()> {
     if report.busiest.is_empty() {
         return Ok(());
@@ -356,16 +390,7 @@ pub fn write(out: &mut impl Write, report: &Report) -> io::Result<()> {
     }
     write_failures(out, report)?;
     write_ephemeral(out, report)?;
-    for pressure in &report.pressure_events {
-        writeln!(out, "pressure: {}", words::pressure_event(pressure))?;
-    }
-    if report.pressure_events_not_kept > 0 {
-        writeln!(
-            out,
-            "pressure: {} more records",
-            report.pressure_events_not_kept
-        )?;
-    }
+    write_pressure(out, report)?;
     write_busiest(out, report)?;
     write_ports(out, report)?;
     if report.detail {
@@ -457,6 +482,43 @@ mod tests {
         assert!(
             text.contains("and 5000 ephemeral port(s) held 5000 time(s)"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn pressure_records_beyond_a_few_are_counted_with_their_times() {
+        let lines: Vec<String> = (0..40u32)
+            .map(|i| {
+                format!(
+                    r#"{{"ts":"{}","event":"pressure","proto":"tcp","state":"{}","in_use":{},"range":"40000-49999","range_size":10000,"share_pct":80.0}}"#,
+                    at(1 + i, 0),
+                    if i % 2 == 0 { "high" } else { "normal" },
+                    8000 - i % 2 * 1000
+                )
+            })
+            .collect();
+        let summary = text(&lines, false);
+        let pressure: Vec<&str> = summary
+            .lines()
+            .filter(|line| line.starts_with("pressure: "))
+            .collect();
+        assert_eq!(pressure.len(), 6, "{summary}");
+        assert!(
+            pressure[0].starts_with("pressure: 10:00:01.000000 tcp high"),
+            "{summary}"
+        );
+        assert_eq!(
+            pressure[5],
+            "pressure: 35 more record(s) from 10:00:06.000000 to 10:00:40.000000: --detail lists them"
+        );
+        let detail = text(&lines, true);
+        assert_eq!(
+            detail
+                .lines()
+                .filter(|line| line.starts_with("pressure: "))
+                .count(),
+            40,
+            "{detail}"
         );
     }
 
