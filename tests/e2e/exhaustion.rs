@@ -158,6 +158,20 @@ fn explained<'a>(
     Ok(exhaustion)
 }
 
+/// Fills the range with connections to `server` (port `A`) and closes them client first, so
+/// every port of the range is held by a TIME_WAIT socket toward it.
+fn leave_in_time_wait(server: &Socket) -> io::Result<()> {
+    let clients = connect_all(PORTS, A, || Socket::new(Kind::Tcp, V4))?;
+    let accepted = (0..PORTS)
+        .map(|_| server.accept())
+        .collect::<io::Result<Vec<_>>>()?;
+    drop(clients);
+    std::thread::sleep(Duration::from_millis(100));
+    drop(accepted);
+    std::thread::sleep(Duration::from_millis(100));
+    Ok(())
+}
+
 /// The kernel connected toward `B` after the failure: the explanation must have left a port.
 fn another_destination_connected(exhaustion: &Value, addr: IpAddr, connected: bool) -> Outcome {
     let usable = usable_toward(exhaustion, addr, B);
@@ -230,15 +244,7 @@ pub fn time_wait_exhaustion() -> Outcome {
     let tracer = start()?;
     let (netns, (fifth, other)) = in_namespace(Some(&tracer), 0, || {
         let servers = (tcp_listener(V4, A)?, tcp_listener(V4, B)?);
-        let clients = connect_all(PORTS, A, || Socket::new(Kind::Tcp, V4))?;
-        let accepted = (0..PORTS)
-            .map(|_| servers.0.accept())
-            .collect::<io::Result<Vec<_>>>()?;
-        // The clients close first (TIME_WAIT is theirs), then the server's ends.
-        drop(clients);
-        std::thread::sleep(Duration::from_millis(100));
-        drop(accepted);
-        std::thread::sleep(Duration::from_millis(100));
+        leave_in_time_wait(&servers.0)?;
         let fifth = outcome(Socket::new(Kind::Tcp, V4)?.connect(A));
         let other = Socket::new(Kind::Tcp, V4)?;
         Ok((fifth, outcome(other.connect(B))))
@@ -252,6 +258,34 @@ pub fn time_wait_exhaustion() -> Outcome {
         exhaustion["toward_destination"]["by_state"]["time_wait"] == PORTS
             && exhaustion["busiest_destinations"][0]["time_wait"] == PORTS,
         || format!("the ports should be in TIME_WAIT: {exhaustion}"),
+    )?;
+    another_destination_connected(exhaustion, V4, other.is_ok())
+}
+
+/// With `tcp_tw_reuse` a connect takes over a TIME_WAIT socket's 4-tuple, and the kernel kills
+/// that socket on the way (an end the tracepoint backend cannot see): four clients closed into
+/// TIME_WAIT, four new ones reuse their ports, and the fifth fails with the four connections,
+/// not eight sockets, counted toward the server.
+pub fn time_wait_reuse_is_counted_once() -> Outcome {
+    let tracer = start()?;
+    let (netns, (reused, fifth, other)) = in_namespace(Some(&tracer), 1, || {
+        let servers = (tcp_listener(V4, A)?, tcp_listener(V4, B)?);
+        leave_in_time_wait(&servers.0)?;
+        // A TIME_WAIT socket is taken over once its last timestamp is over a second old.
+        std::thread::sleep(Duration::from_millis(2200));
+        let reused = connect_all(PORTS, A, || Socket::new(Kind::Tcp, V4));
+        let fifth = outcome(Socket::new(Kind::Tcp, V4)?.connect(A));
+        let other = Socket::new(Kind::Tcp, V4)?;
+        Ok((reused.map(|_| ()), fifth, outcome(other.connect(B))))
+    })?;
+    let trace = tracer.stop()?;
+    check(reused.is_ok() && fifth == Err(libc::EADDRNOTAVAIL), || {
+        format!("the four reusing connects: {reused:?}; the fifth: {fifth:?}")
+    })?;
+    let exhaustion = explained(&trace, netns, "EADDRNOTAVAIL", (V4, A), 0, PORTS as i64)?;
+    check(
+        exhaustion["toward_destination"]["by_state"] == serde_json::json!({ "established": PORTS }),
+        || format!("four established connections, no TIME_WAIT left: {exhaustion}"),
     )?;
     another_destination_connected(exhaustion, V4, other.is_ok())
 }

@@ -110,6 +110,7 @@ fn scenarios() -> Vec<Trial> {
         exhaustion::one_destination_exhausted_another_connects,
         exhaustion::one_destination_exhausted_ipv6,
         exhaustion::time_wait_exhaustion,
+        exhaustion::time_wait_reuse_is_counted_once,
         exhaustion::bound_ports_block_every_destination,
         exhaustion::bind_before_connect_with_and_without_no_port,
         exhaustion::udp_connect_exhaustion,

@@ -126,7 +126,11 @@ impl Holders {
     pub fn observe(&mut self, event: &Event) -> Option<PortChange> {
         let (released, taken) = match event.kind {
             Kind::Held => (false, self.put(event, Entry::from_held(event))),
-            Kind::Claim => (false, self.put(event, Entry::from_claim(event))),
+            Kind::Claim => {
+                let entry = Entry::from_claim(event);
+                let emptied = self.end_time_waits_taken_over(event, &entry);
+                (emptied, self.put(event, entry))
+            }
             Kind::Listen => self.change(event, |entry| entry.state = SocketState::Listen),
             Kind::Free if event.time_wait => self.change(event, |entry| {
                 // The TIME_WAIT socket is known by its connection from now on.
@@ -206,6 +210,44 @@ impl Holders {
             .or_insert_with(|| spare_entries.pop().unwrap_or_default())
             .push(entry);
         first
+    }
+
+    /// Removes the TIME_WAIT sockets listed under the 4-tuple a connect just got: the kernel
+    /// lets a connect take over a TIME_WAIT socket's 4-tuple (`tcp_tw_reuse`) only by killing
+    /// that socket (`__inet_check_established` in net/ipv4/inet_hashtables.c), an end the
+    /// tracepoint backend cannot see. True when that emptied the port.
+    fn end_time_waits_taken_over(&mut self, event: &Event, entry: &Entry) -> bool {
+        if entry.toward().is_none() {
+            return false;
+        }
+        let key = key(event);
+        let id = socket_id(entry.local_addr, entry.remote);
+        let Some(port) = self.ports.get_mut(&key) else {
+            return false;
+        };
+        let Some(entries) = port.get_mut(&id) else {
+            return false;
+        };
+        let (ended, kept): (Vec<Entry>, Vec<Entry>) = entries
+            .drain(..)
+            .partition(|held| held.state == SocketState::TimeWait);
+        entries.extend(kept);
+        if ended.is_empty() {
+            return false;
+        }
+        if entries.is_empty()
+            && let Some(emptied) = port.remove(&id)
+        {
+            keep_spare(&mut self.spare_entries, emptied, Vec::capacity);
+        }
+        let emptied = port.is_empty();
+        if emptied && let Some(table) = self.ports.remove(&key) {
+            keep_spare(&mut self.spare_sockets, table, HashMap::capacity);
+        }
+        for time_wait in &ended {
+            self.index(event, time_wait, false);
+        }
+        emptied
     }
 
     /// Takes out the entry an event about a socket refers to: the same socket of the same
@@ -528,6 +570,36 @@ mod tests {
         end.time_wait_end = true;
         holders.observe(&end);
         assert_eq!(holders.len(), 0);
+    }
+
+    #[test]
+    fn a_connect_that_takes_over_a_time_wait_ends_it() {
+        let mut holders = Holders::default();
+        let peer = Some((LO4, 5432));
+        let connect = |pid| {
+            let mut claim = event(Kind::Claim, LO4, peer, pid);
+            claim.how = Some(How::Connect);
+            claim
+        };
+        let first = holders.observe(&connect(10));
+        assert!(first.is_some_and(|change| change.taken));
+        let mut time_wait = event(Kind::Free, LO4, peer, 10);
+        time_wait.time_wait = true;
+        holders.observe(&time_wait);
+        let toward = Holders::toward_of(&connect(11)).unwrap();
+        assert_eq!(holders.toward_count(&toward), 1);
+        // The same 4-tuple again: the kernel killed the TIME_WAIT socket to hand it over, and
+        // the port never went free.
+        assert_eq!(holders.observe(&connect(11)), None);
+        assert_eq!(holders.toward_count(&toward), 1);
+        assert_eq!(holders.len(), 1);
+        let holder = holders
+            .holder_for(&event(Kind::Fail, ANY4, None, 12))
+            .unwrap();
+        assert_eq!(
+            (holder.state, holder.task.map(|task| task.pid)),
+            ("established", Some(11))
+        );
     }
 
     #[test]
