@@ -135,12 +135,11 @@ pub fn page(report: &Report) -> Result<String, String> {
     {
         let _ = write!(out, "<p>{}</p>", escape(line.trim()));
     }
-    for pressure in &report.pressure_events {
-        let _ = write!(
-            out,
-            "<p class=\"pressure\">pressure: {}</p>",
-            escape(&words::pressure_event(pressure))
-        );
+    let mut pressure_text = Vec::new();
+    crate::commands::report::text::write_pressure(&mut pressure_text, report)
+        .map_err(|err| format!("laying out the pressure records: {err}"))?;
+    for line in String::from_utf8_lossy(&pressure_text).lines() {
+        let _ = write!(out, "<p class=\"pressure\">{}</p>", escape(line));
     }
     let _ = write!(
         out,

@@ -198,7 +198,7 @@ pub fn write_ephemeral(out: &mut impl Write, report: &Report) -> io::Result<()> 
 
 /// The tracer's `--pressure` crossings: the first few, then how many more and over what time,
 /// since a long capture of a busy host crosses its threshold again and again.
-fn write_pressure(out: &mut impl Write, report: &Report) -> io::Result<()> {
+pub fn write_pressure(out: &mut impl Write, report: &Report) -> io::Result<()> {
     let events = &report.pressure_events;
     let shown = if report.detail {
         events.len()
