@@ -119,6 +119,16 @@ fn key(event: &PortEvent) -> SocketKey {
     )
 }
 
+/// The key of the socket a hold is of.
+fn hold_key(hold: &Hold) -> SocketKey {
+    (
+        hold.proto,
+        hold.port,
+        hold.family == "ipv6",
+        hold.process.pid,
+    )
+}
+
 /// When a free's socket was claimed, by its `held_ns`.
 fn claimed_at(event: &PortEvent) -> Option<u128> {
     event
@@ -153,7 +163,10 @@ impl Timeline {
         self.expire(event.ts, watcher);
         self.last = self.last.max(event.ts);
         match event.kind {
-            Kind::Claim => self.open(event, Some(event.ts), true, false, watcher),
+            Kind::Claim => {
+                self.end_time_waits_taken_over(event, watcher);
+                self.open(event, Some(event.ts), true, false, watcher);
+            }
             Kind::Held => self.held(event, watcher),
             Kind::Listen => self.listen(event, watcher),
             Kind::Free if event.time_wait_end => self.time_wait_end(event, watcher),
@@ -190,13 +203,7 @@ impl Timeline {
             let Some(mut live) = self.remove(id) else {
                 continue;
             };
-            let hold_key = (
-                live.hold.proto,
-                live.hold.port,
-                live.hold.family == "ipv6",
-                live.hold.process.pid,
-            );
-            remove_id(&mut self.time_waits, &hold_key, id);
+            remove_id(&mut self.time_waits, &hold_key(&live.hold), id);
             let ended = match live.hold.end {
                 End::TimeWait { closed, .. } => closed.unwrap_or(deadline) + TIME_WAIT_NS,
                 _ => deadline,
@@ -259,6 +266,42 @@ impl Timeline {
         watcher.opened(&hold, event.ts);
         let id = self.insert(hold, true);
         self.open.entry(key(event)).or_default().push(id);
+    }
+
+    /// A connect that got the 4-tuple of a socket still in TIME_WAIT took it over, and the
+    /// kernel killed that socket on the way (`tcp_tw_reuse`; `__inet_check_established` in
+    /// net/ipv4/inet_hashtables.c): its TIME_WAIT ends here, whether or not the capture has an
+    /// end for it (the tracepoint backend records none for such a socket).
+    fn end_time_waits_taken_over(&mut self, event: &PortEvent, watcher: &mut impl Watcher) {
+        if event.remote.is_none() || !matches!(event.how.as_deref(), Some("connect" | "autobind")) {
+            return;
+        }
+        let taken_over: Vec<u64> = self
+            .by_port
+            .get(&(event.proto, event.port))
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|id| {
+                self.live.get(id).is_some_and(|live| {
+                    let hold = &live.hold;
+                    matches!(hold.end, End::TimeWait { ended: None, .. })
+                        && hold.remote == event.remote
+                        && hold.local_addr == event.local_addr
+                        && hold.netns == event.netns
+                })
+            })
+            .collect();
+        for id in taken_over {
+            let Some(mut live) = self.remove(id) else {
+                continue;
+            };
+            remove_id(&mut self.time_waits, &hold_key(&live.hold), id);
+            if let End::TimeWait { ended, .. } = &mut live.hold.end {
+                *ended = Some(event.ts);
+            }
+            watcher.finished(live.hold, event.ts, live.counted);
+        }
     }
 
     fn wait_for_end(&mut self, id: u64, from: u128, event: &PortEvent) {
@@ -518,6 +561,36 @@ pub mod tests {
         let hold = &holds[0];
         assert_eq!((hold.from, hold.end.clone()), (Some(10), End::Closed(30)));
         assert!(hold.listening && hold.claim_seen);
+    }
+
+    #[test]
+    fn a_connect_taking_over_a_time_wait_ends_it() {
+        let connect = |ts| {
+            let mut claim = event(Kind::Claim, 40000, 1, ts);
+            claim.how = Some("connect".into());
+            claim.remote = Some("127.0.0.1:5432".into());
+            claim
+        };
+        let mut time_wait = connect(20);
+        time_wait.kind = Kind::Free;
+        time_wait.time_wait = true;
+        let mut other_peer = connect(1_000);
+        other_peer.remote = Some("127.0.0.1:6379".into());
+        let holds = holds(&[connect(10), time_wait, other_peer, connect(2_000)]);
+        // The TIME_WAIT ends when its 4-tuple is taken again, not when another peer's is.
+        assert_eq!(holds.len(), 3, "{holds:?}");
+        assert_eq!(
+            (holds[0].from, &holds[0].end),
+            (
+                Some(10),
+                &End::TimeWait {
+                    closed: Some(20),
+                    ended: Some(2_000)
+                }
+            )
+        );
+        assert!(!holds[0].time_wait_assumed);
+        assert!(holds[1..].iter().all(|hold| hold.end == End::Open));
     }
 
     #[test]
