@@ -207,7 +207,8 @@ impl Holders {
                 spare_sockets.pop().unwrap_or_default()
             })
             .entry(socket_id(entry.local_addr, entry.remote))
-            .or_insert_with(|| spare_entries.pop().unwrap_or_default())
+            // Most sockets are alone under their addresses: room for one, not Vec's first four.
+            .or_insert_with(|| spare_entries.pop().unwrap_or_else(|| Vec::with_capacity(1)))
             .push(entry);
         first
     }
