@@ -20,10 +20,10 @@ const GROUPS: usize = 10;
 /// Notable ports the summary lists; the rest are counted.
 const PORTS: usize = 15;
 
-/// Whether `hold` can join a run that `first` began.
 /// Pressure records shown without `--detail`.
 const PRESSURE_SHOWN: usize = 5;
 
+/// Whether `hold` can join a run that `first` began.
 fn same_churn(first: &Hold, hold: &Hold) -> bool {
     let brief = |hold: &Hold| {
         matches!(hold.end, End::Closed(_))
