@@ -266,29 +266,14 @@ fn dump_here(query: &Query) -> Result<Dumped, SnapshotError> {
         let dumped =
             match every_family.then(|| diag::dump_tcp_every_family(states, program.as_deref())) {
                 Some(Ok(dumped)) => dumped,
-                _ => {
-                    let mut dumped = Vec::new();
-                    for &family in &query.families {
-                        dumped.extend(
-                            match diag::dump(proto, family, states, program.as_deref()) {
-                                // No sock_diag handler for this protocol on this kernel.
-                                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
-                                    if !without_sock_diag.contains(&proto) {
-                                        without_sock_diag.push(proto);
-                                    }
-                                    procnet::dump(proto, family, wanted)
-                                }
-                                other => other,
-                            }
-                            .map_err(|cause| SnapshotError::Dump {
-                                proto,
-                                family,
-                                cause,
-                            })?,
-                        );
-                    }
-                    dumped
-                }
+                _ => dump_per_family(
+                    query,
+                    proto,
+                    states,
+                    program.as_deref(),
+                    wanted,
+                    &mut without_sock_diag,
+                )?,
             };
         // A covering program may pass a few ports around the wanted ones.
         found.extend(
@@ -301,6 +286,36 @@ fn dump_here(query: &Query) -> Result<Dumped, SnapshotError> {
         sockets: found,
         without_sock_diag,
     })
+}
+
+/// One protocol's sockets, a family at a time, read from /proc/net where this kernel's
+/// sock_diag has no handler for the protocol (which is then added to `without_sock_diag`).
+fn dump_per_family(
+    query: &Query,
+    proto: Proto,
+    states: u32,
+    program: Option<&[u8]>,
+    wanted: impl Fn(u16) -> bool + Copy,
+    without_sock_diag: &mut Vec<Proto>,
+) -> Result<Vec<Diagnosed>, SnapshotError> {
+    let mut dumped = Vec::new();
+    for &family in &query.families {
+        let sockets = match diag::dump(proto, family, states, program) {
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
+                if !without_sock_diag.contains(&proto) {
+                    without_sock_diag.push(proto);
+                }
+                procnet::dump(proto, family, wanted)
+            }
+            other => other,
+        };
+        dumped.extend(sockets.map_err(|cause| SnapshotError::Dump {
+            proto,
+            family,
+            cause,
+        })?);
+    }
+    Ok(dumped)
 }
 
 /// Notes, owners and order for the sockets of every namespace read.
