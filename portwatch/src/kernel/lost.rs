@@ -23,6 +23,8 @@ pub struct LostCounter {
     slots: NonNull<AtomicU64>,
     count: usize,
     len: usize,
+    /// The total as last read.
+    reported: u64,
 }
 
 // SAFETY: the mapping is shared memory the kernel updates a word at a time; reading it through
@@ -53,11 +55,24 @@ impl LostCounter {
             return Err(io::Error::last_os_error());
         }
         let slots = NonNull::new(address.cast::<AtomicU64>()).ok_or(io::ErrorKind::Other)?;
-        Ok(Self { slots, count, len })
+        Ok(Self {
+            slots,
+            count,
+            len,
+            reported: 0,
+        })
+    }
+
+    /// Events lost since the last call, on every CPU.
+    pub fn newly_lost(&mut self) -> u64 {
+        let total = self.total();
+        let new = total.saturating_sub(self.reported);
+        self.reported = total;
+        new
     }
 
     /// Events lost since the programs were loaded, on every CPU.
-    pub fn total(&self) -> u64 {
+    fn total(&self) -> u64 {
         (0..self.count)
             .map(|slot| {
                 // SAFETY: the mapping is live until drop, page-aligned and `count` u64 slots

@@ -22,7 +22,6 @@ const BATCH_INTERVAL: Duration = Duration::from_millis(25);
 pub struct Stream {
     ring: AsyncFd<RingBuf<MapData>>,
     lost: LostCounter,
-    lost_reported: u64,
     skipped: SkippedRuns,
 }
 
@@ -39,7 +38,6 @@ impl Stream {
                 .map_err(|err| err.into_parts().1)
                 .context("registering the ring buffer with epoll")?,
             lost,
-            lost_reported: 0,
             skipped,
         })
     }
@@ -74,10 +72,7 @@ impl Stream {
 
     /// Events dropped since the last call because the ring buffer was full.
     pub fn newly_lost(&mut self) -> u64 {
-        let total = self.lost.total();
-        let new = total.saturating_sub(self.lost_reported);
-        self.lost_reported = total;
-        new
+        self.lost.newly_lost()
     }
 
     /// Program runs the kernel skipped since the last call, and in all; None where it does
