@@ -38,9 +38,11 @@ impl Tally {
                     .ok_or("a lost event without a count")
             })
             .sum::<Result<u64, _>>()?;
-        let summary = trace.summary().unwrap_or_default();
-        if !summary.ends_with(&format!(" lost={lost}")) {
-            return Err(format!("summary {summary:?} does not say lost={lost}"));
+        if trace.summary_count("lost") != Some(lost) {
+            return Err(format!(
+                "summary {:?} does not say lost={lost}",
+                trace.summary()
+            ));
         }
         let skipped = trace
             .stderr

@@ -340,10 +340,8 @@ pub fn report_states_lost_events() -> Outcome {
     let trace = tracer.stop()?;
     churned?;
     let summary = trace.summary().ok_or("no summary")?.to_string();
-    let lost: u64 = summary
-        .rsplit("lost=")
-        .next()
-        .and_then(|n| n.parse().ok())
+    let lost = trace
+        .summary_count("lost")
         .ok_or_else(|| format!("summary {summary:?}"))?;
     check(lost > 0, || {
         format!("nothing lost with a 4 KiB ring: {summary}")

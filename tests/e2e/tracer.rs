@@ -359,6 +359,7 @@ impl Tracer {
             exit_code: status.and_then(|s| s.code()),
         };
         LAST_SUMMARY.set(trace.summary().map(str::to_string));
+        SKIPPED_RUNS.set(SKIPPED_RUNS.get() + trace.summary_count("skipped_runs").unwrap_or(0));
         Ok(trace)
     }
 }
@@ -367,6 +368,17 @@ thread_local! {
     /// The summary of the last tracer this scenario's thread stopped, so that a failing scenario
     /// says what the tracer counted (lost events above all) without each scenario asking.
     static LAST_SUMMARY: std::cell::Cell<Option<String>> = const { std::cell::Cell::new(None) };
+}
+
+thread_local! {
+    /// Program runs the kernel skipped, over every tracer this scenario's thread stopped: a
+    /// failure with skipped runs may be the kernel's, not portwatch's (see `main.rs`).
+    static SKIPPED_RUNS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Takes the count [`SKIPPED_RUNS`] holds, leaving 0 for the next scenario.
+pub fn take_skipped_runs() -> u64 {
+    SKIPPED_RUNS.take()
 }
 
 /// Takes the summary [`LAST_SUMMARY`] holds, leaving none for the next scenario.
@@ -412,6 +424,18 @@ impl Trace {
             .iter()
             .find_map(|line| line.strip_prefix("portwatch: summary "))
     }
+
+    /// One `key=N` of the summary line (`lost`, `skipped_runs`, a kind's count).
+    pub fn summary_count(&self, key: &str) -> Option<u64> {
+        summary_count(self.summary()?, key)
+    }
+}
+
+/// One `key=N` of a summary line.
+pub fn summary_count(summary: &str, key: &str) -> Option<u64> {
+    summary
+        .split(' ')
+        .find_map(|part| part.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
 /// The inode of this process's network namespace, as portwatch reports it in `netns`.

@@ -491,7 +491,11 @@ impl Pipeline {
     }
 
     fn report_lost(&mut self, stream: &mut Stream) -> anyhow::Result<()> {
-        if let Some((skipped, total)) = stream.newly_skipped()
+        let newly_skipped = stream.newly_skipped();
+        if let Some((_, total)) = newly_skipped {
+            self.summary.skipped_runs = Some(total);
+        }
+        if let Some((skipped, total)) = newly_skipped
             && skipped > 0
         {
             eprintln!(

@@ -128,6 +128,8 @@ pub struct Line<'a> {
     pub end: Option<Text<'a>>,
     pub counts: Option<Counts>,
     pub lost: Option<u64>,
+    /// Program runs the kernel skipped (absent where the kernel does not count them).
+    pub skipped_runs: Option<u64>,
     pub duration_ns: Option<u64>,
 
     /// Sealed captures: the record's link in the hash chain.

@@ -189,6 +189,7 @@ fn head(report: &Report) -> Value {
             "skipped": report.losses.skipped,
             "summary_seen": report.losses.ending.is_some(),
             "end": report.losses.ending.as_ref().map(|ending| ending.end.clone()),
+            "skipped_runs": report.losses.ending.as_ref().and_then(|ending| ending.skipped_runs),
         },
         "delivered": report.losses.delivered,
         "problems": report.problems,

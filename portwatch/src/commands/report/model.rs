@@ -52,6 +52,8 @@ pub struct Capture {
 pub struct Ending {
     pub end: String,
     pub lost: u64,
+    /// Program runs the kernel skipped, where it counted them.
+    pub skipped_runs: Option<u64>,
 }
 
 /// What the kernel dropped, what the files miss and what they hold: the report always states it.
@@ -424,7 +426,18 @@ impl Digest {
             }
             Record::Other { event } => *self.other_kinds.entry(event).or_default() += 1,
             Record::Lost { count, .. } => self.lost_in_records += count,
-            Record::Summary { end, lost, .. } => self.ending = Some(Ending { end, lost }),
+            Record::Summary {
+                end,
+                lost,
+                skipped_runs,
+                ..
+            } => {
+                self.ending = Some(Ending {
+                    end,
+                    lost,
+                    skipped_runs,
+                })
+            }
         }
     }
 

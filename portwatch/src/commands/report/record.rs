@@ -101,6 +101,7 @@ pub enum Record {
         ts: u128,
         end: String,
         lost: u64,
+        skipped_runs: Option<u64>,
     },
     /// A record of a kind this report does not know (from a newer portwatch): counted and
     /// named in the report, not an error.
@@ -250,6 +251,7 @@ impl Record {
                 ts: timestamp(&line.ts, "ts")?,
                 end: optional_text(&line.end).unwrap_or_default(),
                 lost: needed(line.lost, "lost")?,
+                skipped_runs: line.skipped_runs,
             }),
             "pressure" => pressure(line).map(Record::Pressure),
             name => match Kind::ALL.into_iter().find(|kind| kind.name() == name) {

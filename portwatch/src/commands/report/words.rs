@@ -127,7 +127,14 @@ pub fn losses(losses: &Losses) -> String {
         ),
     };
     match &losses.ending {
-        Some(ending) => text.push_str(&format!("; the capture ended ({})", ending.end)),
+        Some(ending) => {
+            text.push_str(&format!("; the capture ended ({})", ending.end));
+            if let Some(runs @ 1..) = ending.skipped_runs {
+                text.push_str(&format!(
+                    "; the kernel skipped {runs} runs of portwatch's programs (another BPF program or a bpf() call held the CPU), so events may be missing that no count covers"
+                ));
+            }
+        }
         None => text.push_str(
             "; no summary record: the capture was still running or cut short, so later losses are unknown",
         ),
@@ -327,5 +334,33 @@ fn parts(parts: &[u64]) -> String {
             .map(u64::to_string)
             .collect::<Vec<_>>()
             .join(","),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::report::model::Ending;
+
+    fn ended(skipped_runs: Option<u64>) -> Losses {
+        Losses {
+            lost_events: 0,
+            missing_records: 0,
+            skipped: 0,
+            ending: Some(Ending {
+                end: "interrupt".into(),
+                lost: 0,
+                skipped_runs,
+            }),
+            delivered: Default::default(),
+        }
+    }
+
+    #[test]
+    fn skipped_runs_are_stated_only_when_there_were_some() {
+        assert!(losses(&ended(Some(7))).contains("the kernel skipped 7 runs"));
+        for quiet in [Some(0), None] {
+            assert!(!losses(&ended(quiet)).contains("skipped"), "{quiet:?}");
+        }
     }
 }

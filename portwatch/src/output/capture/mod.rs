@@ -96,19 +96,26 @@ fn write_without_braces(out: &mut impl Write, line: &Line<'_>) -> io::Result<()>
 pub struct Summary {
     pub counts: HashMap<Kind, u64>,
     pub lost: u64,
+    /// Runs of the programs the kernel skipped, when it counts them (Linux 6.7 and later):
+    /// events never made, so not among the lost.
+    pub skipped_runs: Option<u64>,
     pub started: Option<Timestamp>,
     /// `interrupt`, `terminate`, `duration`, `count`, `closed-pipe` or `error`.
     pub end: &'static str,
 }
 
 impl Summary {
-    /// `claim=3 listen=1 free=3 fail=1 held=0 lost=0`, as the stderr line shows it.
+    /// `claim=3 listen=1 free=3 fail=1 held=0 lost=0 skipped_runs=0`, as the stderr line shows
+    /// it (without `skipped_runs` where the kernel does not count them).
     pub fn counts_line(&self) -> String {
         let mut parts: Vec<String> = Kind::ALL
             .iter()
             .map(|kind| format!("{}={}", kind.name(), self.count(*kind)))
             .collect();
         parts.push(format!("lost={}", self.lost));
+        if let Some(skipped) = self.skipped_runs {
+            parts.push(format!("skipped_runs={skipped}"));
+        }
         parts.join(" ")
     }
 
@@ -131,6 +138,7 @@ impl Summary {
                 held: self.count(Kind::Held),
             }),
             lost: Some(self.lost),
+            skipped_runs: self.skipped_runs,
             duration_ns: self
                 .started
                 .map(|started| u64::try_from(now.nanos_since(started)).unwrap_or(u64::MAX)),
@@ -204,13 +212,18 @@ mod tests {
         let summary = Summary {
             counts: [(Kind::Claim, 3), (Kind::Held, 1)].into_iter().collect(),
             lost: 2,
+            skipped_runs: Some(4),
             started: Some(Timestamp::from_unix_nanos(0)),
             end: "interrupt",
         };
-        let line = Line::parse(&object(|out| summary.write_fields(out)))
-            .unwrap()
-            .counts
-            .unwrap();
-        assert_eq!((line.claim, line.held, line.free), (3, 1, 0));
+        let text = object(|out| summary.write_fields(out));
+        let line = Line::parse(&text).unwrap();
+        assert_eq!(line.skipped_runs, Some(4));
+        let counts = line.counts.unwrap();
+        assert_eq!((counts.claim, counts.held, counts.free), (3, 1, 0));
+        assert_eq!(
+            summary.counts_line(),
+            "claim=3 listen=0 free=0 fail=0 held=1 lost=2 skipped_runs=4"
+        );
     }
 }
