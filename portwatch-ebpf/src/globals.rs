@@ -3,17 +3,14 @@
 //! They live in `.rodata`, which aya freezes, so the verifier sees them as constants: branches on
 //! them cost nothing at run time and dead ones are never verified.
 
-use portwatch_ebpf::{Offsets, Settings, Syscalls};
+use portwatch_ebpf::{Offsets, Settings};
 
-// SAFETY: all three are plain-integer repr(C) structs for which all-zero is a valid value.
+// SAFETY: both are plain-integer repr(C) structs for which all-zero is a valid value.
 #[unsafe(no_mangle)]
 pub(crate) static OFFSETS: Offsets = unsafe { core::mem::zeroed() };
 // SAFETY: as above.
 #[unsafe(no_mangle)]
 pub(crate) static SETTINGS: Settings = unsafe { core::mem::zeroed() };
-// SAFETY: as above.
-#[unsafe(no_mangle)]
-pub(crate) static SYSCALLS: Syscalls = unsafe { core::mem::zeroed() };
 
 /// Reads one field of a global through a volatile load so the compiler cannot fold in the
 /// zero it was compiled with.

@@ -2,7 +2,7 @@
 //!
 //! Everything here is `#[repr(C)]` and `Copy` so that one definition serves both sides: the kernel
 //! writes [`RawEvent`]s into the ring buffer and userspace reads them back byte for byte, and
-//! userspace hands [`Offsets`], [`Settings`] and [`Syscalls`] to the programs as read-only globals.
+//! userspace hands [`Offsets`] and [`Settings`] to the programs as read-only globals.
 #![no_std]
 
 pub mod programs;
@@ -155,27 +155,6 @@ pub struct Settings {
     pub wakeup_bytes: u32,
 }
 
-/// The syscall numbers by which the syscall-tracepoint programs (one for every enter, one for
-/// every exit) tell the calls apart. They differ between architectures (arm64 uses the generic
-/// table: bind is 200 there, 49 on x86-64), so userspace fills them from libc for the
-/// architecture it was built for, which is the one the object was built for: aya-build compiles
-/// the kernel programs with `--cfg bpf_target_arch` set to the target of the portwatch build,
-/// and by that cfg aya-ebpf reads kprobe arguments and return values from that architecture's
-/// `pt_regs`. Nothing else in the object depends on the architecture: tracepoint records, fentry
-/// contexts and the kernel structs (through BTF offsets) are read the same way on both.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Syscalls {
-    pub bind: u32,
-    pub connect: u32,
-    pub listen: u32,
-    pub accept: u32,
-    pub accept4: u32,
-    pub sendto: u32,
-    pub sendmsg: u32,
-    pub sendmmsg: u32,
-}
-
 /// Words in the watched-port bitmap: 65536 bits.
 pub const PORT_BITMAP_WORDS: u32 = 1024;
 
@@ -190,7 +169,6 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::Syscalls {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RawEvent {}
 }

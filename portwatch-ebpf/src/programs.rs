@@ -103,7 +103,7 @@ const fn tracepoint(name: &'static str, kind: Kind) -> Program {
 /// claim hook. A claim recorded while its socket's release went unseen would stay in the claim
 /// map after the socket is gone, and the next socket allocated at that address would look as if
 /// it had claimed already.
-pub const PROGRAMS: [Program; 44] = [
+pub const PROGRAMS: [Program; 51] = [
     fentry("put_port_entry", "put_port"),
     fentry("udp_unhash_entry", "udp_unhash"),
     fentry("time_wait_start", "time_wait_start"),
@@ -151,17 +151,19 @@ pub const PROGRAMS: [Program; 44] = [
     tracepoint("sock_release", Kind::CgroupSock),
     tracepoint("post_bind4", Kind::CgroupSock),
     tracepoint("post_bind6", Kind::CgroupSock),
-    tracepoint(
-        "sys_enter",
-        Kind::SyscallEnter(&["bind", "connect", "listen", "sendto", "sendmsg", "sendmmsg"]),
-    ),
-    tracepoint(
-        "sys_exit",
-        Kind::SyscallExit(&[
-            "bind", "connect", "listen", "accept", "accept4", "sendto", "sendmsg", "sendmmsg",
-        ]),
-    ),
+    tracepoint("sys_enter_bind", Kind::SyscallEnter(&["bind"])),
+    tracepoint("sys_enter_connect", Kind::SyscallEnter(&["connect"])),
+    tracepoint("sys_enter_listen", Kind::SyscallEnter(&["listen"])),
+    tracepoint("sys_enter_send", Kind::SyscallEnter(SENDS)),
+    tracepoint("sys_exit_bind", Kind::SyscallExit(&["bind"])),
+    tracepoint("sys_exit_connect", Kind::SyscallExit(&["connect"])),
+    tracepoint("sys_exit_listen", Kind::SyscallExit(&["listen"])),
+    tracepoint("sys_exit_accept", Kind::SyscallExit(&["accept", "accept4"])),
+    tracepoint("sys_exit_send", Kind::SyscallExit(SENDS)),
 ];
+
+/// The calls that can autobind a port by sending (UDP, or TCP Fast Open).
+const SENDS: &[&str] = &["sendto", "sendmsg", "sendmmsg"];
 
 /// One backend's programs, in attach order.
 pub fn of(backend: Backend) -> impl Iterator<Item = &'static Program> {

@@ -41,10 +41,8 @@ const TCP_LISTEN: u8 = 10;
 const TCP_TIME_WAIT: u8 = 6;
 const AF_UNSPEC: u16 = 0;
 
-/// Where a syscall tracepoint's record keeps the syscall number, and its arguments (enter) or
-/// return value (exit): the same on every kernel and architecture
-/// (`/sys/kernel/tracing/events/syscalls/*/format`).
-const RECORD_NR: usize = 8;
+/// Where a syscall tracepoint's record keeps its arguments (enter) or return value (exit): the
+/// same on every kernel and architecture (`/sys/kernel/tracing/events/syscalls/*/format`).
 const RECORD_ARGS: usize = 16;
 
 /// The syscalls this backend follows, named so the enter and exit sides agree.
@@ -57,47 +55,83 @@ enum Call {
     Send,
 }
 
-#[inline(always)]
-fn classify(nr: u32) -> Option<Call> {
-    if nr == global!(SYSCALLS.bind) {
-        Some(Call::Bind)
-    } else if nr == global!(SYSCALLS.connect) {
-        Some(Call::Connect)
-    } else if nr == global!(SYSCALLS.listen) {
-        Some(Call::Listen)
-    } else if nr == global!(SYSCALLS.accept) || nr == global!(SYSCALLS.accept4) {
-        Some(Call::Accept)
-    } else if nr == global!(SYSCALLS.sendto)
-        || nr == global!(SYSCALLS.sendmsg)
-        || nr == global!(SYSCALLS.sendmmsg)
-    {
-        Some(Call::Send)
-    } else {
-        None
-    }
-}
-
-/// A 64-bit word of the tracepoint's record: the syscall number's slot, an argument, or the
-/// return value.
+/// A 64-bit word of the tracepoint's record: an argument, or the return value.
 #[inline(always)]
 fn record<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     // SAFETY: tracepoint programs may read their record directly; every offset used here is
-    // inside the smallest syscall record (nr at 8, the first two arguments at 16 and 24).
+    // inside the smallest syscall record (the first two arguments at 16 and 24).
     unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset).cast::<T>()) }
 }
 
-/// Attached to `syscalls:sys_enter_*` of bind, connect, listen and the sends.
-#[tracepoint]
-pub fn sys_enter(ctx: TracePointContext) -> u32 {
-    let nr: i32 = record(&ctx, RECORD_NR);
-    let arg0: u64 = record(&ctx, RECORD_ARGS);
-    let arg1: u64 = record(&ctx, RECORD_ARGS + 8);
-    match classify(nr as u32) {
-        Some(Call::Bind) => bind_entered(arg0, arg1),
-        Some(call @ (Call::Connect | Call::Listen | Call::Send)) => {
-            socket_call_entered(call, arg0, arg1)
+// One program per call, each on that call's `syscalls:sys_enter_*` and `sys_exit_*`: the kernel
+// never runs a program on a CPU where it is already running, and on a kernel that preempts
+// there (Debian's 7.x) a run can be preempted halfway, so one program for every call would let
+// any send on the host skip a listen's run on the same CPU. Apart, only the same call meets.
+
+/// One syscall tracepoint program: `$side` (`entered` or `exited`) of `$call`.
+macro_rules! syscall_program {
+    ($name:ident, $side:ident, $call:ident, $hooks:literal) => {
+        #[doc = $hooks]
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            $side(&ctx, Call::$call)
         }
-        _ => {}
+    };
+}
+
+syscall_program!(sys_enter_bind, entered, Bind, "`syscalls:sys_enter_bind`.");
+syscall_program!(
+    sys_enter_connect,
+    entered,
+    Connect,
+    "`syscalls:sys_enter_connect`."
+);
+syscall_program!(
+    sys_enter_listen,
+    entered,
+    Listen,
+    "`syscalls:sys_enter_listen`."
+);
+syscall_program!(
+    sys_enter_send,
+    entered,
+    Send,
+    "`sys_enter_sendto`, `sendmsg`, `sendmmsg`."
+);
+syscall_program!(sys_exit_bind, exited, Bind, "`syscalls:sys_exit_bind`.");
+syscall_program!(
+    sys_exit_connect,
+    exited,
+    Connect,
+    "`syscalls:sys_exit_connect`."
+);
+syscall_program!(
+    sys_exit_listen,
+    exited,
+    Listen,
+    "`syscalls:sys_exit_listen`."
+);
+syscall_program!(
+    sys_exit_accept,
+    exited,
+    Accept,
+    "`sys_exit_accept` and `sys_exit_accept4`."
+);
+syscall_program!(
+    sys_exit_send,
+    exited,
+    Send,
+    "`sys_exit_sendto`, `sendmsg`, `sendmmsg`."
+);
+
+#[inline(always)]
+fn entered(ctx: &TracePointContext, call: Call) -> u32 {
+    let arg0: u64 = record(ctx, RECORD_ARGS);
+    let arg1: u64 = record(ctx, RECORD_ARGS + 8);
+    match call {
+        Call::Bind => bind_entered(arg0, arg1),
+        Call::Accept => {}
+        call => socket_call_entered(call, arg0, arg1),
     }
     0
 }
@@ -175,13 +209,11 @@ fn socket_call_entered(call: Call, fd: u64, uaddr: u64) {
     );
 }
 
-/// Attached to `syscalls:sys_exit_*` of bind, connect, listen, accept, accept4 and the sends.
-#[tracepoint]
-pub fn sys_exit(ctx: TracePointContext) -> u32 {
-    let nr: i32 = record(&ctx, RECORD_NR);
-    let ret: i64 = record(&ctx, RECORD_ARGS);
-    match classify(nr as u32) {
-        Some(Call::Accept) => {
+#[inline(always)]
+fn exited(ctx: &TracePointContext, call: Call) -> u32 {
+    let ret: i64 = record(ctx, RECORD_ARGS);
+    match call {
+        Call::Accept => {
             if ret >= 0 {
                 let child = sock::sock_from_fd(ret as u64);
                 if child != 0 {
@@ -189,12 +221,11 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
                 }
             }
         }
-        Some(call) => {
+        call => {
             if let Some(entered) = kfunc::take(Hook::Syscall) {
                 on_exit(call, entered, ret);
             }
         }
-        None => {}
     }
     0
 }

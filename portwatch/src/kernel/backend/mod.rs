@@ -19,7 +19,7 @@ use aya::{
     programs::{Program, ProgramError},
 };
 use portwatch_ebpf::{
-    Offsets, Settings, Syscalls,
+    Offsets, Settings,
     programs::{self, FUNCTIONS},
 };
 
@@ -200,7 +200,6 @@ fn load_object(kernel: &Kernel, spec: &LoadSpec) -> Result<Ebpf, BackendError> {
         .btf(None)
         .override_global("OFFSETS", &offsets, true)
         .override_global("SETTINGS", &settings(spec), true)
-        .override_global("SYSCALLS", &syscalls(), true)
         // aya-log's level, frozen: 0 (off) turns every kernel log call into dead code.
         .override_global("AYA_LOG_LEVEL", &kernel_log_level(spec), true)
         .map_max_entries("EVENTS", spec.ring_bytes)
@@ -365,19 +364,6 @@ fn kernel_log_level(spec: &LoadSpec) -> u8 {
         aya_log::Level::Debug as u8
     } else {
         0
-    }
-}
-
-fn syscalls() -> Syscalls {
-    Syscalls {
-        bind: libc::SYS_bind as u32,
-        connect: libc::SYS_connect as u32,
-        listen: libc::SYS_listen as u32,
-        accept: libc::SYS_accept as u32,
-        accept4: libc::SYS_accept4 as u32,
-        sendto: libc::SYS_sendto as u32,
-        sendmsg: libc::SYS_sendmsg as u32,
-        sendmmsg: libc::SYS_sendmmsg as u32,
     }
 }
 
