@@ -68,10 +68,11 @@ fn record<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
 // there (Debian's 7.x) a run can be preempted halfway, so one program for every call would let
 // any send on the host skip a listen's run on the same CPU. Apart, only the same call meets.
 
-/// One syscall tracepoint program: `$side` (`entered` or `exited`) of `$call`.
+/// One syscall tracepoint program: `$side` (`entered` or `exited`) of `$call`, attached to the
+/// tracepoints the program table in `portwatch_ebpf::programs` names for it.
 macro_rules! syscall_program {
-    ($name:ident, $side:ident, $call:ident, $hooks:literal) => {
-        #[doc = $hooks]
+    ($name:ident, $side:ident, $call:ident) => {
+        #[doc = concat!("`", stringify!($side), "` for the ", stringify!($call), " call.")]
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
             $side(&ctx, Call::$call)
@@ -79,50 +80,15 @@ macro_rules! syscall_program {
     };
 }
 
-syscall_program!(sys_enter_bind, entered, Bind, "`syscalls:sys_enter_bind`.");
-syscall_program!(
-    sys_enter_connect,
-    entered,
-    Connect,
-    "`syscalls:sys_enter_connect`."
-);
-syscall_program!(
-    sys_enter_listen,
-    entered,
-    Listen,
-    "`syscalls:sys_enter_listen`."
-);
-syscall_program!(
-    sys_enter_send,
-    entered,
-    Send,
-    "`sys_enter_sendto`, `sendmsg`, `sendmmsg`."
-);
-syscall_program!(sys_exit_bind, exited, Bind, "`syscalls:sys_exit_bind`.");
-syscall_program!(
-    sys_exit_connect,
-    exited,
-    Connect,
-    "`syscalls:sys_exit_connect`."
-);
-syscall_program!(
-    sys_exit_listen,
-    exited,
-    Listen,
-    "`syscalls:sys_exit_listen`."
-);
-syscall_program!(
-    sys_exit_accept,
-    exited,
-    Accept,
-    "`sys_exit_accept` and `sys_exit_accept4`."
-);
-syscall_program!(
-    sys_exit_send,
-    exited,
-    Send,
-    "`sys_exit_sendto`, `sendmsg`, `sendmmsg`."
-);
+syscall_program!(sys_enter_bind, entered, Bind);
+syscall_program!(sys_enter_connect, entered, Connect);
+syscall_program!(sys_enter_listen, entered, Listen);
+syscall_program!(sys_enter_send, entered, Send);
+syscall_program!(sys_exit_bind, exited, Bind);
+syscall_program!(sys_exit_connect, exited, Connect);
+syscall_program!(sys_exit_listen, exited, Listen);
+syscall_program!(sys_exit_accept, exited, Accept);
+syscall_program!(sys_exit_send, exited, Send);
 
 #[inline(always)]
 fn entered(ctx: &TracePointContext, call: Call) -> u32 {
