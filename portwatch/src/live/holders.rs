@@ -12,6 +12,7 @@ use foldhash::HashMap;
 use portwatch_ebpf::How;
 
 use crate::{
+    live::port_sockets::{PortSockets, SocketId},
     model::clock::Timestamp,
     model::event::{Event, Holder, Kind},
     model::proto::Proto,
@@ -86,10 +87,6 @@ fn key(event: &Event) -> Key {
     (event.netns, event.proto, event.local_port)
 }
 
-/// One socket within a port: its local address and peer. A listener's port can hold thousands
-/// of accepted and TIME_WAIT sockets, so each event finds its own in one lookup, not a scan.
-type SocketId = (IpAddr, Option<(IpAddr, u16)>);
-
 fn socket_id(local: IpAddr, remote: Option<(IpAddr, u16)>) -> SocketId {
     (
         canonical(local),
@@ -97,16 +94,15 @@ fn socket_id(local: IpAddr, remote: Option<(IpAddr, u16)>) -> SocketId {
     )
 }
 
-type Sockets = HashMap<SocketId, Vec<Entry>>;
+type Sockets = PortSockets<Entry>;
 
 #[derive(Default)]
 pub struct Holders {
     ports: HashMap<Key, Sockets>,
-    /// Emptied small tables, kept for the next ports claimed. On socket churn every claim is
-    /// on a new port and every free empties one; reusing the tables spares an allocation and a
+    /// Emptied short lists, kept for the next ports claimed. On socket churn every claim is
+    /// on a new port and every free empties one; reusing the lists spares an allocation and a
     /// free per event.
     spare_sockets: Vec<Sockets>,
-    spare_entries: Vec<Vec<Entry>>,
     /// Sockets a connect gave a port, per destination: the ports in use toward it (a 4-tuple
     /// is unique, so sockets and ports are the same count).
     toward: HashMap<Toward, u32>,
@@ -114,7 +110,7 @@ pub struct Holders {
     bound: HashMap<(Option<u32>, Proto), BTreeMap<u16, u32>>,
 }
 
-/// How many emptied tables are kept, and how large (in slots) each may be: a table that once
+/// How many emptied lists are kept, and how large (in sockets) each may be: a port that once
 /// held a busy listener's thousands of connections goes back to the allocator.
 const SPARES: usize = 64;
 const SPARE_CAPACITY: usize = 8;
@@ -169,8 +165,7 @@ impl Holders {
     pub fn claimer_of(&self, event: &Event) -> Option<Task> {
         self.ports
             .get(&key(event))?
-            .get(&socket_id(event.local_addr, event.remote))?
-            .iter()
+            .under(&socket_id(event.local_addr, event.remote))
             .find_map(|entry| entry.task)
     }
 
@@ -181,7 +176,7 @@ impl Holders {
             self.ports
                 .get(&key(failed))
                 .into_iter()
-                .flat_map(|port| port.values().flatten())
+                .flat_map(|port| port.iter())
         };
         entries()
             .filter(|entry| addresses_conflict(entry.local_addr, failed.local_addr))
@@ -196,7 +191,6 @@ impl Holders {
         let Self {
             ports,
             spare_sockets,
-            spare_entries,
             ..
         } = self;
         let mut first = false;
@@ -206,10 +200,7 @@ impl Holders {
                 first = true;
                 spare_sockets.pop().unwrap_or_default()
             })
-            .entry(socket_id(entry.local_addr, entry.remote))
-            // Most sockets are alone under their addresses: room for one, not Vec's first four.
-            .or_insert_with(|| spare_entries.pop().unwrap_or_else(|| Vec::with_capacity(1)))
-            .push(entry);
+            .push(socket_id(entry.local_addr, entry.remote), entry);
         first
     }
 
@@ -226,24 +217,13 @@ impl Holders {
         let Some(port) = self.ports.get_mut(&key) else {
             return false;
         };
-        let Some(entries) = port.get_mut(&id) else {
-            return false;
-        };
-        let (ended, kept): (Vec<Entry>, Vec<Entry>) = entries
-            .drain(..)
-            .partition(|held| held.state == SocketState::TimeWait);
-        entries.extend(kept);
+        let ended = port.take_all(&id, |held| held.state == SocketState::TimeWait);
         if ended.is_empty() {
             return false;
         }
-        if entries.is_empty()
-            && let Some(emptied) = port.remove(&id)
-        {
-            keep_spare(&mut self.spare_entries, emptied, Vec::capacity);
-        }
         let emptied = port.is_empty();
-        if emptied && let Some(table) = self.ports.remove(&key) {
-            keep_spare(&mut self.spare_sockets, table, HashMap::capacity);
+        if emptied && let Some(sockets) = self.ports.remove(&key) {
+            keep_spare(&mut self.spare_sockets, sockets);
         }
         for time_wait in &ended {
             self.index(event, time_wait, false);
@@ -266,24 +246,13 @@ impl Holders {
             socket_id(IpAddr::V4(Ipv4Addr::UNSPECIFIED), None),
             socket_id(IpAddr::V6(Ipv6Addr::UNSPECIFIED), None),
         ];
-        let found = std::iter::once(exact)
+        let entry = std::iter::once(exact)
             .chain(unconnected)
-            .find_map(|id| Some((id, port.get(&id)?.iter().position(same_pid)?)))
-            .or_else(|| {
-                port.get(&exact)
-                    .filter(|entries| !entries.is_empty())
-                    .map(|_| (exact, 0))
-            });
-        let (id, at) = found?;
-        let entries = port.get_mut(&id)?;
-        let entry = entries.swap_remove(at);
-        let emptied_entries = entries.is_empty();
-        if emptied_entries && let Some(emptied) = port.remove(&id) {
-            keep_spare(&mut self.spare_entries, emptied, Vec::capacity);
-        }
+            .find_map(|id| port.take(&id, same_pid))
+            .or_else(|| port.take(&exact, |_| true))?;
         let last = port.is_empty();
         if last && let Some(emptied) = self.ports.remove(&key) {
-            keep_spare(&mut self.spare_sockets, emptied, HashMap::capacity);
+            keep_spare(&mut self.spare_sockets, emptied);
         }
         self.index(event, &entry, false);
         Some((entry, last))
@@ -357,7 +326,7 @@ impl Holders {
         self.ports
             .get(&(netns, proto, port))
             .into_iter()
-            .flat_map(|sockets| sockets.values().flatten())
+            .flat_map(|sockets| sockets.iter())
     }
 
     /// The processes holding most ports in `range` of one namespace and protocol, busiest
@@ -376,7 +345,7 @@ impl Holders {
             if *ns != netns || *p != proto || !range.contains(port) {
                 continue;
             }
-            for entry in sockets.values().flatten() {
+            for entry in sockets.iter() {
                 let id = entry.task.as_ref().map(|task| (task.pid, task.comm));
                 ports_by_process
                     .entry(id)
@@ -396,11 +365,7 @@ impl Holders {
     /// Sockets in the table, for tests and for watching the table's size in a soak.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.ports
-            .values()
-            .flat_map(|port| port.values())
-            .map(Vec::len)
-            .sum()
+        self.ports.values().map(|port| port.iter().count()).sum()
     }
 }
 
@@ -412,9 +377,12 @@ fn decrement(count: Option<&mut u32>) -> bool {
     })
 }
 
-/// Keeps an emptied table for reuse, unless enough are kept or it is large.
-fn keep_spare<T>(spares: &mut Vec<T>, emptied: T, capacity: impl Fn(&T) -> usize) {
-    if spares.len() < SPARES && capacity(&emptied) <= SPARE_CAPACITY {
+/// Keeps an emptied port's list for reuse, unless enough are kept or it is large (or a table).
+fn keep_spare(spares: &mut Vec<Sockets>, emptied: Sockets) {
+    let small = emptied
+        .list_capacity()
+        .is_some_and(|capacity| capacity <= SPARE_CAPACITY);
+    if spares.len() < SPARES && small {
         spares.push(emptied);
     }
 }
@@ -528,10 +496,7 @@ mod tests {
         };
         holders.observe(&on(Kind::Claim, 5000, 10));
         holders.observe(&on(Kind::Free, 5000, 10));
-        assert_eq!(
-            (holders.spare_sockets.len(), holders.spare_entries.len()),
-            (1, 1)
-        );
+        assert_eq!(holders.spare_sockets.len(), 1);
         holders.observe(&on(Kind::Claim, 5001, 11));
         assert_eq!(holders.spare_sockets.len(), 0);
         assert!(holders.holder_for(&on(Kind::Fail, 5000, 12)).is_none());

@@ -3,4 +3,5 @@
 
 pub mod exhaustion;
 pub mod holders;
+mod port_sockets;
 pub mod pressure;
