@@ -500,9 +500,10 @@ impl Pipeline {
         {
             eprintln!(
                 "portwatch: warning: the kernel skipped {skipped} more runs of portwatch's \
-                 programs ({total} in all), because another BPF program or a bpf() map call \
-                 held the CPU; whatever events those runs would have made are missing, and \
-                 not counted as lost"
+                 programs ({total} in all), which it does while a program is already \
+                 running on that CPU (in a preempted task) or another BPF program or a bpf() \
+                 map call holds it; whatever events those runs would have made are missing, \
+                 and not counted as lost"
             );
         }
         let lost = stream.newly_lost();

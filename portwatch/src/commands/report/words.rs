@@ -131,7 +131,7 @@ pub fn losses(losses: &Losses) -> String {
             text.push_str(&format!("; the capture ended ({})", ending.end));
             if let Some(runs @ 1..) = ending.skipped_runs {
                 text.push_str(&format!(
-                    "; the kernel skipped {runs} runs of portwatch's programs (another BPF program or a bpf() call held the CPU), so events may be missing that no count covers"
+                    "; the kernel skipped {runs} runs of portwatch's programs (the program was already running on that CPU, or a bpf() call held it), so events may be missing that no count covers"
                 ));
             }
         }
