@@ -85,11 +85,11 @@ macro_rules! scenarios {
 /// more attempt, whose result stands.
 ///
 /// On a kernel that preempts inside system calls (Debian's 7.x kernels are built with
-/// `PREEMPT_LAZY`), any process's bpf() map call can be preempted while it holds the CPU's
-/// `bpf_prog_active`, and kprobe and syscall-tracepoint runs on that CPU are then skipped. Other
-/// scenarios' tracers make such calls while they load. The tracer counts the skips and says so;
-/// the events those runs would have made were never made, so the check cannot tell portwatch
-/// from the kernel. Without skipped runs a failure fails at once.
+/// `PREEMPT_LAZY`), a task preempted inside one of portwatch's programs, or inside a bpf() map
+/// call (for kprobes), makes the kernel skip the next run of that program on that CPU, and other
+/// scenarios' sockets and tracers run beside each scenario. The tracer counts the skips and says
+/// so; the events those runs would have made were never made, so the check cannot tell
+/// portwatch from the kernel. Without skipped runs a failure fails at once.
 fn run(name: &str, scenario: fn() -> Outcome) -> Result<Completion, libtest_mimic::Failed> {
     match attempt(scenario) {
         Attempt::Failed {
