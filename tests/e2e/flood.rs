@@ -58,8 +58,8 @@ impl Tally {
 
     /// Delivered and lost must add up to what the load caused. Where the kernel itself
     /// skipped program runs (the program already running on that CPU, or a bpf() call holding
-    /// it) and said so, a
-    /// shortfall is theirs and cannot be checked: the scenario is skipped with the warning.
+    /// it) and said so, a shortfall is theirs and cannot be checked: the scenario is skipped
+    /// with the warning.
     fn check(&self, caused: u64, what: &str) -> Outcome {
         if let Some(warning) = &self.skipped
             && self.delivered + self.lost < caused
